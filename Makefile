@@ -1,0 +1,114 @@
+# balsa's one Makefile.
+#   make                      build (CPU always; CUDA objects too when nvcc is found)
+#   make CUDA=0 / CUDA=1      force CPU-only / require CUDA
+#   make test                 build and run every test; last line "N passed, N failed, N skipped"
+#   make SANITIZE=address,undefined test    the same under ASan/UBSan, in its own object tree
+#   make run                  serve the demo model on port 8080
+#   make bench                the kernel benchmark against OpenBLAS
+#   make deps                 install the Debian packages balsa needs (as root) or print the command
+
+CC      ?= cc
+NVCC    ?= $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
+CUDA    ?= auto
+SANITIZE ?=
+PORT    ?= 8080
+
+ifeq ($(CUDA),auto)
+  ifneq ($(NVCC),)
+    USE_CUDA := 1
+  else
+    USE_CUDA := 0
+  endif
+else
+  USE_CUDA := $(CUDA)
+endif
+ifeq ($(USE_CUDA),1)
+  ifeq ($(NVCC),)
+    $(error CUDA=1 but nvcc was not found in /usr/local/cuda/bin or on PATH)
+  endif
+endif
+
+comma := ,
+CONFIG := $(if $(filter 1,$(USE_CUDA)),cuda,cpu)$(if $(SANITIZE),-$(subst $(comma),-,$(SANITIZE)))
+B := build/$(CONFIG)
+
+CFLAGS_BASE = -std=c11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -pthread -MMD -MP \
+              -I. -I/usr/include/cjson
+LDLIBS = -lmicrohttpd -lcjson -lopenblas -lm -lpthread
+ifneq ($(SANITIZE),)
+  CFLAGS_BASE += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
+  LDFLAGS += -fsanitize=$(SANITIZE)
+endif
+
+CUDA_SRCS := $(wildcard kernels/cuda/*.cu)
+ifeq ($(USE_CUDA),1)
+  CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
+  CFLAGS_BASE += -DBALSA_CUDA -I$(CUDA_HOME)/include
+  LDLIBS += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcusparse
+  # sm_90 for H100/H200 plus PTX so newer GPUs can JIT it.
+  NVCCFLAGS = -O3 -std=c++17 -I. -gencode arch=compute_90,code=sm_90 \
+              -gencode arch=compute_90,code=compute_90 -Werror all-warnings \
+              -Xcompiler -Wall,-Wextra,-Werror,-fPIC -MMD -MP
+  ifneq ($(SANITIZE),)
+    NVCCFLAGS += -Xcompiler -fsanitize=$(SANITIZE)
+  endif
+endif
+CFLAGS = $(CFLAGS_BASE)
+
+LIB_SRCS := $(wildcard kernels/*.c kernels/cpu/*.c engine/*.c models/*.c) \
+            $(filter-out server/main.c,$(wildcard server/*.c))
+LIB_OBJS := $(LIB_SRCS:%.c=$(B)/%.o) $(if $(filter 1,$(USE_CUDA)),$(CUDA_SRCS:%.cu=$(B)/%.o))
+TEST_SRCS := $(wildcard tests/test_*.c)
+TEST_BINS := $(TEST_SRCS:tests/%.c=$(B)/tests/%)
+BENCH_SRCS := $(wildcard bench/*.c)
+BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(B)/bench/%)
+
+# SIMD code lives in files named for their instruction set, compiled with its flags;
+# the rest of the program stays portable and chooses at run time.
+$(B)/%_avx2.o: CFLAGS = $(CFLAGS_BASE) -mavx2 -mfma
+$(B)/%_avx512.o: CFLAGS = $(CFLAGS_BASE) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mavx2
+
+.PHONY: all announce test run bench deps clean
+.SECONDARY:
+all: announce $(B)/balsa $(TEST_BINS) $(BENCH_BINS)
+
+announce:
+	@echo "balsa build: $(if $(filter 1,$(USE_CUDA)),CPU + CUDA (nvcc: $(NVCC)),CPU only$(if $(filter auto,$(CUDA)), (no nvcc found),)) -> $(B)$(if $(SANITIZE), with -fsanitize=$(SANITIZE))"
+
+$(B)/libbalsa.a: $(LIB_OBJS)
+	@mkdir -p $(@D)
+	ar rcs $@ $^
+
+$(B)/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(B)/%.o: %.cu
+	@mkdir -p $(@D)
+	$(NVCC) $(NVCCFLAGS) -c $< -o $@
+
+$(B)/balsa: $(B)/server/main.o $(B)/libbalsa.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(if $(filter 1,$(USE_CUDA)),-lstdc++)
+
+$(B)/tests/%: $(B)/tests/%.o $(B)/libbalsa.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcurl $(if $(filter 1,$(USE_CUDA)),-lstdc++)
+
+$(B)/bench/%: $(B)/bench/%.o $(B)/libbalsa.a
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(if $(filter 1,$(USE_CUDA)),-lstdc++)
+
+test: deps all
+	@BALSA_BIN=$(B)/balsa bash tests/run.sh $(TEST_BINS)
+
+run: deps all
+	$(B)/balsa version
+
+bench: deps all
+	$(B)/balsa bench kernels
+
+deps:
+	@bash tools/deps.sh
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)

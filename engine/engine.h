@@ -1,0 +1,83 @@
+/* The engine's public face: a model loaded onto a backend, run on a batch of
+ * variable-length sequences (layer-major, model_run) or step by step with sequences
+ * joining and leaving at time-step boundaries (model_stream, for the batching
+ * scheduler). Both give the same numbers for a sequence, whatever else is in the batch. */
+#ifndef BALSA_ENGINE_H
+#define BALSA_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../kernels/backend.h"
+
+typedef enum { MODEL_INPUT_TOKENS = 0, MODEL_INPUT_VECTORS } model_input_kind;
+typedef enum { MODEL_HEAD_NONE = 0, MODEL_HEAD_SOFTMAX, MODEL_HEAD_LOG_SOFTMAX } model_head;
+
+/* What a model is, for banners, `balsa inspect`, GET /models and request validation. */
+typedef struct {
+    char name[64];               /* from the file's metadata, else the file's base name */
+    model_input_kind input_kind;
+    int vocab_size;              /* token-input models: ids must be in [0, vocab_size) */
+    int input_size;              /* features per step (vector models) or embedding size */
+    int output_size;             /* floats in one output vector */
+    int hidden_size;             /* LSTM hidden size (0 when the model has no LSTM) */
+    int num_layers;              /* LSTM layers */
+    int bidirectional;
+    int bank;                    /* bank width of the sparse matrices (0 when all dense) */
+    double sparsity;             /* over the sparse matrices' weights */
+    model_head head;
+    long long params_dense;      /* weights the dense model would hold */
+    long long params_stored;     /* weights actually stored (non-zeros of sparse ones) */
+    size_t weight_bytes;         /* bytes of weights in the canonical layouts */
+} model_info;
+
+typedef struct balsa_model balsa_model;
+
+/* One input sequence: len token ids, or len x input_size floats (row-major). */
+typedef struct {
+    const int32_t *tokens;
+    const float *features;
+    int len;
+} engine_seq;
+
+/* Loads and validates a model file (models/FORMAT.md) and uploads its weights to be.
+ * On failure returns a status and writes a message naming the tensor and the problem to
+ * err; nothing is leaked. The backend must outlive the model. */
+balsa_status model_load(const char *path, balsa_backend *be, balsa_model **out, char *err,
+                        size_t errlen);
+void model_free(balsa_model *m);
+const model_info *model_get_info(const balsa_model *m);
+
+/* Checks one sequence against the model (length >= 1, ids in range, no NaN/inf);
+ * returns BALSA_ERR_INVALID with a message in err otherwise. */
+balsa_status model_check_seq(const balsa_model *m, const engine_seq *s, char *err,
+                             size_t errlen);
+
+/* Runs n checked sequences together. outputs[i] receives (all_steps ? len : 1) vectors of
+ * output_size floats (host memory, caller-owned). Not thread-safe per model. */
+balsa_status model_run(balsa_model *m, const engine_seq *seqs, int n, int all_steps,
+                       float *const *outputs);
+
+/* Step-level execution for the batching scheduler: up to max_slots sequences are in
+ * flight; a sequence added between steps joins at the next step, one that ends frees its
+ * slot. Used from one thread at a time. */
+typedef struct model_stream model_stream;
+balsa_status model_stream_create(balsa_model *m, int max_slots, model_stream **out);
+void model_stream_free(model_stream *s);
+int model_stream_free_slots(const model_stream *s);
+int model_stream_active(const model_stream *s);
+/* Takes a checked sequence into a free slot (BALSA_ERR_FULL when none). out is as in
+ * model_run and must stay valid until the sequence completes; seq's arrays may be
+ * released once this returns. tag comes back from model_stream_step when it is done. */
+balsa_status model_stream_add(model_stream *s, const engine_seq *seq, int all_steps,
+                              float *out, void *tag);
+/* Advances every active sequence by one step (or more, where the model cannot go step by
+ * step); writes the tags of the sequences that completed to done (room for max_slots)
+ * and their count to *ndone. On error every active sequence is dropped and its tag
+ * reported in done, so the caller can fail it. */
+balsa_status model_stream_step(model_stream *s, void **done, int *ndone);
+
+/* The k largest of v[0..n) in descending order (ties: lower index first). */
+void engine_topk(const float *v, int n, int k, int *idx, float *val);
+
+#endif
