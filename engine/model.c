@@ -390,6 +390,7 @@ balsa_status model_fc_head(balsa_model *m, const float *in, int ld, int n, dev_b
     if (st != BALSA_OK)
         return st;
     /* With no FC layer the input is the LSTM output itself, whose stride is O. */
+    BALSA_ASSERT(s->n_fc > 0 || ldc == O);
     st = be->ops->to_host(be, out, cur, (size_t)n * O * sizeof(float));
     if (st == BALSA_OK)
         st = be->ops->synchronize(be);
@@ -652,6 +653,9 @@ balsa_status model_run(balsa_model *m, const engine_seq *seqs, int n, int all_st
 
 /* ---------------------------------------------------------------- top-k */
 
+/* a ranks above b: larger, or a number where b is NaN (NaN ranks last). */
+static int topk_beats(float a, float b) { return a > b || (isnan(b) && !isnan(a)); }
+
 void engine_topk(const float *v, int n, int k, int *idx, float *val)
 {
     if (k > n)
@@ -662,10 +666,10 @@ void engine_topk(const float *v, int n, int k, int *idx, float *val)
     for (int i = 0; i < n; i++) {
         /* v[i] enters when the list has room or it beats the smallest kept value; an
          * equal value never beats an earlier index, so ties keep the lower index. */
-        if (have == k && !(v[i] > val[have - 1]))
+        if (have == k && !topk_beats(v[i], val[have - 1]))
             continue;
         int j = have < k ? have++ : k - 1;
-        while (j > 0 && v[i] > val[j - 1]) {
+        while (j > 0 && topk_beats(v[i], val[j - 1])) {
             val[j] = val[j - 1];
             idx[j] = idx[j - 1];
             j--;

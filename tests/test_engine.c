@@ -370,6 +370,9 @@ TEST(topk)
     idx[0] = -7;
     engine_topk(v, 7, 0, idx, val);
     CHECK(idx[0] == -7);
+    float w[4] = {NAN, 1.0f, NAN, -3.0f}; /* NaN ranks last, whatever the order */
+    engine_topk(w, 4, 3, idx, val);
+    CHECK(idx[0] == 1 && idx[1] == 3 && idx[2] == 0);
 }
 
 /* Feeds n random sequences through a stream of max_slots, adding a random number of them
