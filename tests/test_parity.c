@@ -154,7 +154,7 @@ TEST(pytorch_parity)
                   e);
         cases++;
     }
-    CHECK(cases >= 7);
+    CHECK(cases >= 10);
     cJSON_Delete(root);
 }
 

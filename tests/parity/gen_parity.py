@@ -26,7 +26,11 @@ import balsa_export as bx  # noqa: E402
 ACTS = {"none": lambda x: x, "relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid}
 
 # name, input ("tokens", vocab, emb) or ("vectors", size), lstm (hidden, layers, bidir, bias)
-# or None, fc [(out, act, bias)], head, pruning (sparsity, bank) or None, keep dense
+# or None, fc [(out, act, bias)], head, pruning (sparsity, bank) or None, keep dense, and
+# optionally extras: "dtype" (the exported file's: float16/bfloat16; the reference uses the
+# rounded weights), "quantize" (weights rounded to multiples of it, so that banks hold
+# equal magnitudes) and "export_unpruned" (export before pruning on the PyTorch side, so
+# that balsa convert's pruning, ties included, must pick what PyTorch's picked)
 CASES = [
     ("vec_1l_dense", ("vectors", 19), (37, 1, False, True), [], "none", None, []),
     ("vec_2l_sparse", ("vectors", 19), (37, 2, False, True), [(11, "relu", True)], "softmax",
@@ -41,11 +45,18 @@ CASES = [
      (0.5, 4), []),
     ("tok_lm_sparse", ("tokens", 97, 24), (64, 2, False, True), [(97, "none", True)],
      "log_softmax", (0.9, 32), []),
+    ("vec_ties_sparse", ("vectors", 9), (12, 1, False, True), [(6, "none", True)], "softmax",
+     (0.75, 8), [], {"quantize": 0.125, "export_unpruned": True}),
+    ("tok_bf16_sparse", ("tokens", 30, 10), (9, 1, True, True), [(4, "relu", True)], "none",
+     (0.5, 4), [], {"dtype": torch.bfloat16}),
+    ("vec_f16_dense", ("vectors", 6), (10, 2, False, True), [], "none", None,
+     [], {"dtype": torch.float16}),
 ]
 
 
 def build(case, rng_seed):
-    name, inp, lstm_cfg, fcs, head, prune, keep = case
+    name, inp, lstm_cfg, fcs, head, prune, keep = case[:7]
+    extra = case[7] if len(case) > 7 else {}
     torch.manual_seed(rng_seed)
     emb = torch.nn.Embedding(inp[1], inp[2]) if inp[0] == "tokens" else None
     in_size = inp[2] if emb is not None else inp[1]
@@ -60,9 +71,14 @@ def build(case, rng_seed):
     for out, act, bias in fcs:
         fc.append((torch.nn.Linear(width, out, bias=bias), act))
         width = out
-    if prune:
-        bx.prune_network_(lstm, fc, prune[0], prune[1], keep_dense=keep)
-    return emb, lstm, fc, in_size
+    params = [p for m in [emb, lstm] + [l for l, _ in fc] if m is not None for p in m.parameters()]
+    with torch.no_grad():
+        for p in params:
+            if "quantize" in extra:
+                p.copy_(torch.round(p / extra["quantize"]) * extra["quantize"])
+            if "dtype" in extra:  # the values the exported file will hold
+                p.copy_(p.to(extra["dtype"]).float())
+    return emb, lstm, fc, in_size, extra
 
 
 def forward(emb, lstm, fc, head, x, all_steps):
@@ -92,11 +108,19 @@ def main():
     rng = random.Random(1234)
     manifest = []
     for ci, case in enumerate(CASES):
-        name, inp, _, _, head, prune, keep = case
-        emb, lstm, fc, in_size = build(case, 100 + ci)
+        name, inp, _, _, head, prune, keep = case[:7]
+        emb, lstm, fc, in_size, extra = build(case, 100 + ci)
         path = os.path.join(out_dir, name + ".safetensors")
-        desc = bx.export(path, embedding=emb, lstm=lstm, fc=fc, head=head, name=name,
-                         input_size=in_size)
+
+        def export():
+            return bx.export(path, embedding=emb, lstm=lstm, fc=fc, head=head, name=name,
+                             input_size=in_size, dtype=extra.get("dtype", torch.float32))
+        if extra.get("export_unpruned"):
+            desc = export()
+        if prune:
+            bx.prune_network_(lstm, fc, prune[0], prune[1], keep_dense=keep)
+        if not extra.get("export_unpruned"):
+            desc = export()
         n = rng.randint(1, 16)
         lens = [rng.randint(1, 50) for _ in range(n)]
         lens[0] = 50 if n > 1 else lens[0]
