@@ -56,7 +56,7 @@ static double run_case(const cJSON *c)
             keep[nkeep++] = e->valuestring;
     }
     convert_opts o = {cJSON_GetObjectItem(c, "sparsity")->valuedouble,
-                      cJSON_GetObjectItem(c, "bank")->valueint, keep, nkeep, NULL};
+                      cJSON_GetObjectItem(c, "bank")->valueint, keep, nkeep, NULL, NULL, NULL};
     char err[512];
     char model_path[512];
     snprintf(model_path, sizeof model_path, "%s", path_of(name, ".balsa.safetensors"));
