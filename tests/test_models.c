@@ -498,7 +498,8 @@ TEST(convert_prunes_and_keeps_dense)
     convert_opts o = {0.75, 8, keep, 1, NULL, NULL, NULL};
     convert_entry rep[MODEL_MAX_TENSORS];
     int nrep = 0;
-    balsa_status st = model_convert(path_of("dense.safetensors"), NULL, &o, path_of("out.safetensors"),
+    balsa_status st = model_convert(path_of("dense.safetensors"), NULL, &o,
+                                    path_of("out.safetensors"),
                                     rep, &nrep, err, sizeof err);
     CHECK_MSG(st == BALSA_OK, "%s", err);
     model_spec s2;
@@ -551,14 +552,17 @@ TEST(convert_and_inspect_commands)
           " \"fc\": [{\"out\": 3, \"activation\": \"relu\"}], \"head\": \"softmax\"}\n", f);
     fclose(f);
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "%s convert %s -o %s --desc %s --sparsity 0.5 --bank 4 --name lin --head none >%s 2>&1",
+    snprintf(cmd, sizeof cmd,
+             "%s convert %s -o %s --desc %s --sparsity 0.5 --bank 4 --name lin --head none "
+             ">%s 2>&1",
              bin,
              path_of("f16.safetensors"), path_of("lin.safetensors"), path_of("desc.json"),
              path_of("convert.txt"));
     CHECK(system(cmd) == 0);
     balsa_model *m;
     REQUIRE(model_load(path_of("lin.safetensors"), be, &m, err, sizeof err) == BALSA_OK);
-    CHECK(strcmp(model_get_info(m)->name, "lin") == 0 && model_get_info(m)->head == MODEL_HEAD_NONE);
+    CHECK(strcmp(model_get_info(m)->name, "lin") == 0);
+    CHECK(model_get_info(m)->head == MODEL_HEAD_NONE);
     float x[4] = {1, 1, 1, 1}, out[3];
     float *outs_[1] = {out};
     engine_seq q = {NULL, x, 1};

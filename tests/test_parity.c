@@ -45,7 +45,8 @@ static char *path_of(const char *name, const char *suffix)
 static double run_case(const cJSON *c)
 {
     const char *name = cJSON_GetObjectItem(c, "name")->valuestring;
-    const cJSON *lens_j = cJSON_GetObjectItem(c, "lens"), *keep_j = cJSON_GetObjectItem(c, "keep_dense");
+    const cJSON *lens_j = cJSON_GetObjectItem(c, "lens");
+    const cJSON *keep_j = cJSON_GetObjectItem(c, "keep_dense");
     int O = cJSON_GetObjectItem(c, "output_size")->valueint;
     const char *keep[8];
     int nkeep = 0;
@@ -150,8 +151,8 @@ TEST(pytorch_parity)
     cJSON_ArrayForEach(c, cJSON_GetObjectItem(root, "cases"))
     {
         double e = run_case(c);
-        CHECK_MSG(e < 1e-4, "%s: max relative error %g", cJSON_GetObjectItem(c, "name")->valuestring,
-                  e);
+        CHECK_MSG(e < 1e-4, "%s: max relative error %g",
+                  cJSON_GetObjectItem(c, "name")->valuestring, e);
         cases++;
     }
     CHECK(cases >= 10);
