@@ -125,14 +125,14 @@ static const net_case cases[] = {
 
 /* Runs a random batch through the engine and the reference; returns the worst error. */
 static double run_vs_ref(balsa_model *m, const model_spec *s, const model_host *h, int n,
-                         int maxlen, int all, unsigned long long seed)
+                         int maxlen, int equal, int all, unsigned long long seed)
 {
     ref_seq rs[16];
     engine_seq q[16];
     float *outs[16];
     int O = model_spec_output_size(s);
     for (int i = 0; i < n; i++) {
-        ref_make_seq(s, &rs[i], 1 + (int)(h_rand_u64(&seed) % maxlen), &seed);
+        ref_make_seq(s, &rs[i], equal ? maxlen : 1 + (int)(h_rand_u64(&seed) % maxlen), &seed);
         q[i] = rs[i].seq;
         outs[i] = malloc(sizeof(float) * q[i].len * O);
     }
@@ -169,9 +169,10 @@ TEST(matches_reference)
             continue;
         }
         for (int all = 0; all < 2; all++)
-            for (int trial = 0; trial < 3; trial++) {
-                int n = 1 + trial * 4;
-                double e = run_vs_ref(m, &s, &h, n, 12, all, 7 * c + trial + 31 * all);
+            for (int trial = 0; trial < 4; trial++) {
+                /* batches of 1, 5 and 9 mixed lengths, and 6 of one length */
+                int n = trial < 3 ? 1 + trial * 4 : 6;
+                double e = run_vs_ref(m, &s, &h, n, 12, trial == 3, all, 7 * c + trial + 31 * all);
                 CHECK_MSG(e < 1e-4, "case %zu all %d batch %d: rel err %g", c, all, n, e);
             }
         model_free(m);
