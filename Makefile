@@ -50,7 +50,8 @@ ifeq ($(USE_CUDA),1)
               -gencode arch=compute_90,code=compute_90 -Werror all-warnings \
               -Xcompiler -Wall,-Wextra,-Werror,-fPIC -MMD -MP
   ifneq ($(SANITIZE),)
-    NVCCFLAGS += -Xcompiler -fsanitize=$(SANITIZE)
+    # one -Xcompiler per sanitizer: nvcc splits -Xcompiler arguments at commas
+    NVCCFLAGS += $(foreach s,$(subst $(comma), ,$(SANITIZE)),-Xcompiler -fsanitize=$(s))
   endif
 endif
 CFLAGS = $(CFLAGS_BASE)
