@@ -13,7 +13,11 @@
  * cuBLAS (dense) and cuSPARSE (CSR) are the other versions, in the backend and bench. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <math.h>
 #include <string.h>
+
+#include <algorithm>
+#include <atomic>
 
 #include "../bs_math.h"
 #include "cuda_kernels.h"
@@ -104,15 +108,66 @@ __global__ void __launch_bounds__(SIMPLE_THREADS) spmm_kernel1(spmm_args a)
     }
 }
 
+/* Loads groups q .. q+U-1 (those below q1) of row r; zeros past q1, so a batch past the
+ * end costs no memory access. */
+template <typename T, int VEC, int U>
+__device__ __forceinline__ void load_batch(const T *vals, const uint8_t *offs, int q, int q1,
+                                           int rows_pad, int r, T (&v)[U][VEC],
+                                           uint8_t (&o)[U][VEC])
+{
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        if (q + u < q1) {
+            load_group<T, VEC>(vals, offs, ((size_t)(q + u) * rows_pad + r) * VEC, v[u], o[u]);
+        } else {
+#pragma unroll
+            for (int e = 0; e < VEC; e++) {
+                v[u][e] = T(0.0f);
+                o[u][e] = 0;
+            }
+        }
+    }
+}
+
+/* Adds groups q .. q+U-1 (those below q1) into acc; (qb, qg) is the bank and in-bank
+ * group of group q and moves along. x of bank qb is xs[i * span + (qb - b0) * bank ..]. */
+template <typename T, int VEC, int NB, int U>
+__device__ __forceinline__ void compute_batch(const T (&v)[U][VEC], const uint8_t (&o)[U][VEC],
+                                              int q, int q1, int G, int &qb, int &qg,
+                                              const float *xs, int b0, int bank, int span,
+                                              float (&acc)[NB])
+{
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        if (q + u < q1) {
+            const float *xb = xs + (qb - b0) * bank;
+#pragma unroll
+            for (int e = 0; e < VEC; e++) {
+                const float wv = to_f(v[u][e]);
+                const float *xc = xb + o[u][e];
+#pragma unroll
+                for (int i = 0; i < NB; i++)
+                    acc[i] = fmaf(wv, xc[i * span], acc[i]);
+            }
+            if (++qg == G) {
+                qg = 0;
+                qb++;
+            }
+        }
+    }
+}
+
 /* Block (bx, s, z): rows bx*32*WR .. +32*WR, banks of split s, batch columns z*NB ..
  * +NB. Warp w works on rows of its row group w % WR and on the banks of its share
  * w / WR of the split; lane = row. Shared memory: xs[NB][span] (the split's columns of
- * X, zero past cols and past n), then red[WK][NB][32*WR] for the sum over warps. */
+ * X, zero past cols and past n), then red[WK][NB][32*WR] for the sum over warps.
+ * Weight loads are software-pipelined: the first batch is issued before X is staged,
+ * and each next batch before the current one is used, so loads stay in flight. */
 template <typename T, int VEC, int NB>
 __global__ void __launch_bounds__(SPMM_THREADS) spmm_kernel2(spmm_args a)
 {
     extern __shared__ float smem[];
-    constexpr int U = 16 / VEC; /* groups in flight per thread: 16 values */
+    constexpr int U = VEC == 4 ? 4 : VEC == 2 ? 4 : 8; /* groups per batch: 8-16 values */
     const int WR = a.warps_rows, WK = SPMM_WARPS / WR, rpb = 32 * WR;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int wr = warp % WR, wk = warp / WR;
@@ -126,12 +181,24 @@ __global__ void __launch_bounds__(SPMM_THREADS) spmm_kernel2(spmm_args a)
     float *xs = smem;
     float *red = smem + (size_t)NB * a.banks_per_split * a.bank;
 
-    for (int t = threadIdx.x; t < NB * span; t += blockDim.x) {
-        int i = t / span, c = t - i * span;
-        float v = 0.0f;
-        if (i0 + i < a.n && c0 + c < a.cols)
-            v = a.x[(size_t)(i0 + i) * a.ldx + c0 + c];
-        xs[t] = v;
+    const T *vals = static_cast<const T *>(a.values);
+    const int G = a.groups, nbs = b1 - b0;
+    const int wb0 = b0 + nbs * wk / WK, wb1 = b0 + nbs * (wk + 1) / WK;
+    const int r = row0 + wr * 32 + lane;
+    /* rows_pad is a multiple of 32, so a warp is wholly inside or wholly past it */
+    const int q1 = row0 + wr * 32 < a.rows_pad ? wb1 * G : wb0 * G;
+    int q = wb0 * G;
+    T v[U][VEC];
+    uint8_t o[U][VEC];
+    load_batch<T, VEC, U>(vals, a.offsets, q, q1, a.rows_pad, r, v, o);
+
+#pragma unroll
+    for (int i = 0; i < NB; i++) {
+        const bool col_ok = i0 + i < a.n;
+#pragma unroll 4
+        for (int c = threadIdx.x; c < span; c += SPMM_THREADS)
+            xs[i * span + c] =
+                col_ok && c0 + c < a.cols ? a.x[(size_t)(i0 + i) * a.ldx + c0 + c] : 0.0f;
     }
     __syncthreads();
 
@@ -139,49 +206,19 @@ __global__ void __launch_bounds__(SPMM_THREADS) spmm_kernel2(spmm_args a)
 #pragma unroll
     for (int i = 0; i < NB; i++)
         acc[i] = 0.0f;
-    const int r = row0 + wr * 32 + lane;
-    /* rows_pad is a multiple of 32, so a warp is wholly inside or wholly past it */
-    if (row0 + wr * 32 < a.rows_pad) {
-        const T *vals = static_cast<const T *>(a.values);
-        const int G = a.groups, nbs = b1 - b0;
-        const int wb0 = b0 + nbs * wk / WK, wb1 = b0 + nbs * (wk + 1) / WK;
-        const int q1 = wb1 * G;
-        int qb = wb0, qg = 0; /* bank and group of the next group to compute */
-        for (int q = wb0 * G; q < q1; q += U) {
-            T v[U][VEC];
-            uint8_t o[U][VEC];
+    int qb = wb0, qg = 0; /* bank and in-bank group of group q */
+    for (; q < q1; q += U) {
+        T nv[U][VEC];
+        uint8_t no[U][VEC];
+        load_batch<T, VEC, U>(vals, a.offsets, q + U, q1, a.rows_pad, r, nv, no);
+        compute_batch<T, VEC, NB, U>(v, o, q, q1, G, qb, qg, xs, b0, a.bank, span, acc);
 #pragma unroll
-            for (int u = 0; u < U; u++) {
-                if (q + u < q1) {
-                    load_group<T, VEC>(vals, a.offsets, ((size_t)(q + u) * a.rows_pad + r) * VEC,
-                                       v[u], o[u]);
-                } else {
+        for (int u = 0; u < U; u++)
 #pragma unroll
-                    for (int e = 0; e < VEC; e++) {
-                        v[u][e] = T(0.0f);
-                        o[u][e] = 0;
-                    }
-                }
+            for (int e = 0; e < VEC; e++) {
+                v[u][e] = nv[u][e];
+                o[u][e] = no[u][e];
             }
-#pragma unroll
-            for (int u = 0; u < U; u++) {
-                if (q + u < q1) {
-                    const float *xb = xs + (qb - b0) * a.bank;
-#pragma unroll
-                    for (int e = 0; e < VEC; e++) {
-                        const float wv = to_f(v[u][e]);
-                        const float *xc = xb + o[u][e];
-#pragma unroll
-                        for (int i = 0; i < NB; i++)
-                            acc[i] = fmaf(wv, xc[i * span], acc[i]);
-                    }
-                    if (++qg == G) {
-                        qg = 0;
-                        qb++;
-                    }
-                }
-            }
-        }
     }
 
 #pragma unroll
@@ -215,6 +252,58 @@ __global__ void spmm_reduce_kernel(spmm_args a)
     epilogue_store(a, row, col, sum);
 }
 
+template <typename T, int VEC> static const void *kernel2_nb(int nb)
+{
+    switch (nb) {
+    case 1: return reinterpret_cast<const void *>(spmm_kernel2<T, VEC, 1>);
+    case 2: return reinterpret_cast<const void *>(spmm_kernel2<T, VEC, 2>);
+    case 4: return reinterpret_cast<const void *>(spmm_kernel2<T, VEC, 4>);
+    default: return reinterpret_cast<const void *>(spmm_kernel2<T, VEC, 8>);
+    }
+}
+
+template <typename T> static const void *kernel2_vec(int vec, int nb)
+{
+    switch (vec) {
+    case 4: return kernel2_nb<T, 4>(nb);
+    case 2: return kernel2_nb<T, 2>(nb);
+    default: return kernel2_nb<T, 1>(nb);
+    }
+}
+
+/* The instance of kernel 2 for a value type, group width and batch columns per block. */
+static const void *kernel2_ptr(gpu_dtype dt, int vec, int nb)
+{
+    switch (dt) {
+    case GPU_F16: return kernel2_vec<__half>(vec, nb);
+    case GPU_BF16: return kernel2_vec<__nv_bfloat16>(vec, nb);
+    default: return kernel2_vec<float>(vec, nb);
+    }
+}
+
+/* Blocks of kernel 2 that fit on one multiprocessor at once (registers and shared
+ * memory), asked of the runtime once per instance and kept; 2 if the runtime cannot say. */
+static int kernel2_blocks_per_sm(gpu_dtype dt, int vec, int nb)
+{
+    static std::atomic<int> cache[3][3][4];
+    const int di = dt == GPU_F16 ? 1 : dt == GPU_BF16 ? 2 : 0;
+    const int vi = vec == 4 ? 2 : vec == 2 ? 1 : 0, ni = nb == 8 ? 3 : nb == 4 ? 2 : nb - 1;
+    int v = cache[di][vi][ni].load(std::memory_order_relaxed);
+    if (v > 0)
+        return v;
+    int blocks = 0;
+    /* the largest shared memory the plan gives a block, so the answer is a lower bound */
+    const size_t smem = SPMM_X_BYTES + (size_t)nb * SPMM_THREADS * sizeof(float);
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel2_ptr(dt, vec, nb),
+                                                      SPMM_THREADS, smem) != cudaSuccess ||
+        blocks < 1) {
+        cudaGetLastError(); /* a failed query is not a device error */
+        blocks = 2;
+    }
+    cache[di][vi][ni].store(blocks, std::memory_order_relaxed);
+    return blocks;
+}
+
 void spmm_plan_make(const gpu_bsmat *w, int n, int sms, spmm_plan *p)
 {
     const bs_pack_shape &s = w->shape;
@@ -222,56 +311,46 @@ void spmm_plan_make(const gpu_bsmat *w, int n, int sms, spmm_plan *p)
     while (nb < n && nb < 8)
         nb *= 2;
     const long zb = (n + nb - 1) / nb;
-    int bps = SPMM_X_BYTES / (s.bank * nb * (int)sizeof(float));
-    if (bps < 1)
-        bps = 1;
-    int splits = (s.nbanks + bps - 1) / bps;
-    /* Aim for two blocks per multiprocessor: first with more warps per block along the
-     * banks (fewer rows per block), then, for long rows only, with more splits. */
-    const long target = 2L * (sms > 0 ? sms : 1);
-    int wr = SPMM_WARPS;
-    while (wr > 1 && (long)((s.rows_pad + 32 * wr - 1) / (32 * wr)) * zb * splits < target)
-        wr /= 2;
-    const long blocks = (long)((s.rows_pad + 32 * wr - 1) / (32 * wr)) * zb;
-    while (blocks * splits < target && s.nbanks / (splits * 2) >= 8 * SPMM_WARPS)
-        splits *= 2;
-    bps = (s.nbanks + splits - 1) / splits;
-    splits = (s.nbanks + bps - 1) / bps;
+    int bps_max = SPMM_X_BYTES / (s.bank * nb * (int)sizeof(float));
+    if (bps_max < 1)
+        bps_max = 1;
+    const int s_min = (s.nbanks + bps_max - 1) / bps_max;
+    const double slots =
+        (double)kernel2_blocks_per_sm(w->dtype, s.vec, nb) * (sms > 0 ? sms : 1);
+    const double esize = w->dtype == GPU_F32 ? 4 : 2;
+    const double weight_bytes = (double)s.rows * s.nbanks * s.k * (esize + 1);
+    /* Only a product that streams many bytes gains from more splits than shared memory
+     * asks for; on a small one the second (reduce) launch costs more than it saves. */
+    const int s_max = weight_bytes > 16e6 ? std::min(2 * s_min, s.nbanks) : s_min;
+    /* Score each shape of the grid: the fraction of the machine its last wave keeps busy,
+     * against the bytes it adds to the weights: partial sums written and read back, X
+     * staged once per block (from L2: a quarter the cost), and the reduce launch (about
+     * 1 us, as 4 MB). Ties keep more rows per block and fewer splits. */
+    double best = -1;
+    for (int wr = SPMM_WARPS; wr >= 1; wr /= 2) {
+        const long rb = (s.rows_pad + 32 * wr - 1) / (32 * wr);
+        for (int sp = s_min; sp <= s_max; sp++) {
+            const int bps = (s.nbanks + sp - 1) / sp, spr = (s.nbanks + bps - 1) / bps;
+            const double blocks = (double)rb * zb * spr;
+            const double waves = ceil(blocks / slots);
+            const double eff = blocks / (waves * slots);
+            const double extra = (spr > 1 ? 8.0 * spr * n * s.rows + 4e6 : 0.0) +
+                                 0.25 * blocks * bps * s.bank * nb * sizeof(float);
+            const double score = eff / (1.0 + extra / weight_bytes);
+            if (score > best * (1.0 + 1e-9)) {
+                best = score;
+                p->warps_rows = wr;
+                p->splits = spr;
+                p->banks_per_split = bps;
+            }
+        }
+    }
     p->nb = nb;
-    p->warps_rows = wr;
-    p->splits = splits;
-    p->banks_per_split = bps;
-    p->smem = ((size_t)nb * bps * s.bank + (size_t)nb * SPMM_THREADS) * sizeof(float);
-    p->work_floats = splits > 1 ? (size_t)splits * n * s.rows : 0;
-    p->grid = dim3((unsigned)((s.rows_pad + 32 * wr - 1) / (32 * wr)), (unsigned)splits,
-                   (unsigned)zb);
-}
-
-template <typename T, int VEC, int NB>
-static void launch2(const spmm_plan &p, const spmm_args &a, cudaStream_t st)
-{
-    spmm_kernel2<T, VEC, NB><<<p.grid, SPMM_THREADS, p.smem, st>>>(a);
-}
-
-template <typename T, int VEC>
-static void launch2_nb(const spmm_plan &p, const spmm_args &a, cudaStream_t st)
-{
-    switch (p.nb) {
-    case 1: launch2<T, VEC, 1>(p, a, st); break;
-    case 2: launch2<T, VEC, 2>(p, a, st); break;
-    case 4: launch2<T, VEC, 4>(p, a, st); break;
-    default: launch2<T, VEC, 8>(p, a, st); break;
-    }
-}
-
-template <typename T>
-static void launch2_vec(const spmm_plan &p, const spmm_args &a, cudaStream_t st)
-{
-    switch (a.vec) {
-    case 4: launch2_nb<T, 4>(p, a, st); break;
-    case 2: launch2_nb<T, 2>(p, a, st); break;
-    default: launch2_nb<T, 1>(p, a, st); break;
-    }
+    p->smem = ((size_t)nb * p->banks_per_split * s.bank + (size_t)nb * SPMM_THREADS) *
+              sizeof(float);
+    p->work_floats = p->splits > 1 ? (size_t)p->splits * n * s.rows : 0;
+    p->grid = dim3((unsigned)((s.rows_pad + 32 * p->warps_rows - 1) / (32 * p->warps_rows)),
+                   (unsigned)p->splits, (unsigned)zb);
 }
 
 template <typename T>
@@ -331,12 +410,12 @@ cudaError_t spmm_cuda(int version, const gpu_bsmat *w, const float *x, int ldx, 
     a.splits = p.splits;
     a.banks_per_split = p.banks_per_split;
     a.warps_rows = p.warps_rows;
-    switch (w->dtype) {
-    case GPU_F16: launch2_vec<__half>(p, a, stream); break;
-    case GPU_BF16: launch2_vec<__nv_bfloat16>(p, a, stream); break;
-    default: launch2_vec<float>(p, a, stream); break;
-    }
-    cudaError_t e = cudaGetLastError();
+    void *args[] = {&a};
+    cudaError_t e = cudaLaunchKernel(kernel2_ptr(w->dtype, s.vec, p.nb), p.grid, dim3(SPMM_THREADS),
+                                     args, p.smem, stream);
+    if (e != cudaSuccess)
+        return e;
+    e = cudaGetLastError();
     if (e != cudaSuccess || p.splits == 1)
         return e;
     const size_t total = (size_t)n * s.rows;
