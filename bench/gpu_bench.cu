@@ -548,8 +548,9 @@ struct lstm_net {
     float *bias[2], *x, *g[2], *hs[2], *c[2], *h0;
 };
 
-/* Queues one forward pass of both layers on the backend. */
-static void lstm_forward(balsa_backend *be, const lstm_net &net)
+/* Queues one forward pass of both layers on the backend; per step the fused lstm_step
+ * op, or (fused = false) matmul with accumulate then lstm_cell. */
+static void lstm_forward(balsa_backend *be, const lstm_net &net, bool fused)
 {
     const int H = net.H, B = net.B, T = net.T;
     cudaStream_t st = (cudaStream_t)balsa_cuda_stream(be);
@@ -561,25 +562,31 @@ static void lstm_forward(balsa_backend *be, const lstm_net &net)
         for (int t = 0; t < T; t++) {
             const float *hp = t == 0 ? net.h0 : net.hs[l] + (size_t)(t - 1) * B * H;
             float *gt = net.g[l] + (size_t)t * B * 4 * H;
-            CKST(be->ops->matmul(be, net.whh[l], hp, H, B, NULL, 1, BALSA_ACT_NONE, gt, 4 * H));
-            CKST(be->ops->lstm_cell(be, gt, 4 * H, net.c[l], net.hs[l] + (size_t)t * B * H, H,
-                                    B, H));
+            float *ht = net.hs[l] + (size_t)t * B * H;
+            if (fused && be->ops->lstm_step) {
+                CKST(be->ops->lstm_step(be, net.whh[l], hp, H, gt, 4 * H, net.c[l], ht, H, B, H));
+            } else {
+                CKST(be->ops->matmul(be, net.whh[l], hp, H, B, NULL, 1, BALSA_ACT_NONE, gt,
+                                     4 * H));
+                CKST(be->ops->lstm_cell(be, gt, 4 * H, net.c[l], ht, H, B, H));
+            }
         }
     }
 }
 
 /* Median ms of one forward pass: replaying a graph captured once (graph = true) or
  * launching every op (graph = false). */
-static double time_lstm(balsa_backend *be, const lstm_net &net, bool graph, int reps)
+static double time_lstm(balsa_backend *be, const lstm_net &net, bool graph, bool fused,
+                        int reps)
 {
     cudaStream_t st = (cudaStream_t)balsa_cuda_stream(be);
-    lstm_forward(be, net); /* sizes scratch buffers and warms cuBLAS before capture */
+    lstm_forward(be, net, fused); /* sizes scratch buffers and warms cuBLAS before capture */
     CKST(be->ops->synchronize(be));
     cudaGraphExec_t exec = NULL;
     if (graph) {
         cudaGraph_t gr;
         CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-        lstm_forward(be, net);
+        lstm_forward(be, net, fused);
         CK(cudaStreamEndCapture(st, &gr));
         CK(cudaGraphInstantiate(&exec, gr, 0));
         CK(cudaGraphDestroy(gr));
@@ -593,7 +600,7 @@ static double time_lstm(balsa_backend *be, const lstm_net &net, bool graph, int 
         if (graph)
             CK(cudaGraphLaunch(exec, st));
         else
-            lstm_forward(be, net);
+            lstm_forward(be, net, fused);
         CK(cudaEventRecord(b, st));
         CK(cudaEventSynchronize(b));
         float ms;
@@ -675,7 +682,7 @@ static void bench_lstm(void)
             printf("== 2-layer LSTM, hidden %d, %d steps, batch %d, bank 32, k %d (%.2f%% "
                    "sparse)\n",
                    H, T, B, k, 100 * bsmat_sparsity(&wih[0]));
-            double tm[2][2];
+            double tm[2][2], unfused[2] = {0, 0}, unfused_diff = 0;
             std::vector<float> last[2];
             for (int dense = 0; dense < 2; dense++) {
                 balsa_backend *be;
@@ -707,11 +714,19 @@ static void bench_lstm(void)
                 net.h0 = (float *)be->ops->alloc(be, sizeof(float) * B * H);
                 CKST(be->ops->to_device(be, net.x, x.data(), sizeof(float) * x.size()));
                 int reps = g_quick ? 10 : 50;
-                tm[dense][0] = time_lstm(be, net, true, reps);
-                tm[dense][1] = time_lstm(be, net, false, reps / 2);
+                tm[dense][0] = time_lstm(be, net, true, true, reps);
+                tm[dense][1] = time_lstm(be, net, false, true, reps / 2);
                 last[dense].resize((size_t)T * B * H);
                 CKST(be->ops->to_host(be, last[dense].data(), net.hs[1],
                                       sizeof(float) * last[dense].size()));
+                if (!dense) {
+                    unfused[0] = time_lstm(be, net, true, false, reps);
+                    unfused[1] = time_lstm(be, net, false, false, reps / 2);
+                    std::vector<float> u(last[0].size());
+                    CKST(be->ops->to_host(be, u.data(), net.hs[1], sizeof(float) * u.size()));
+                    for (size_t i = 0; i < u.size(); i++)
+                        unfused_diff = std::max(unfused_diff, (double)fabsf(u[i] - last[0][i]));
+                }
                 for (int l = 0; l < 2; l++) {
                     be->ops->mat_free(be, net.wih[l]);
                     be->ops->mat_free(be, net.whh[l]);
@@ -734,7 +749,10 @@ static void bench_lstm(void)
                     err = std::max(err, fabs(last[0][i] - ref[i]));
             }
             printf("  %-34s %9s %9s\n", "version (ms per forward)", "graph", "no graph");
-            printf("  %-34s %9.4f %9.4f\n", "balsa sparse (kernel2 + cell)", tm[0][0], tm[0][1]);
+            printf("  %-34s %9.4f %9.4f\n", "balsa sparse (fused lstm_step)", tm[0][0], tm[0][1]);
+            printf("  %-34s %9.4f %9.4f   (max |h - fused| %.1e%s)\n",
+                   "balsa sparse (kernel2 + cell)", unfused[0], unfused[1], unfused_diff,
+                   unfused_diff > 1e-4 ? " WRONG" : "");
             printf("  %-34s %9.4f %9.4f\n", "cuBLAS dense (sgemv/sgemm + cell)", tm[1][0],
                    tm[1][1]);
             printf("  speedup %.2fx (graph), %.2fx (no graph); max |h sparse - h dense| %.1e%s",

@@ -457,6 +457,110 @@ TEST(lstm_cell_matches_reference)
     be->ops->destroy(be);
 }
 
+/* One recurrent step (lstm_step): gates_in + W_hh h_prev, then the cell; against
+ * spmm_ref + lstm_cell_ref, with strides and sentinels around h. Covers the fused kernel,
+ * kernel 1 and dense matrices (product then cell), and a hidden size too large for the
+ * fused kernel's shared memory (its fallback). */
+static void check_lstm_step(balsa_backend *be, const bsmat *w, int dense, int n,
+                            unsigned long long seed)
+{
+    int H = w->cols, ldhp = H + 1, ldg = 4 * H + 2, ldh = H + 3;
+    float *hp = rand_buf((size_t)n * ldhp, 1.0f, &seed);
+    float *g = rand_buf((size_t)n * ldg, 1.0f, &seed);
+    float *c = rand_buf((size_t)n * H, 1.0f, &seed);
+    size_t hlen = (size_t)n * ldh + 16;
+    float *h = malloc(sizeof(float) * hlen), *gh = malloc(sizeof(float) * hlen);
+    float *gc = malloc(sizeof(float) * n * H);
+    for (size_t i = 0; i < hlen; i++)
+        h[i] = SENTINEL;
+    balsa_mat *m = NULL;
+    balsa_status st;
+    if (dense) {
+        float *wd = malloc(sizeof(float) * 4 * H * H);
+        bsmat_to_dense(w, wd, H);
+        st = be->ops->upload_dense(be, wd, 4 * H, H, &m);
+        free(wd);
+    } else {
+        st = be->ops->upload_sparse(be, w, &m);
+    }
+    float *dhp = dev_copy(be, hp, (size_t)n * ldhp), *dg = dev_copy(be, g, (size_t)n * ldg);
+    float *dc = dev_copy(be, c, (size_t)n * H), *dh = dev_copy(be, h, hlen);
+    CHECK(st == BALSA_OK && dhp && dg && dc && dh);
+    if (st == BALSA_OK && dhp && dg && dc && dh) {
+        CHECK(be->ops->lstm_step(be, m, dhp, ldhp, dg, ldg, dc, dh, ldh, n, H) == BALSA_OK);
+        CHECK(be->ops->to_host(be, gh, dh, sizeof(float) * hlen) == BALSA_OK);
+        CHECK(be->ops->to_host(be, gc, dc, sizeof(float) * n * H) == BALSA_OK);
+        spmm_ref(w, hp, ldhp, n, NULL, 1, BALSA_ACT_NONE, g, ldg);
+        lstm_cell_ref(g, ldg, c, h, ldh, n, H);
+        double worst = 0;
+        int guards_ok = 1;
+        for (int r = 0; r < n; r++) {
+            for (int j = 0; j < H; j++) {
+                worst = fmax(worst, fabs(gc[(size_t)r * H + j] - c[(size_t)r * H + j]));
+                worst = fmax(worst, fabs(gh[(size_t)r * ldh + j] - h[(size_t)r * ldh + j]));
+                if (isnan(gh[(size_t)r * ldh + j]))
+                    worst = INFINITY;
+            }
+            for (int j = H; j < ldh; j++)
+                guards_ok &= gh[(size_t)r * ldh + j] == SENTINEL;
+        }
+        for (size_t i = (size_t)n * ldh; i < hlen; i++)
+            guards_ok &= gh[i] == SENTINEL;
+        CHECK_MSG(worst < 1e-4, "%s: hidden %d bank %d k %d n %d dense %d: error %g",
+                  be->describe, H, w->bank, w->k, n, dense, worst);
+        CHECK_MSG(guards_ok, "hidden %d n %d: a sentinel was overwritten", H, n);
+    }
+    be->ops->free(be, dhp);
+    be->ops->free(be, dg);
+    be->ops->free(be, dc);
+    be->ops->free(be, dh);
+    be->ops->mat_free(be, m);
+    free(hp);
+    free(g);
+    free(c);
+    free(h);
+    free(gh);
+    free(gc);
+}
+
+TEST(lstm_step_matches_reference)
+{
+    char why[256];
+    balsa_backend *be = gpu_backend(BALSA_CUDA_F32, 2, why, sizeof why);
+    if (!be)
+        SKIP("no CUDA device: %s", why);
+    balsa_backend *be1 = gpu_backend(BALSA_CUDA_F32, 1, why, sizeof why);
+    REQUIRE(be1 && be->ops->lstm_step);
+    int hs[] = {1, 7, 33, 650}, ns[] = {1, 3, 8}, banks[] = {4, 32, 64}, ks[] = {1, 6, 8};
+    unsigned long long seed = 404;
+    for (int a = 0; a < 4; a++)
+        for (int b = 0; b < 3; b++) {
+            int H = hs[a], B = banks[(a + b) % 3], k = ks[(a + 2 * b) % 3];
+            if (k > B)
+                k = B;
+            float *d = rand_buf((size_t)4 * H * H, 0.5f, &seed);
+            bsmat w;
+            REQUIRE(bsmat_prune(d, 4 * H, H, H, B, k, &w) == BALSA_OK);
+            check_lstm_step(be, &w, 0, ns[b], seed + 1);
+            if (!quick()) {
+                check_lstm_step(be1, &w, 0, ns[b], seed + 2);
+                check_lstm_step(be, &w, 1, ns[b], seed + 3);
+            }
+            bsmat_free(&w);
+            free(d);
+        }
+    if (!quick()) { /* hidden 12000: h_prev does not fit the fused kernel */
+        bsmat w;
+        REQUIRE(bsmat_init(&w, 4 * 12000, 12000, 32, 1) == BALSA_OK);
+        for (size_t i = 0; i < (size_t)w.rows * w.nbanks; i++)
+            w.values[i] = 0.1f * h_rand_f(&seed);
+        check_lstm_step(be, &w, 0, 2, seed);
+        bsmat_free(&w);
+    }
+    be1->ops->destroy(be1);
+    be->ops->destroy(be);
+}
+
 /* Bad arguments are refused without touching the device, which stays usable. */
 TEST(invalid_arguments_refused)
 {
@@ -478,6 +582,8 @@ TEST(invalid_arguments_refused)
     CHECK(be->ops->matmul(be, w, dx, 50, -1, NULL, 0, BALSA_ACT_NONE, dy, 40) ==
           BALSA_ERR_INVALID);
     CHECK(be->ops->lstm_cell(be, dx, 7, dy, dy + 100, 2, 1, 2) == BALSA_ERR_INVALID);
+    /* 40 x 50 is not 4*hidden x hidden for any hidden */
+    CHECK(be->ops->lstm_step(be, w, dx, 50, dy, 200, dy, dx, 50, 1, 10) == BALSA_ERR_INVALID);
     CHECK(be->ops->matmul(be, w, dx, 50, 0, NULL, 0, BALSA_ACT_NONE, dy, 40) == BALSA_OK);
     CHECK(be->ops->matmul(be, w, dx, 50, 1, NULL, 0, BALSA_ACT_NONE, dy, 40) == BALSA_OK);
     CHECK(be->ops->synchronize(be) == BALSA_OK);
@@ -511,6 +617,7 @@ int main(void)
     RUN(dense_cublas_fp32);
     RUN(spmm_deterministic);
     RUN(lstm_cell_matches_reference);
+    RUN(lstm_step_matches_reference);
     RUN(invalid_arguments_refused);
 #else
     RUN(cuda_ops_match_reference);

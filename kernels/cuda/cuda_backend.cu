@@ -305,6 +305,31 @@ static balsa_status cuda_lstm_cell(balsa_backend *b, const float *gates, int ldg
     return BALSA_OK;
 }
 
+/* Sparse w_hh with the fast kernel: one fused launch; otherwise (dense, kernel 1, or a
+ * hidden size too large for the fused kernel's shared memory) the product then the cell. */
+static balsa_status cuda_lstm_step(balsa_backend *b, const balsa_mat *w, const float *h_prev,
+                                   int ldhp, float *gates, int ldg, float *c, float *h, int ldh,
+                                   int n, int hidden)
+{
+    cuda_backend *be = cb(b);
+    if (!w || n < 0 || hidden < 1 || w->rows != 4 * hidden || w->cols != hidden ||
+        ldhp < hidden || ldg < 4 * hidden || ldh < hidden)
+        return BALSA_ERR_INVALID;
+    HEALTHY_OR_FAIL(be);
+    if (n == 0)
+        return BALSA_OK;
+    if (w->sparse && be->opt.spmm_version != 1) {
+        cudaError_t e = spmm_lstm_cuda(&w->sp, h_prev, ldhp, gates, ldg, c, h, ldh, n, hidden,
+                                       be->stream);
+        if (e != cudaErrorNotSupported) {
+            CUDA_TRY(be, e);
+            return BALSA_OK;
+        }
+    }
+    balsa_status st = cuda_matmul(b, w, h_prev, ldhp, n, NULL, 1, BALSA_ACT_NONE, gates, ldg);
+    return st != BALSA_OK ? st : cuda_lstm_cell(b, gates, ldg, c, h, ldh, n, hidden);
+}
+
 static balsa_status cuda_synchronize(balsa_backend *b)
 {
     cuda_backend *be = cb(b);
@@ -338,6 +363,7 @@ static const balsa_backend_ops cuda_ops = {
     cuda_matmul,
     cuda_lstm_cell,
     cuda_synchronize,
+    cuda_lstm_step,
 };
 
 static const char *values_name(balsa_cuda_values v)

@@ -47,6 +47,17 @@ cudaError_t spmm_cuda(int version, const gpu_bsmat *w, const float *x, int ldx, 
                       const float *bias, int accumulate, int act, float *y, int ldy,
                       float *work, size_t work_floats, int sms, cudaStream_t stream);
 
+/* One recurrent LSTM step in one launch, for a balanced-sparse w_hh (4*hidden x hidden,
+ * gate rows i, f, g, o): for each of n rows, gates = gates_in + w_hh h_prev (gates_in at
+ * stride ldg is only read), then the cell of lstm_cell_cuda (c updated, h written at
+ * stride ldh). h_prev (stride ldhp) must not overlap h. Returns cudaErrorNotSupported
+ * when h_prev's bank-padded row does not fit in shared memory (hidden above ~10000): the
+ * caller then runs spmm_cuda + lstm_cell_cuda; cudaErrorInvalidValue when w_hh's shape is
+ * not 4*hidden x hidden. */
+cudaError_t spmm_lstm_cuda(const gpu_bsmat *w_hh, const float *h_prev, int ldhp,
+                           const float *gates, int ldg, float *c, float *h, int ldh, int n,
+                           int hidden, cudaStream_t stream);
+
 /* y[i][r] = act(y[i][r] + bias[r]) for i < n, r < rows (bias may be NULL): the epilogue
  * of the dense (cuBLAS) path. */
 cudaError_t bias_act_cuda(float *y, int ldy, int n, int rows, const float *bias, int act,

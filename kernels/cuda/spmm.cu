@@ -10,6 +10,8 @@
  *                 for long rows) and the parts are added in a fixed order: no atomics,
  *                 the same bits on every run.
  *   spmm_reduce_kernel  adds the per-block parts of kernel 2 when rows were split.
+ *   spmm_lstm_kernel1   one recurrent LSTM step in one launch: kernel 2's inner loop on
+ *                 the rows of the four gates of 8 units per block, then the cell.
  * cuBLAS (dense) and cuSPARSE (CSR) are the other versions, in the backend and bench. */
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -421,4 +423,168 @@ cudaError_t spmm_cuda(int version, const gpu_bsmat *w, const float *x, int ldx, 
     const size_t total = (size_t)n * s.rows;
     spmm_reduce_kernel<<<(unsigned)((total + 255) / 256), 256, 0, stream>>>(a);
     return cudaGetLastError();
+}
+
+/* h_prev staged plus red and gsum at 8 batch columns stay within the 48 KB a block gets
+ * without opting in */
+enum { LSTM_UNITS = 8, LSTM_X_BYTES = 49152 - (SPMM_WARPS + 1) * 8 * 32 * 4 };
+
+/* Arguments of the fused step. */
+struct lstm_step_args {
+    const void *values;
+    const uint8_t *offsets;
+    int hidden, bank, nbanks, groups, rows_pad;
+    const float *h_prev;
+    int ldhp, n;
+    const float *gates;
+    int ldg;
+    float *c, *h;
+    int ldh;
+};
+
+/* Block (bx, z): units bx*8 .. +8, batch columns z*NB .. +NB. Lane l of every warp owns
+ * gate l / 8 of unit l % 8, i.e. W_hh row (l / 8) * hidden + unit; warp w adds banks
+ * [w * nbanks / 8, (w + 1) * nbanks / 8) of that row. Shared memory: xs[NB][nbanks*bank]
+ * (h_prev, zero past hidden and n), red[8][NB][32] (per-warp sums), gsum[NB][32]. */
+template <typename T, int VEC, int NB>
+__global__ void __launch_bounds__(SPMM_THREADS) spmm_lstm_kernel1(lstm_step_args a)
+{
+    extern __shared__ float smem[];
+    constexpr int U = VEC == 4 ? 4 : VEC == 2 ? 4 : 8;
+    const int H = a.hidden, span = a.nbanks * a.bank;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int gate = lane / LSTM_UNITS, unit = blockIdx.x * LSTM_UNITS + lane % LSTM_UNITS;
+    const int i0 = blockIdx.y * NB;
+    float *xs = smem;
+    float *red = xs + (size_t)NB * span;
+    float *gsum = red + SPMM_WARPS * NB * 32;
+
+    const T *vals = static_cast<const T *>(a.values);
+    const int G = a.groups;
+    const int wb0 = a.nbanks * warp / SPMM_WARPS, wb1 = a.nbanks * (warp + 1) / SPMM_WARPS;
+    const int r = gate * H + (unit < H ? unit : 0);
+    const int q1 = unit < H ? wb1 * G : wb0 * G; /* lanes past the last unit load nothing */
+    int q = wb0 * G;
+    T v[U][VEC];
+    uint8_t o[U][VEC];
+    load_batch<T, VEC, U>(vals, a.offsets, q, q1, a.rows_pad, r, v, o);
+
+#pragma unroll
+    for (int i = 0; i < NB; i++) {
+        const bool col_ok = i0 + i < a.n;
+#pragma unroll 4
+        for (int c = threadIdx.x; c < span; c += SPMM_THREADS)
+            xs[i * span + c] = col_ok && c < H ? a.h_prev[(size_t)(i0 + i) * a.ldhp + c] : 0.0f;
+    }
+    __syncthreads();
+
+    float acc[NB];
+#pragma unroll
+    for (int i = 0; i < NB; i++)
+        acc[i] = 0.0f;
+    int qb = wb0, qg = 0;
+    for (; q < q1; q += U) {
+        T nv[U][VEC];
+        uint8_t no[U][VEC];
+        load_batch<T, VEC, U>(vals, a.offsets, q + U, q1, a.rows_pad, r, nv, no);
+        compute_batch<T, VEC, NB, U>(v, o, q, q1, G, qb, qg, xs, 0, a.bank, span, acc);
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int e = 0; e < VEC; e++) {
+                v[u][e] = nv[u][e];
+                o[u][e] = no[u][e];
+            }
+    }
+#pragma unroll
+    for (int i = 0; i < NB; i++)
+        red[(warp * NB + i) * 32 + lane] = acc[i];
+    __syncthreads();
+    for (int t = threadIdx.x; t < NB * 32; t += blockDim.x) {
+        float sum = 0.0f;
+        for (int w = 0; w < SPMM_WARPS; w++)
+            sum += red[w * NB * 32 + t];
+        gsum[t] = sum;
+    }
+    __syncthreads();
+    for (int t = threadIdx.x; t < NB * LSTM_UNITS; t += blockDim.x) {
+        const int i = t / LSTM_UNITS, u = t % LSTM_UNITS;
+        const int j = blockIdx.x * LSTM_UNITS + u, col = i0 + i;
+        if (j >= H || col >= a.n)
+            continue;
+        const float *g = a.gates + (size_t)col * a.ldg;
+        const float *s = gsum + i * 32;
+        float *cp = a.c + (size_t)col * H + j;
+        const float cn = bs_lstm_c(s[0 * LSTM_UNITS + u] + g[j], s[1 * LSTM_UNITS + u] + g[H + j],
+                                   s[2 * LSTM_UNITS + u] + g[2 * H + j], *cp);
+        *cp = cn;
+        a.h[(size_t)col * a.ldh + j] = bs_lstm_h(s[3 * LSTM_UNITS + u] + g[3 * H + j], cn);
+    }
+}
+
+template <typename T, int VEC> static const void *lstm_kernel_nb(int nb)
+{
+    switch (nb) {
+    case 1: return reinterpret_cast<const void *>(spmm_lstm_kernel1<T, VEC, 1>);
+    case 2: return reinterpret_cast<const void *>(spmm_lstm_kernel1<T, VEC, 2>);
+    case 4: return reinterpret_cast<const void *>(spmm_lstm_kernel1<T, VEC, 4>);
+    default: return reinterpret_cast<const void *>(spmm_lstm_kernel1<T, VEC, 8>);
+    }
+}
+
+template <typename T> static const void *lstm_kernel_vec(int vec, int nb)
+{
+    switch (vec) {
+    case 4: return lstm_kernel_nb<T, 4>(nb);
+    case 2: return lstm_kernel_nb<T, 2>(nb);
+    default: return lstm_kernel_nb<T, 1>(nb);
+    }
+}
+
+cudaError_t spmm_lstm_cuda(const gpu_bsmat *w_hh, const float *h_prev, int ldhp, const float *gates,
+                           int ldg, float *c, float *h, int ldh, int n, int hidden,
+                           cudaStream_t stream)
+{
+    const bs_pack_shape &s = w_hh->shape;
+    if (s.rows != 4 * hidden || s.cols != hidden)
+        return cudaErrorInvalidValue;
+    if (n == 0)
+        return cudaSuccess;
+    const size_t row_bytes = (size_t)s.nbanks * s.bank * sizeof(float);
+    int nb = 1;
+    while (nb < n && nb < 8 && (size_t)(2 * nb) * row_bytes <= LSTM_X_BYTES)
+        nb *= 2;
+    if ((size_t)nb * row_bytes > LSTM_X_BYTES)
+        return cudaErrorNotSupported;
+    const unsigned zb = (unsigned)((n + nb - 1) / nb);
+    if (zb > 65535)
+        return cudaErrorInvalidConfiguration;
+    lstm_step_args a;
+    a.values = w_hh->values;
+    a.offsets = w_hh->offsets;
+    a.hidden = hidden;
+    a.bank = s.bank;
+    a.nbanks = s.nbanks;
+    a.groups = s.groups;
+    a.rows_pad = s.rows_pad;
+    a.h_prev = h_prev;
+    a.ldhp = ldhp;
+    a.n = n;
+    a.gates = gates;
+    a.ldg = ldg;
+    a.c = c;
+    a.h = h;
+    a.ldh = ldh;
+    const void *k;
+    switch (w_hh->dtype) {
+    case GPU_F16: k = lstm_kernel_vec<__half>(s.vec, nb); break;
+    case GPU_BF16: k = lstm_kernel_vec<__nv_bfloat16>(s.vec, nb); break;
+    default: k = lstm_kernel_vec<float>(s.vec, nb); break;
+    }
+    const size_t smem = ((size_t)nb * s.nbanks * s.bank + (SPMM_WARPS + 1) * (size_t)nb * 32) *
+                        sizeof(float);
+    void *args[] = {&a};
+    dim3 grid((unsigned)((hidden + LSTM_UNITS - 1) / LSTM_UNITS), zb);
+    cudaError_t e = cudaLaunchKernel(k, grid, dim3(SPMM_THREADS), args, smem, stream);
+    return e != cudaSuccess ? e : cudaGetLastError();
 }
