@@ -324,8 +324,8 @@ static int make_cases(spmm_case *out, int max)
                     out[nc++] = c;
             }
     spmm_case big[] = {
-        {300, 20000, 32, 4, 8, 1, 0, 0, 0, 0},  /* batch 8, split over 20 blocks */
-        {64, 40000, 32, 8, 1, 0, 1, 3, 3, 2},   /* batch 1, split over 5 blocks */
+        {40, 20000, 32, 4, 8, 1, 0, 0, 0, 0},   /* batch 8, split over 20 blocks */
+        {16, 40000, 32, 8, 1, 0, 1, 3, 3, 2},   /* batch 1, split over 5 blocks */
         {1000, 3000, 64, 6, 3, 1, 1, 1, 1, 1},  /* 64-wide banks, k = 6 (vec 2) */
         {2600, 650, 32, 6, 1, 1, 0, 2, 0, 0},   /* an LSTM gate matrix, hidden 650 */
         {129, 1000, 256, 100, 64, 0, 1, 0, 0, 3} /* 256-wide banks, vec 4, batch 64 */

@@ -1,10 +1,13 @@
 /* The CUDA backend: device memory, one stream per backend, balanced-sparse products by
  * the kernels of spmm.cu on the packed layout of bs_pack.h (fp32, fp16 or bf16 values,
  * fp32 sums), dense products by cuBLAS (sgemv at batch 1, sgemm above) with the bias
- * and activation in a second kernel, and the fused LSTM cell. Every CUDA and cuBLAS call
+ * and activation in a second kernel, the fused LSTM cell, and the optional lstm_step op
+ * (one launch per recurrent step for a sparse W_hh). Every CUDA and cuBLAS call
  * is checked (CUDA_TRY / CUBLAS_TRY name the statement, file and line), and so is every
  * launch; a device error returns BALSA_ERR_DEVICE, is printed once to stderr, and marks
- * the backend unhealthy: from then on every op fails with BALSA_ERR_DEVICE at once. */
+ * the backend unhealthy: from then on every op fails with BALSA_ERR_DEVICE at once.
+ * The device is made current once, at creation: with a device other than 0, call the
+ * ops from the creating thread (or make that device current in the calling thread). */
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -41,15 +44,18 @@ struct balsa_mat {
 
 static cuda_backend *cb(balsa_backend *be) { return reinterpret_cast<cuda_backend *>(be); }
 
-/* Reports a failed CUDA call and marks the backend unhealthy. An allocation failure is
- * not a device failure: it returns BALSA_ERR_OOM and leaves the backend healthy. */
+/* Reports a failed CUDA call and marks the backend unhealthy. Errors that leave the
+ * device usable are not device failures and leave the backend healthy: running out of
+ * memory (BALSA_ERR_OOM), and a size the kernels or the launch limits cannot take
+ * (BALSA_ERR_UNSUPPORTED). */
 static balsa_status cuda_fail(cuda_backend *be, const char *what, const char *file, int line,
                               cudaError_t e)
 {
-    if (e == cudaErrorMemoryAllocation) {
+    if (e == cudaErrorMemoryAllocation || e == cudaErrorInvalidValue ||
+        e == cudaErrorInvalidConfiguration || e == cudaErrorNotSupported) {
         cudaGetLastError(); /* not sticky: clear it so the next check does not see it */
         fprintf(stderr, "balsa cuda: %s at %s:%d: %s\n", what, file, line, cudaGetErrorString(e));
-        return BALSA_ERR_OOM;
+        return e == cudaErrorMemoryAllocation ? BALSA_ERR_OOM : BALSA_ERR_UNSUPPORTED;
     }
     if (be->healthy)
         fprintf(stderr, "balsa cuda: %s failed at %s:%d: %s (%d); backend marked unhealthy\n",
