@@ -68,11 +68,11 @@ TEST(bs_math_matches_formulas)
 TEST(pack_round_trip_and_layout)
 {
     int rows_l[] = {1, 7, 33, 129}, cols_l[] = {1, 7, 33, 129, 1000};
-    int banks[] = {4, 8, 32, 64, 256}, ks[] = {1, 2, 3, 4, 6, 8, 12};
+    int banks[] = {4, 7, 8, 32, 64, 256}, ks[] = {1, 2, 3, 4, 6, 8, 12};
     unsigned long long seed = 99;
     for (int ri = 0; ri < 4; ri++)
         for (int ci = 0; ci < 5; ci++)
-            for (int bi = 0; bi < 5; bi++)
+            for (int bi = 0; bi < 6; bi++)
                 for (int ki = 0; ki < 8; ki++) {
                     int rows = rows_l[ri], cols = cols_l[ci], B = banks[bi];
                     int k = ki < 7 ? ks[ki] : B;
@@ -299,7 +299,7 @@ static void check_spmm_case(balsa_backend *be, const char *label, double tol,
 static int make_cases(spmm_case *out, int max)
 {
     int sizes[] = {1, 7, 33, 129}, batches[] = {1, 3, 8, 64};
-    int banks[] = {4, 8, 16, 32, 64, 256}, ks[] = {1, 2, 3, 4, 6, 8, 16};
+    int banks[] = {4, 7, 16, 32, 64, 256}, ks[] = {1, 2, 3, 4, 6, 8, 16};
     int nc = 0;
     for (int ri = 0; ri < 4; ri++)
         for (int ci = 0; ci < 4; ci++)
