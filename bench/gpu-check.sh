@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one script for a machine with an NVIDIA GPU (written for an H200): builds the CUDA
-# backend, runs the GPU tests (also under compute-sanitizer memcheck and racecheck, on the
-# quick set), then bench/gpu_bench.cu: copy bandwidth, balsa's kernels against cuBLAS and
-# cuSPARSE on the paper's shapes, the 2-layer LSTM as CUDA graphs, and the goals table.
+# backend, runs the GPU tests, then bench/gpu_bench.cu (copy bandwidth, balsa's kernels
+# against cuBLAS and cuSPARSE on the paper's shapes, the 2-layer LSTM as CUDA graphs, the
+# goals table), then the GPU tests' quick set under compute-sanitizer memcheck and
+# racecheck in the time left.
 # Run from the repository root: bash bench/gpu-check.sh [--quick]
 # Needs the CUDA toolkit and driver only: when the server's libraries (microhttpd, cJSON,
 # OpenBLAS) are missing it builds `make gpu-check-bins` (kernels + CUDA only). Every step
@@ -79,24 +80,27 @@ if [ $full -eq 1 ]; then
     step "tests/test_cuda (full build, with backend choice)" 180 "$B/tests/test_cuda"
 fi
 step "tests/test_cuda (GPU-only build)" 180 "$B/gpu-only/test_cuda"
+# The benchmark first (the numbers matter most), then the sanitizers in the time left.
+step "bench/gpu_bench $quick" 300 "$B/bench/gpu_bench" $quick
 if command -v compute-sanitizer >/dev/null; then
-    step "compute-sanitizer memcheck (quick set)" 120 env BALSA_TEST_QUICK=1 \
-        compute-sanitizer --tool memcheck --error-exitcode 3 "$B/gpu-only/test_cuda"
-    step "compute-sanitizer racecheck (quick set)" 120 env BALSA_TEST_QUICK=1 \
-        compute-sanitizer --tool racecheck --error-exitcode 3 "$B/gpu-only/test_cuda"
+    for tool in memcheck racecheck; do
+        left=$(( 470 - ($(date +%s) - start) ))
+        if [ $left -lt 30 ]; then
+            summary+=("compute-sanitizer $tool: no time left, skipped")
+            continue
+        fi
+        [ $left -gt 120 ] && left=120
+        step "compute-sanitizer $tool (quick set)" "$left" env BALSA_TEST_QUICK=1 \
+            compute-sanitizer --tool $tool --error-exitcode 3 "$B/gpu-only/test_cuda"
+    done
 else
     summary+=("compute-sanitizer: not installed, skipped")
-fi
-left=$(( 470 - ($(date +%s) - start) ))
-if [ $left -gt 30 ]; then
-    step "bench/gpu_bench $quick" "$left" "$B/bench/gpu_bench" $quick
-else
-    summary+=("bench/gpu_bench: no time left, skipped")
 fi
 
 echo
 echo "######## summary ($(( $(date +%s) - start ))s in all; log: $log)"
 printf '%s\n' "${summary[@]}"
+sleep 1 # let tee write the last lines before they are read back
 goals=$(sed -n '/^== goals/,$p' "$log" | grep -E 'MET|MISSED|goals met')
 wrong=$(grep -E 'WRONG|^FAIL ' "$log" | head -n 20)
 [ -n "$goals" ] && printf '%s\n' "$goals"
