@@ -19,6 +19,7 @@
 #endif
 
 #define SENTINEL 1234.5f
+#define GUARD 16 /* sentinels before an output */
 
 static float *rand_buf(size_t n, float scale, unsigned long long *seed)
 {
@@ -216,8 +217,12 @@ static void check_spmm_case(balsa_backend *be, const char *label, double tol,
     bsmat_to_dense(&m, wd, cols);
     float *x = rand_buf((size_t)n * ldx, 1.0f, &seed);
     float *bias = t->bias ? rand_buf(rows, 0.5f, &seed) : NULL;
+    /* y0buf: GUARD sentinels, then the n x ldy output (row padding set to sentinels),
+     * then 64 more sentinels */
     size_t ylen = (size_t)n * ldy + 64;
-    float *y0 = rand_buf(ylen, 1.0f, &seed);
+    float *y0buf = rand_buf(GUARD + ylen, 1.0f, &seed), *y0 = y0buf + GUARD;
+    for (int j = 0; j < GUARD; j++)
+        y0buf[j] = SENTINEL;
     for (int i = 0; i < n; i++)
         for (int r = rows; r < ldy; r++)
             y0[(size_t)i * ldy + r] = SENTINEL;
@@ -227,14 +232,15 @@ static void check_spmm_case(balsa_backend *be, const char *label, double tol,
     balsa_mat *w = NULL;
     balsa_status st = dense ? be->ops->upload_dense(be, wd, rows, cols, &w)
                             : be->ops->upload_sparse(be, &m, &w);
-    float *dx = dev_copy(be, x, (size_t)n * ldx), *dy = dev_copy(be, y0, ylen);
+    float *dx = dev_copy(be, x, (size_t)n * ldx), *dyb = dev_copy(be, y0buf, GUARD + ylen);
+    float *dy = dyb ? dyb + GUARD : NULL;
     float *db = bias ? dev_copy(be, bias, rows) : NULL;
-    float *y = malloc(sizeof(float) * ylen);
+    float *ybuf = malloc(sizeof(float) * (GUARD + ylen)), *y = ybuf + GUARD;
     CHECK_MSG(st == BALSA_OK && dx && dy && (!bias || db), "%s: upload failed", label);
     if (st == BALSA_OK && dx && dy && (!bias || db)) {
         st = be->ops->matmul(be, w, dx, ldx, n, db, t->accumulate, (balsa_act)t->act, dy, ldy);
         CHECK_MSG(st == BALSA_OK, "%s: matmul: %s", label, balsa_status_str(st));
-        CHECK(be->ops->to_host(be, y, dy, ylen * sizeof(float)) == BALSA_OK);
+        CHECK(be->ops->to_host(be, ybuf, dyb, (GUARD + ylen) * sizeof(float)) == BALSA_OK);
         float *yr = malloc(sizeof(float) * ylen);
         memcpy(yr, y0, sizeof(float) * ylen);
         spmm_ref(&m, x, ldx, n, bias, t->accumulate, (balsa_act)t->act, yr, ldy);
@@ -272,6 +278,8 @@ static void check_spmm_case(balsa_backend *be, const char *label, double tol,
         }
         for (size_t j = (size_t)n * ldy; j < ylen; j++)
             guards_ok &= y[j] == SENTINEL;
+        for (int j = 0; j < GUARD; j++)
+            guards_ok &= ybuf[j] == SENTINEL;
         CHECK_MSG(worst <= tol,
                   "%s: %dx%d bank %d k %d n %d bias %d acc %d act %d: error %.3g > %.3g",
                   label, rows, cols, t->bank, t->k, n, t->bias, t->accumulate, t->act, worst,
@@ -281,12 +289,12 @@ static void check_spmm_case(balsa_backend *be, const char *label, double tol,
         free(yr);
     }
     be->ops->free(be, dx);
-    be->ops->free(be, dy);
+    be->ops->free(be, dyb);
     be->ops->free(be, db);
     be->ops->mat_free(be, w);
     CHECK(be->ops->synchronize(be) == BALSA_OK);
-    free(y);
-    free(y0);
+    free(ybuf);
+    free(y0buf);
     free(bias);
     free(x);
     free(wd);
