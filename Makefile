@@ -111,7 +111,7 @@ $(GPU_BENCH_BINS): $(B)/bench/%: $(B)/bench/%.o $(GPU_ONLY_OBJS)
 	$(CC) $(LDFLAGS) -o $@ $^ $(GPU_LDLIBS)
 $(B)/gpu-only/test_cuda: tests/test_cuda.c $(GPU_ONLY_OBJS)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -DBALSA_GPU_ONLY $(LDFLAGS) -o $@ $^ $(GPU_LDLIBS)
+	$(CC) $(CFLAGS) -DBALSA_GPU_ONLY $(LDFLAGS) -o $@ $(filter %.c %.o,$^) $(GPU_LDLIBS)
 gpu-check-bins: $(B)/gpu-only/test_cuda $(GPU_BENCH_BINS)
 else
 gpu-check-bins:

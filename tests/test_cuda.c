@@ -121,69 +121,10 @@ TEST(pack_round_trip_and_layout)
                 }
 }
 
-#ifndef BALSA_GPU_ONLY
-/* "auto" always gives a backend; without a GPU it is the CPU, and why says why, naming
- * CUDA. "cuda" either works or fails clearly; an unknown name is refused. */
-TEST(backend_choice_falls_back)
-{
-    char why[256] = "";
-    balsa_backend *be = NULL;
-    REQUIRE(balsa_backend_create("auto", 1, &be, why, sizeof why) == BALSA_OK);
-    printf("  auto: %s\n", why);
-    if (strcmp(be->ops->name, "cpu") == 0)
-        CHECK_MSG(strstr(why, "CUDA") != NULL, "why does not name CUDA: %s", why);
-    else
-        CHECK(strcmp(be->ops->name, "cuda") == 0 && strstr(why, "cuda") != NULL);
-    int auto_is_cuda = strcmp(be->ops->name, "cuda") == 0;
-    be->ops->destroy(be);
-
-    be = NULL;
-    why[0] = 0;
-    balsa_status st = balsa_backend_create("cuda", 1, &be, why, sizeof why);
-    printf("  cuda: %s\n", why);
-    if (st == BALSA_OK) {
-        CHECK(auto_is_cuda && strcmp(be->ops->name, "cuda") == 0);
-        be->ops->destroy(be);
-    } else {
-        CHECK(st == BALSA_ERR_UNSUPPORTED && !auto_is_cuda);
-        CHECK_MSG(strstr(why, "CUDA") != NULL, "why does not name CUDA: %s", why);
-    }
-    CHECK(balsa_backend_create("cpu", 1, &be, why, sizeof why) == BALSA_OK &&
-          strcmp(be->ops->name, "cpu") == 0);
-    be->ops->destroy(be);
-    CHECK(balsa_backend_create("tpu", 1, &be, why, sizeof why) == BALSA_ERR_INVALID);
-}
-#endif
-
-#ifdef BALSA_CUDA
 static int quick(void)
 {
     const char *q = getenv("BALSA_TEST_QUICK");
     return q && *q && strcmp(q, "0") != 0;
-}
-
-/* Bad options are refused before any device is touched, so this runs anywhere. */
-TEST(cuda_options_checked)
-{
-    char why[200] = "";
-    balsa_backend *be = NULL;
-    balsa_cuda_options bad = {0, (balsa_cuda_values)7, 0};
-    CHECK(balsa_backend_cuda_create(&bad, &be, why, sizeof why) == BALSA_ERR_INVALID);
-    balsa_cuda_options bad2 = {0, BALSA_CUDA_F32, 3};
-    CHECK(balsa_backend_cuda_create(&bad2, &be, why, sizeof why) == BALSA_ERR_INVALID);
-    balsa_status st = balsa_backend_cuda_create(NULL, &be, why, sizeof why);
-    if (st == BALSA_OK)
-        be->ops->destroy(be);
-    else
-        CHECK_MSG(st == BALSA_ERR_UNSUPPORTED && why[0], "status %d, why \"%s\"", st, why);
-}
-
-static balsa_backend *gpu_backend(balsa_cuda_values values, int version, char *why,
-                                  size_t whylen)
-{
-    balsa_cuda_options o = {0, values, version};
-    balsa_backend *be = NULL;
-    return balsa_backend_cuda_create(&o, &be, why, whylen) == BALSA_OK ? be : NULL;
 }
 
 /* Backend buffer of n floats holding host data src (or zeros). */
@@ -344,6 +285,134 @@ static int make_cases(spmm_case *out, int max)
     return nc;
 }
 
+/* The fused cell against lstm_cell_ref for n rows of `hidden` units, with strides and
+ * sentinels around h. */
+static void check_lstm_cell(balsa_backend *be, int n, int H, unsigned long long seed)
+{
+    int ldg = 4 * H + 3, ldh = H + 2;
+    float *g = rand_buf((size_t)n * ldg, 3.0f, &seed);
+    float *c = rand_buf((size_t)n * H, 1.0f, &seed);
+    size_t hlen = (size_t)n * ldh + 16;
+    float *h = malloc(sizeof(float) * hlen);
+    for (size_t i = 0; i < hlen; i++)
+        h[i] = SENTINEL;
+    float *dg = dev_copy(be, g, (size_t)n * ldg), *dc = dev_copy(be, c, (size_t)n * H);
+    float *dh = dev_copy(be, h, hlen);
+    float *gc = malloc(sizeof(float) * n * H), *gh = malloc(sizeof(float) * hlen);
+    CHECK(dg && dc && dh);
+    if (dg && dc && dh) {
+        CHECK(be->ops->lstm_cell(be, dg, ldg, dc, dh, ldh, n, H) == BALSA_OK);
+        CHECK(be->ops->to_host(be, gc, dc, sizeof(float) * n * H) == BALSA_OK);
+        CHECK(be->ops->to_host(be, gh, dh, sizeof(float) * hlen) == BALSA_OK);
+        lstm_cell_ref(g, ldg, c, h, ldh, n, H);
+        double worst = 0;
+        int guards_ok = 1;
+        for (int r = 0; r < n; r++) {
+            for (int j = 0; j < H; j++) {
+                worst = fmax(worst, fabs(gc[(size_t)r * H + j] - c[(size_t)r * H + j]));
+                worst = fmax(worst, fabs(gh[(size_t)r * ldh + j] - h[(size_t)r * ldh + j]));
+                if (isnan(gh[(size_t)r * ldh + j]))
+                    worst = INFINITY;
+            }
+            for (int j = H; j < ldh; j++)
+                guards_ok &= gh[(size_t)r * ldh + j] == SENTINEL;
+        }
+        for (size_t i = (size_t)n * ldh; i < hlen; i++)
+            guards_ok &= gh[i] == SENTINEL;
+        CHECK_MSG(worst < 2e-6, "n %d hidden %d: error %g", n, H, worst);
+        CHECK_MSG(guards_ok, "n %d hidden %d: a sentinel was overwritten", n, H);
+    }
+    be->ops->free(be, dg);
+    be->ops->free(be, dc);
+    be->ops->free(be, dh);
+    free(g);
+    free(c);
+    free(h);
+    free(gc);
+    free(gh);
+}
+
+#ifndef BALSA_GPU_ONLY
+/* The checks the GPU tests make, run on the CPU backend: they must pass there, so a
+ * failure on a GPU is the GPU's, not a slip in the checks (reference, tolerance,
+ * sentinels). lstm_step is optional and the CPU backend has none. */
+TEST(checks_pass_on_cpu_backend)
+{
+    balsa_backend *be = NULL;
+    REQUIRE(balsa_backend_cpu_create(1, &be) == BALSA_OK);
+    spmm_case cases[80];
+    int nc = make_cases(cases, 80);
+    for (int i = 0; i < nc; i++) {
+        check_spmm_case(be, "cpu sparse", 3e-5, &cases[i], 1000 + i, 0);
+        check_spmm_case(be, "cpu dense", 3e-5, &cases[i], 2000 + i, 1);
+    }
+    int ns[] = {1, 3, 8}, hs[] = {1, 7, 650};
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++)
+            check_lstm_cell(be, ns[a], hs[b], 31 + 3 * a + b);
+    be->ops->destroy(be);
+}
+#endif
+
+#ifndef BALSA_GPU_ONLY
+/* "auto" always gives a backend; without a GPU it is the CPU, and why says why, naming
+ * CUDA. "cuda" either works or fails clearly; an unknown name is refused. */
+TEST(backend_choice_falls_back)
+{
+    char why[256] = "";
+    balsa_backend *be = NULL;
+    REQUIRE(balsa_backend_create("auto", 1, &be, why, sizeof why) == BALSA_OK);
+    printf("  auto: %s\n", why);
+    if (strcmp(be->ops->name, "cpu") == 0)
+        CHECK_MSG(strstr(why, "CUDA") != NULL, "why does not name CUDA: %s", why);
+    else
+        CHECK(strcmp(be->ops->name, "cuda") == 0 && strstr(why, "cuda") != NULL);
+    int auto_is_cuda = strcmp(be->ops->name, "cuda") == 0;
+    be->ops->destroy(be);
+
+    be = NULL;
+    why[0] = 0;
+    balsa_status st = balsa_backend_create("cuda", 1, &be, why, sizeof why);
+    printf("  cuda: %s\n", why);
+    if (st == BALSA_OK) {
+        CHECK(auto_is_cuda && strcmp(be->ops->name, "cuda") == 0);
+        be->ops->destroy(be);
+    } else {
+        CHECK(st == BALSA_ERR_UNSUPPORTED && !auto_is_cuda);
+        CHECK_MSG(strstr(why, "CUDA") != NULL, "why does not name CUDA: %s", why);
+    }
+    CHECK(balsa_backend_create("cpu", 1, &be, why, sizeof why) == BALSA_OK &&
+          strcmp(be->ops->name, "cpu") == 0);
+    be->ops->destroy(be);
+    CHECK(balsa_backend_create("tpu", 1, &be, why, sizeof why) == BALSA_ERR_INVALID);
+}
+#endif
+
+#ifdef BALSA_CUDA
+/* Bad options are refused before any device is touched, so this runs anywhere. */
+TEST(cuda_options_checked)
+{
+    char why[200] = "";
+    balsa_backend *be = NULL;
+    balsa_cuda_options bad = {0, (balsa_cuda_values)7, 0};
+    CHECK(balsa_backend_cuda_create(&bad, &be, why, sizeof why) == BALSA_ERR_INVALID);
+    balsa_cuda_options bad2 = {0, BALSA_CUDA_F32, 3};
+    CHECK(balsa_backend_cuda_create(&bad2, &be, why, sizeof why) == BALSA_ERR_INVALID);
+    balsa_status st = balsa_backend_cuda_create(NULL, &be, why, sizeof why);
+    if (st == BALSA_OK)
+        be->ops->destroy(be);
+    else
+        CHECK_MSG(st == BALSA_ERR_UNSUPPORTED && why[0], "status %d, why \"%s\"", st, why);
+}
+
+static balsa_backend *gpu_backend(balsa_cuda_values values, int version, char *why,
+                                  size_t whylen)
+{
+    balsa_cuda_options o = {0, values, version};
+    balsa_backend *be = NULL;
+    return balsa_backend_cuda_create(&o, &be, why, whylen) == BALSA_OK ? be : NULL;
+}
+
 static void spmm_all_cases(balsa_cuda_values values, int version, double tol, int dense)
 {
     char why[256];
@@ -413,7 +482,6 @@ TEST(spmm_deterministic)
     free(x);
 }
 
-/* The fused cell against lstm_cell_ref, with strides and sentinels around h. */
 TEST(lstm_cell_matches_reference)
 {
     char why[256];
@@ -421,47 +489,9 @@ TEST(lstm_cell_matches_reference)
     if (!be)
         SKIP("no CUDA device: %s", why);
     int ns[] = {1, 3, 8}, hs[] = {1, 7, 650};
-    unsigned long long seed = 31;
     for (int a = 0; a < 3; a++)
-        for (int b = 0; b < 3; b++) {
-            int n = ns[a], H = hs[b], ldg = 4 * H + 3, ldh = H + 2;
-            float *g = rand_buf((size_t)n * ldg, 3.0f, &seed);
-            float *c = rand_buf((size_t)n * H, 1.0f, &seed);
-            size_t hlen = (size_t)n * ldh + 16;
-            float *h = malloc(sizeof(float) * hlen);
-            for (size_t i = 0; i < hlen; i++)
-                h[i] = SENTINEL;
-            float *dg = dev_copy(be, g, (size_t)n * ldg), *dc = dev_copy(be, c, (size_t)n * H);
-            float *dh = dev_copy(be, h, hlen);
-            REQUIRE(dg && dc && dh);
-            CHECK(be->ops->lstm_cell(be, dg, ldg, dc, dh, ldh, n, H) == BALSA_OK);
-            float *gc = malloc(sizeof(float) * n * H), *gh = malloc(sizeof(float) * hlen);
-            CHECK(be->ops->to_host(be, gc, dc, sizeof(float) * n * H) == BALSA_OK);
-            CHECK(be->ops->to_host(be, gh, dh, sizeof(float) * hlen) == BALSA_OK);
-            lstm_cell_ref(g, ldg, c, h, ldh, n, H);
-            double worst = 0;
-            int guards_ok = 1;
-            for (int r = 0; r < n; r++) {
-                for (int j = 0; j < H; j++) {
-                    worst = fmax(worst, fabs(gc[(size_t)r * H + j] - c[(size_t)r * H + j]));
-                    worst = fmax(worst, fabs(gh[(size_t)r * ldh + j] - h[(size_t)r * ldh + j]));
-                }
-                for (int j = H; j < ldh; j++)
-                    guards_ok &= gh[(size_t)r * ldh + j] == SENTINEL;
-            }
-            for (size_t i = (size_t)n * ldh; i < hlen; i++)
-                guards_ok &= gh[i] == SENTINEL;
-            CHECK_MSG(worst < 2e-6, "n %d hidden %d: error %g", n, H, worst);
-            CHECK_MSG(guards_ok, "n %d hidden %d: a sentinel was overwritten", n, H);
-            be->ops->free(be, dg);
-            be->ops->free(be, dc);
-            be->ops->free(be, dh);
-            free(g);
-            free(c);
-            free(h);
-            free(gc);
-            free(gh);
-        }
+        for (int b = 0; b < 3; b++)
+            check_lstm_cell(be, ns[a], hs[b], 31 + 3 * a + b);
     be->ops->destroy(be);
 }
 
@@ -614,6 +644,7 @@ int main(void)
     RUN(bs_math_matches_formulas);
     RUN(pack_round_trip_and_layout);
 #ifndef BALSA_GPU_ONLY
+    RUN(checks_pass_on_cpu_backend);
     RUN(backend_choice_falls_back);
 #endif
 #ifdef BALSA_CUDA
