@@ -82,6 +82,13 @@ fi
 step "tests/test_cuda (GPU-only build)" 180 "$B/gpu-only/test_cuda"
 # The benchmark first (the numbers matter most), then the sanitizers in the time left.
 step "bench/gpu_bench $quick" 300 "$B/bench/gpu_bench" $quick
+left=$(( 470 - ($(date +%s) - start) ))
+if [ $left -gt 40 ]; then
+    [ $left -gt 120 ] && left=120
+    step "bench/gpu_bench --pdl $quick (LSTM, PDL)" "$left" "$B/bench/gpu_bench" --pdl $quick
+else
+    summary+=("bench/gpu_bench --pdl: no time left, skipped")
+fi
 if command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck; do
         left=$(( 470 - ($(date +%s) - start) ))

@@ -9,7 +9,9 @@
  *      cuBLAS), at 80% and 90%.
  * Every result is checked against float64 on the CPU before it is timed. Times are CUDA
  * event medians; "cold" flushes L2 before each repeat by writing a 256 MB buffer. Ends with
- * the goals table. Usage: gpu_bench [--quick]   (--quick: fewer repeats, fewer shapes). */
+ * the goals table. Usage: gpu_bench [--quick] [--pdl]   (--quick: fewer repeats, fewer
+ * shapes; --pdl: only the LSTM, its fused steps launched with programmatic dependent
+ * launch, a separate run so that a failure there cannot cost the other results). */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
 #include <cusparse.h>
@@ -68,7 +70,7 @@ extern "C" {
         }                                                                                  \
     } while (0)
 
-static int g_quick;
+static int g_quick, g_pdl;
 static cudaStream_t g_st;
 static int g_sms;
 static void *g_flush; /* 256 MB written before each cold repeat */
@@ -687,7 +689,8 @@ static void bench_lstm(void)
             for (int dense = 0; dense < 2; dense++) {
                 balsa_backend *be;
                 char why[256];
-                CKST(balsa_backend_cuda_create(NULL, &be, why, sizeof why));
+                balsa_cuda_options opt = {0, BALSA_CUDA_F32, 0, dense ? 0 : g_pdl};
+                CKST(balsa_backend_cuda_create(&opt, &be, why, sizeof why));
                 lstm_net net;
                 net.H = H;
                 net.T = T;
@@ -761,8 +764,9 @@ static void bench_lstm(void)
                 printf("; max |h - float64 CPU| %.1e%s", err, err > 1e-3 ? " WRONG" : "");
             printf("\n");
             if (B == 1 && sp == 0.8)
-                add_goal("2-layer LSTM 80% batch 1: balsa vs cuBLAS (graphs)", tm[1][0] / tm[0][0],
-                         3.0);
+                add_goal(g_pdl ? "2-layer LSTM 80% batch 1: balsa (PDL) vs cuBLAS (graphs)"
+                               : "2-layer LSTM 80% batch 1: balsa vs cuBLAS (graphs)",
+                         tm[1][0] / tm[0][0], 3.0);
             for (int l = 0; l < 2; l++) {
                 bsmat_free(&wih[l]);
                 bsmat_free(&whh[l]);
@@ -775,8 +779,10 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--quick") == 0)
             g_quick = 1;
+        else if (strcmp(argv[i], "--pdl") == 0)
+            g_pdl = 1;
         else {
-            fprintf(stderr, "usage: %s [--quick]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--quick] [--pdl]\n", argv[0]);
             return 2;
         }
     }
@@ -789,15 +795,18 @@ int main(int argc, char **argv)
     cudaDeviceProp p;
     CK(cudaGetDeviceProperties(&p, 0));
     g_sms = p.multiProcessorCount;
-    printf("gpu_bench: %s, sm_%d%d, %d SMs, L2 %d MB, %.0f GiB%s\n", p.name, p.major, p.minor,
-           p.multiProcessorCount, p.l2CacheSize >> 20, p.totalGlobalMem / 1073741824.0,
-           g_quick ? " (quick)" : "");
-    printf("rerun: bash bench/gpu-check.sh, or %s%s\n", argv[0], g_quick ? " --quick" : "");
+    printf("gpu_bench: %s, sm_%d%d, %d SMs, L2 %d MB, %.0f GiB%s%s\n", p.name, p.major,
+           p.minor, p.multiProcessorCount, p.l2CacheSize >> 20, p.totalGlobalMem / 1073741824.0,
+           g_quick ? " (quick)" : "", g_pdl ? " (LSTM with PDL only)" : "");
+    printf("rerun: bash bench/gpu-check.sh, or %s%s%s\n", argv[0], g_quick ? " --quick" : "",
+           g_pdl ? " --pdl" : "");
     CK(cudaStreamCreateWithFlags(&g_st, cudaStreamNonBlocking));
     CK(cudaMalloc(&g_flush, FLUSH_BYTES));
-    bench_bandwidth();
-    bench_big();
-    bench_gates();
+    if (!g_pdl) {
+        bench_bandwidth();
+        bench_big();
+        bench_gates();
+    }
     bench_lstm();
     printf("== goals (cold = L2 flushed before each repeat)\n");
     int missed = 0;

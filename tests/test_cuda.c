@@ -395,9 +395,9 @@ TEST(cuda_options_checked)
 {
     char why[200] = "";
     balsa_backend *be = NULL;
-    balsa_cuda_options bad = {0, (balsa_cuda_values)7, 0};
+    balsa_cuda_options bad = {0, (balsa_cuda_values)7, 0, 0};
     CHECK(balsa_backend_cuda_create(&bad, &be, why, sizeof why) == BALSA_ERR_INVALID);
-    balsa_cuda_options bad2 = {0, BALSA_CUDA_F32, 3};
+    balsa_cuda_options bad2 = {0, BALSA_CUDA_F32, 3, 0};
     CHECK(balsa_backend_cuda_create(&bad2, &be, why, sizeof why) == BALSA_ERR_INVALID);
     balsa_status st = balsa_backend_cuda_create(NULL, &be, why, sizeof why);
     if (st == BALSA_OK)
@@ -406,12 +406,18 @@ TEST(cuda_options_checked)
         CHECK_MSG(st == BALSA_ERR_UNSUPPORTED && why[0], "status %d, why \"%s\"", st, why);
 }
 
+static balsa_backend *gpu_backend_pdl(balsa_cuda_values values, int version, int pdl,
+                                      char *why, size_t whylen)
+{
+    balsa_cuda_options o = {0, values, version, pdl};
+    balsa_backend *be = NULL;
+    return balsa_backend_cuda_create(&o, &be, why, whylen) == BALSA_OK ? be : NULL;
+}
+
 static balsa_backend *gpu_backend(balsa_cuda_values values, int version, char *why,
                                   size_t whylen)
 {
-    balsa_cuda_options o = {0, values, version};
-    balsa_backend *be = NULL;
-    return balsa_backend_cuda_create(&o, &be, why, whylen) == BALSA_OK ? be : NULL;
+    return gpu_backend_pdl(values, version, 0, why, whylen);
 }
 
 static void spmm_all_cases(balsa_cuda_values values, int version, double tol, int dense)
@@ -600,6 +606,62 @@ TEST(lstm_step_matches_reference)
     be->ops->destroy(be);
 }
 
+/* A chain of steps, each reading the h the previous one wrote, gives the same bits with
+ * programmatic dependent launch as without: the fused kernel waits for its predecessor
+ * before it reads h_prev, gates and c. */
+TEST(lstm_step_pdl_chain)
+{
+    char why[256];
+    balsa_backend *be[2] = {gpu_backend_pdl(BALSA_CUDA_F32, 2, 0, why, sizeof why),
+                            gpu_backend_pdl(BALSA_CUDA_F32, 2, 1, why, sizeof why)};
+    if (!be[0] || !be[1]) {
+        for (int i = 0; i < 2; i++)
+            if (be[i])
+                be[i]->ops->destroy(be[i]);
+        SKIP("no CUDA device: %s", why);
+    }
+    const int H = 650, T = 12;
+    unsigned long long seed = 606;
+    float *d = rand_buf((size_t)4 * H * H, 0.2f, &seed);
+    bsmat w;
+    REQUIRE(bsmat_prune(d, 4 * H, H, H, 32, 6, &w) == BALSA_OK);
+    for (int n = 1; n <= 3; n += 2) {
+        float *g = rand_buf((size_t)T * n * 4 * H, 1.0f, &seed);
+        float *h0 = rand_buf((size_t)n * H, 1.0f, &seed);
+        float *out[2];
+        for (int k = 0; k < 2; k++) {
+            balsa_backend *b = be[k];
+            balsa_mat *m = NULL;
+            REQUIRE(b->ops->upload_sparse(b, &w, &m) == BALSA_OK);
+            float *dg = dev_copy(b, g, (size_t)T * n * 4 * H);
+            float *dh = dev_copy(b, NULL, (size_t)(T + 1) * n * H);
+            float *dc = dev_copy(b, NULL, (size_t)n * H);
+            REQUIRE(dg && dh && dc);
+            CHECK(b->ops->to_device(b, dh, h0, sizeof(float) * n * H) == BALSA_OK);
+            for (int t = 0; t < T; t++)
+                CHECK(b->ops->lstm_step(b, m, dh + (size_t)t * n * H, H,
+                                        dg + (size_t)t * n * 4 * H, 4 * H, dc,
+                                        dh + (size_t)(t + 1) * n * H, H, n, H) == BALSA_OK);
+            out[k] = malloc(sizeof(float) * (T + 1) * n * H);
+            CHECK(b->ops->to_host(b, out[k], dh, sizeof(float) * (T + 1) * n * H) == BALSA_OK);
+            b->ops->free(b, dg);
+            b->ops->free(b, dh);
+            b->ops->free(b, dc);
+            b->ops->mat_free(b, m);
+        }
+        CHECK_MSG(memcmp(out[0], out[1], sizeof(float) * (T + 1) * n * H) == 0,
+                  "n %d: PDL changed the result", n);
+        free(out[0]);
+        free(out[1]);
+        free(g);
+        free(h0);
+    }
+    bsmat_free(&w);
+    free(d);
+    be[0]->ops->destroy(be[0]);
+    be[1]->ops->destroy(be[1]);
+}
+
 /* Bad arguments are refused without touching the device, which stays usable. */
 TEST(invalid_arguments_refused)
 {
@@ -658,6 +720,7 @@ int main(void)
     RUN(spmm_deterministic);
     RUN(lstm_cell_matches_reference);
     RUN(lstm_step_matches_reference);
+    RUN(lstm_step_pdl_chain);
     RUN(invalid_arguments_refused);
 #else
     RUN(cuda_ops_match_reference);

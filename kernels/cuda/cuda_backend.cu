@@ -326,7 +326,7 @@ static balsa_status cuda_lstm_step(balsa_backend *b, const balsa_mat *w, const f
         return BALSA_OK;
     if (w->sparse && be->opt.spmm_version != 1) {
         cudaError_t e = spmm_lstm_cuda(&w->sp, h_prev, ldhp, gates, ldg, c, h, ldh, n, hidden,
-                                       be->stream);
+                                       be->opt.pdl, be->stream);
         if (e != cudaErrorNotSupported) {
             CUDA_TRY(be, e);
             return BALSA_OK;
@@ -385,11 +385,11 @@ balsa_status balsa_backend_cuda_create(const balsa_cuda_options *opt, balsa_back
         why = tmp;
         whylen = sizeof tmp;
     }
-    balsa_cuda_options o = {0, BALSA_CUDA_F32, 0};
+    balsa_cuda_options o = {0, BALSA_CUDA_F32, 0, 0};
     if (opt)
         o = *opt;
     if ((unsigned)o.values > BALSA_CUDA_BF16 || o.spmm_version < 0 || o.spmm_version > 2 ||
-        o.device < 0) {
+        o.device < 0 || o.pdl < 0 || o.pdl > 1) {
         snprintf(why, whylen, "invalid CUDA backend options (device %d, values %d, kernel %d)",
                  o.device, (int)o.values, o.spmm_version);
         return BALSA_ERR_INVALID;
@@ -447,10 +447,10 @@ balsa_status balsa_backend_cuda_create(const balsa_cuda_options *opt, balsa_back
     be->base.ops = &cuda_ops;
     be->base.threads = 1;
     snprintf(be->base.describe, sizeof be->base.describe,
-             "cuda (%.40s, sm_%d%d, %d SMs, %.0f GiB, %s values, spmm kernel %d)", prop.name,
+             "cuda (%.40s, sm_%d%d, %d SMs, %.0f GiB, %s values, spmm kernel %d%s)", prop.name,
              prop.major, prop.minor, prop.multiProcessorCount,
              prop.totalGlobalMem / 1073741824.0, values_name(o.values),
-             o.spmm_version ? o.spmm_version : 2);
+             o.spmm_version ? o.spmm_version : 2, o.pdl ? ", PDL" : "");
     snprintf(why, whylen, "%s", be->base.describe);
     *out = &be->base;
     return BALSA_OK;

@@ -23,9 +23,13 @@ typedef struct {
     int device;               /* CUDA device ordinal */
     balsa_cuda_values values; /* storage of sparse values */
     int spmm_version;         /* 0 = the fast kernel (2); 1 = the simple kernel */
+    int pdl;                  /* 1: lstm_step's fused kernel uses programmatic dependent
+                               * launch (Hopper and later): it loads its weights while the
+                               * kernel before it finishes; 0: plain launches */
 } balsa_cuda_options;
 
-/* Creates the CUDA backend on opt's device (opt NULL: device 0, fp32, fast kernel).
+/* Creates the CUDA backend on opt's device (opt NULL: device 0, fp32, fast kernel, no
+ * programmatic dependent launch).
  * On success *out is the backend and why (may be NULL) names the device. When there is
  * no usable device (no driver, no device, cuBLAS fails to start) it returns
  * BALSA_ERR_UNSUPPORTED and why says which call failed and its error, for example

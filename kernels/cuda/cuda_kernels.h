@@ -53,10 +53,11 @@ cudaError_t spmm_cuda(int version, const gpu_bsmat *w, const float *x, int ldx, 
  * stride ldh). h_prev (stride ldhp) must not overlap h. Returns cudaErrorNotSupported
  * when h_prev's bank-padded row does not fit in shared memory (hidden above ~10000): the
  * caller then runs spmm_cuda + lstm_cell_cuda; cudaErrorInvalidValue when w_hh's shape is
- * not 4*hidden x hidden. */
+ * not 4*hidden x hidden. pdl = 1 launches it with programmatic dependent launch: it
+ * reads only weights before it waits for the kernel before it (griddepcontrol.wait). */
 cudaError_t spmm_lstm_cuda(const gpu_bsmat *w_hh, const float *h_prev, int ldhp,
                            const float *gates, int ldg, float *c, float *h, int ldh, int n,
-                           int hidden, cudaStream_t stream);
+                           int hidden, int pdl, cudaStream_t stream);
 
 /* y[i][r] = act(y[i][r] + bias[r]) for i < n, r < rows (bias may be NULL): the epilogue
  * of the dense (cuBLAS) path. */

@@ -503,6 +503,12 @@ __global__ void __launch_bounds__(SPMM_THREADS) spmm_lstm_kernel1(lstm_step_args
     T v[U][VEC];
     uint8_t o[U][VEC];
     load_batch<T, VEC, U>(vals, a.offsets, q, q1, a.rows_pad, r, v, o);
+    /* Under programmatic dependent launch this kernel may start before the one it follows
+     * (the previous step) has finished: only weights, which no kernel writes, are read
+     * above; wait here for it to complete before reading h_prev, gates and c. Then let
+     * the next step start its own weight loads. Without PDL both return at once. */
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" :::);
 
     stage_x<NB>(xs, a.h_prev, a.ldhp, a.n, i0, 0, H, span);
     __syncthreads();
@@ -571,7 +577,7 @@ template <typename T> static const void *lstm_kernel_vec(int vec, int nb)
 }
 
 cudaError_t spmm_lstm_cuda(const gpu_bsmat *w_hh, const float *h_prev, int ldhp, const float *gates,
-                           int ldg, float *c, float *h, int ldh, int n, int hidden,
+                           int ldg, float *c, float *h, int ldh, int n, int hidden, int pdl,
                            cudaStream_t stream)
 {
     const bs_pack_shape &s = w_hh->shape;
@@ -613,7 +619,16 @@ cudaError_t spmm_lstm_cuda(const gpu_bsmat *w_hh, const float *h_prev, int ldhp,
     const size_t smem = ((size_t)nb * s.nbanks * s.bank + (SPMM_WARPS + 1) * (size_t)nb * 32) *
                         sizeof(float);
     void *args[] = {&a};
-    dim3 grid((unsigned)((hidden + LSTM_UNITS - 1) / LSTM_UNITS), zb);
-    cudaError_t e = cudaLaunchKernel(k, grid, dim3(SPMM_THREADS), args, smem, stream);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)((hidden + LSTM_UNITS - 1) / LSTM_UNITS), zb);
+    cfg.blockDim = dim3(SPMM_THREADS);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    cudaError_t e = cudaLaunchKernelExC(&cfg, k, args);
     return e != cudaSuccess ? e : cudaGetLastError();
 }
