@@ -50,7 +50,8 @@ ifeq ($(USE_CUDA),1)
               -gencode arch=compute_90,code=compute_90 -Werror all-warnings \
               -Xcompiler -Wall,-Wextra,-Werror,-fPIC -MMD -MP
   ifneq ($(SANITIZE),)
-    NVCCFLAGS += -Xcompiler -fsanitize=$(SANITIZE)
+    # one -Xcompiler per sanitizer: nvcc splits -Xcompiler arguments at commas
+    NVCCFLAGS += $(foreach s,$(subst $(comma), ,$(SANITIZE)),-Xcompiler -fsanitize=$(s))
   endif
 endif
 CFLAGS = $(CFLAGS_BASE)
@@ -68,7 +69,7 @@ BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(B)/bench/%)
 $(B)/%_avx2.o: CFLAGS = $(CFLAGS_BASE) -mavx2 -mfma
 $(B)/%_avx512.o: CFLAGS = $(CFLAGS_BASE) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mavx2
 
-.PHONY: all announce test run bench deps clean
+.PHONY: all announce test run bench deps clean gpu-check-bins
 .SECONDARY:
 all: announce $(B)/balsa $(TEST_BINS) $(BENCH_BINS)
 
@@ -95,6 +96,27 @@ $(B)/tests/%: $(B)/tests/%.o $(B)/libbalsa.a
 
 $(B)/bench/%: $(B)/bench/%.o $(B)/libbalsa.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(if $(filter 1,$(USE_CUDA)),-lstdc++)
+
+# The GPU benchmark (bench/*.cu) and a GPU-only build of tests/test_cuda.c, for
+# bench/gpu-check.sh on a GPU machine that may lack the server's libraries: they need only
+# CUDA, libc and the kernels, not the CPU backend (OpenBLAS) nor microhttpd/cJSON.
+ifeq ($(USE_CUDA),1)
+GPU_ONLY_OBJS := $(addprefix $(B)/,kernels/bsmat.o kernels/status.o kernels/cpu/ref.o) \
+                 $(CUDA_SRCS:%.cu=$(B)/%.o)
+GPU_LDLIBS = -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lcusparse \
+             -lstdc++ -lm -lpthread
+GPU_BENCH_BINS := $(patsubst bench/%.cu,$(B)/bench/%,$(wildcard bench/*.cu))
+all: $(GPU_BENCH_BINS)
+$(GPU_BENCH_BINS): $(B)/bench/%: $(B)/bench/%.o $(GPU_ONLY_OBJS)
+	$(CC) $(LDFLAGS) -o $@ $^ $(GPU_LDLIBS)
+$(B)/gpu-only/test_cuda: tests/test_cuda.c $(GPU_ONLY_OBJS)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -DBALSA_GPU_ONLY $(LDFLAGS) -o $@ $(filter %.c %.o,$^) $(GPU_LDLIBS)
+gpu-check-bins: $(B)/gpu-only/test_cuda $(GPU_BENCH_BINS)
+else
+gpu-check-bins:
+	@echo "gpu-check-bins needs nvcc (CUDA=1)" >&2; exit 1
+endif
 
 test: deps all
 	@BALSA_BIN=$(B)/balsa bash tests/run.sh $(TEST_BINS)

@@ -64,6 +64,16 @@ typedef struct {
 
     /* Waits for all queued work; returns the first device error since the last call. */
     balsa_status (*synchronize)(balsa_backend *be);
+
+    /* Optional (NULL when a backend lacks it: then call matmul with accumulate, then
+     * lstm_cell): one recurrent LSTM step, fused where the backend can. w_hh is the
+     * 4*hidden x hidden recurrent matrix; for n rows, gates (stride ldg) holds the input
+     * part W_ih x + b_ih + b_hh on entry and is unspecified afterwards; the step adds
+     * w_hh h_prev (stride ldhp) and runs the cell of lstm_cell on c and h (stride ldh).
+     * h_prev must not overlap h. */
+    balsa_status (*lstm_step)(balsa_backend *be, const balsa_mat *w_hh, const float *h_prev,
+                              int ldhp, float *gates, int ldg, float *c, float *h, int ldh,
+                              int n, int hidden);
 } balsa_backend_ops;
 
 struct balsa_backend {
