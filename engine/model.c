@@ -457,6 +457,24 @@ static balsa_status packing_init(packing *p, const engine_seq *seqs, int n)
 /* Packed row of sorted sequence i at forward position t. */
 static size_t prow(const packing *p, int i, int t) { return p->offs[t] + i; }
 
+/* One recurrent step for n rows: gates += W_hh h_prev (skipped when h_prev is NULL, the
+ * zero state before the first step), then the cell writes c and h. A backend that fuses
+ * both into one op (lstm_step, optional) gets them as one call; h_prev and h are always
+ * different rows here, as lstm_step requires. */
+static balsa_status recurrent_step(balsa_backend *be, const balsa_mat *w_hh, const float *h_prev,
+                                   int ldhp, float *gates, float *c, float *h, int ldh, int n,
+                                   int H)
+{
+    if (h_prev && be->ops->lstm_step)
+        return be->ops->lstm_step(be, w_hh, h_prev, ldhp, gates, 4 * H, c, h, ldh, n, H);
+    balsa_status st = BALSA_OK;
+    if (h_prev)
+        st = be->ops->matmul(be, w_hh, h_prev, ldhp, n, NULL, 1, BALSA_ACT_NONE, gates, 4 * H);
+    if (st == BALSA_OK)
+        st = be->ops->lstm_cell(be, gates, 4 * H, c, h, ldh, n, H);
+    return st;
+}
+
 /* Runs one direction of one layer: gates from the input projection (one matmul over all
  * rows), then the recurrence step by step. in/out are in this direction's packing. */
 static balsa_status run_direction(balsa_model *m, const lstm_dir_w *w, const packing *p,
@@ -471,12 +489,9 @@ static balsa_status run_direction(balsa_model *m, const lstm_dir_w *w, const pac
         st = dev_zero(be, m->c.p, (size_t)p->n * H);
     for (int t = 0; t < p->T && st == BALSA_OK; t++) {
         float *gt = m->g.p + p->offs[t] * 4 * H;
-        if (t > 0) /* h is zero before the first step: no recurrent term */
-            st = be->ops->matmul(be, w->w_hh, out + p->offs[t - 1] * ld_out, ld_out, p->bs[t],
-                                 NULL, 1, BALSA_ACT_NONE, gt, 4 * H);
-        if (st == BALSA_OK)
-            st = be->ops->lstm_cell(be, gt, 4 * H, m->c.p, out + p->offs[t] * ld_out, ld_out,
-                                    p->bs[t], H);
+        /* h is zero before the first step: no recurrent term */
+        st = recurrent_step(be, w->w_hh, t > 0 ? out + p->offs[t - 1] * ld_out : NULL, ld_out,
+                            gt, m->c.p, out + p->offs[t] * ld_out, ld_out, p->bs[t], H);
     }
     return st;
 }
@@ -527,12 +542,8 @@ static balsa_status run_reverse_aligned(balsa_model *m, const lstm_dir_w *w, con
         st = dev_zero(be, m->c.p, (size_t)p->n * H);
     for (int t = p->T - 1; t >= 0 && st == BALSA_OK; t--) {
         float *gt = m->g.p + p->offs[t] * 4 * H;
-        if (t < p->T - 1)
-            st = be->ops->matmul(be, w->w_hh, y + p->offs[t + 1] * ldy + H, ldy, p->n, NULL, 1,
-                                 BALSA_ACT_NONE, gt, 4 * H);
-        if (st == BALSA_OK)
-            st = be->ops->lstm_cell(be, gt, 4 * H, m->c.p, y + p->offs[t] * ldy + H, ldy, p->n,
-                                    H);
+        st = recurrent_step(be, w->w_hh, t < p->T - 1 ? y + p->offs[t + 1] * ldy + H : NULL,
+                            ldy, gt, m->c.p, y + p->offs[t] * ldy + H, ldy, p->n, H);
     }
     return st;
 }

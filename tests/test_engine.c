@@ -591,6 +591,48 @@ TEST(errors_reach_the_caller)
     fail_countdown = -1;
 }
 
+/* A backend that offers the optional fused lstm_step (as the CUDA backend does): the
+ * engine must use it for every recurrent step of model_run, uni- and bidirectional, with
+ * mixed and equal lengths, and still match the reference. Here the fused op is the
+ * product and the cell in sequence, counted. */
+static balsa_backend_ops fused_ops;
+static int fused_calls;
+
+static balsa_status counting_lstm_step(balsa_backend *b, const balsa_mat *w_hh,
+                                       const float *h_prev, int ldhp, float *gates, int ldg,
+                                       float *c, float *h, int ldh, int n, int hidden)
+{
+    fused_calls++;
+    CHECK(h_prev != h);
+    balsa_status st = be->ops->matmul(b, w_hh, h_prev, ldhp, n, NULL, 1, BALSA_ACT_NONE, gates,
+                                      ldg);
+    return st == BALSA_OK ? be->ops->lstm_cell(b, gates, ldg, c, h, ldh, n, hidden) : st;
+}
+
+TEST(fused_lstm_step_is_used)
+{
+    fused_ops = *be->ops;
+    fused_ops.lstm_step = counting_lstm_step;
+    balsa_backend fb = *be;
+    fb.ops = &fused_ops;
+    for (size_t c = 0; c < 4; c++) {
+        model_spec s = spec_of(&cases[c]);
+        model_host h;
+        ref_random_host(&s, &h, 8, cases[c].k, 0.5f, 500 + c);
+        balsa_model *m;
+        char err[256];
+        REQUIRE(model_build(&s, &h, &fb, &m, err, sizeof err) == BALSA_OK);
+        for (int equal = 0; equal < 2; equal++) {
+            fused_calls = 0;
+            double e = run_vs_ref(m, &s, &h, 5, 9, equal, 1, 40 + c + equal);
+            CHECK_MSG(e < 1e-4, "case %zu, equal lengths %d: error %g", c, equal, e);
+            CHECK_MSG(fused_calls > 0, "case %zu: lstm_step never called", c);
+        }
+        model_free(m);
+        model_host_free(&h);
+    }
+}
+
 int main(void)
 {
     if (balsa_backend_cpu_create(1, &be) != BALSA_OK)
@@ -607,6 +649,7 @@ int main(void)
     RUN(stream_matches_run);
     RUN(stream_long_sequence);
     RUN(errors_reach_the_caller);
+    RUN(fused_lstm_step_is_used);
     be->ops->destroy(be);
     HARNESS_END();
 }
