@@ -3,5 +3,7 @@
 #ifndef BALSA_CLI_H
 #define BALSA_CLI_H
 
+/* balsa bench kernels: the balanced-sparse CPU kernel against OpenBLAS (bench_kernels.c). */
+int bench_kernels_main(int argc, char **argv);
 
 #endif

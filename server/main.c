@@ -32,6 +32,7 @@ typedef struct {
 
 static const command commands[] = {
     {"version", NULL, version_main, "print the version and the backend this machine gets"},
+    {"bench", "kernels", bench_kernels_main, "time the sparse CPU kernel against OpenBLAS"},
 };
 
 static void usage(FILE *f)

@@ -1,21 +1,23 @@
 /* AVX2 + FMA kernels of the CPU backend (this file is compiled with -mavx2 -mfma and its
  * functions run only after the dispatcher has seen the CPU support them):
  *  - balanced-sparse products over the packed layout with groups of 8 rows (cpu.h).
- *    Small batches use the "permute" kernel: the bank's slice of x sits in registers and
- *    vpermps picks x[offset] for the 8 rows (lanes) at once, blends on offset bits 3 and 4
- *    joining the four registers of a 32-wide bank; banks over 32 use an in-L1 gather.
- *    Larger batches use the "transposed" kernel: X is transposed once per product into
+ *    Batch 1, banks up to 16 columns: the bank's slice of x sits in one or two registers
+ *    and vpermps picks x[offset] for the 8 rows (lanes) at once (a blend on offset bit 3
+ *    joins two registers). Banks of 32 and more: each lane loads its own x[offset], the
+ *    slot's 8 offsets coming in one 64-bit load (measured 2x faster than four vpermps and
+ *    three blends per slot on AMD Zen, where vpermps costs 3 micro-ops).
+ *    Batch 2 and more: the "transposed" kernel: X is transposed once per product into
  *    [column][batch] so that every weight, loaded once, multiplies 8 or 16 batch columns
  *    with one broadcast and one or two FMAs.
  *  - the LSTM cell with vectorised sigmoid and tanh. */
 #include <immintrin.h>
+#include <math.h>
 #include <string.h>
 
 #include "cpu.h"
 
-/* From this batch size on, the transposed kernel wins over one permute pass per column
- * (measured with `balsa bench kernels` on AMD EPYC (Zen) with AVX2: already at batch 2 the
- * transposed kernel was faster, since vpermps is slow there and each weight is reused). */
+/* From this batch size on, the transposed kernel is used: measured on AMD EPYC (Zen) it
+ * matched two batch-1 passes at batch 2 and beat one pass per column from batch 4 on. */
 #define XT_MIN_BATCH 2
 
 /* ---- Vector math ------------------------------------------------------------------------ */
@@ -103,79 +105,90 @@ static inline void epilogue_avx2(const cpu_spmm_args *a, __m256 acc, int r0, flo
 
 /* ---- The permute kernel (one batch column at a time) -------------------------------- */
 
-/* Sum over all banks of one group for one input vector. nq is the number of 8-float x
- * registers a bank needs (1 for B <= 8, 2 for 16, 4 for 32; 0 means gather from a
- * bank-sized copy in L1). always_inline so that each nq gets its own loop. */
+/* Sum over all banks of one group for one input vector, for banks of up to 16 columns:
+ * nq 8-float x registers per bank (1 for B <= 8, 2 for B = 16). always_inline so that
+ * each nq gets its own loop. */
 static inline __attribute__((always_inline)) __m256
-group_dot_avx2(const cpu_packed *w, int g, const float *x, int nq)
+group_permute_avx2(const cpu_packed *w, int g, const float *x, int nq)
 {
     const int B = w->bank, k = w->k, cols = w->cols;
     const float *val = w->values + (size_t)g * w->nbanks * k * 8;
     const uint8_t *off = w->offsets + (size_t)g * w->nbanks * k * 8;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    /* The bank's x is read whole (or 8 floats for B < 8); where that passes cols, read
-     * a zero-padded copy instead so that nothing past x is touched. */
-    float pad[BSMAT_MAX_BANK + 8] __attribute__((aligned(32)));
-    const int span = B < 8 ? 8 : B;
+    /* The bank's x is read as 8 or 16 floats; where that passes cols, read a zero-padded
+     * copy instead so that nothing past x is touched. */
+    float pad[16] __attribute__((aligned(32)));
+    const int span = nq * 8;
     for (int b = 0; b < w->nbanks; b++, val += k * 8, off += k * 8) {
         const float *xb = x + (size_t)b * B;
         if (b * B + span > cols) {
-            int real = cols - b * B;
-            memset(pad, 0, sizeof(float) * (size_t)span);
-            memcpy(pad, xb, sizeof(float) * (size_t)real);
+            memset(pad, 0, sizeof pad);
+            memcpy(pad, xb, sizeof(float) * (size_t)(cols - b * B));
             xb = pad;
         }
-        __m256 x0 = _mm256_loadu_ps(xb), x1 = x0, x2 = x0, x3 = x0;
-        if (nq >= 2)
-            x1 = _mm256_loadu_ps(xb + 8);
-        if (nq == 4) {
-            x2 = _mm256_loadu_ps(xb + 16);
-            x3 = _mm256_loadu_ps(xb + 24);
-        }
+        __m256 x0 = _mm256_loadu_ps(xb), x1 = nq == 2 ? _mm256_loadu_ps(xb + 8) : x0;
         for (int j = 0; j < k; j++) {
             __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(off + j * 8)));
-            __m256 v = _mm256_load_ps(val + j * 8), xv;
-            if (nq == 0) {
-                xv = _mm256_i32gather_ps(xb, idx, 4);
-            } else {
-                xv = _mm256_permutevar8x32_ps(x0, idx);
-                if (nq >= 2) {
-                    /* blendv takes the sign bit: shift offset bit 3 (and 4) there. */
-                    __m256 m3 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28));
-                    __m256 p1 = _mm256_permutevar8x32_ps(x1, idx);
-                    if (nq == 4) {
-                        __m256 m4 = _mm256_castsi256_ps(_mm256_slli_epi32(idx, 27));
-                        __m256 p2 = _mm256_permutevar8x32_ps(x2, idx);
-                        __m256 p3 = _mm256_permutevar8x32_ps(x3, idx);
-                        xv = _mm256_blendv_ps(_mm256_blendv_ps(xv, p1, m3),
-                                              _mm256_blendv_ps(p2, p3, m3), m4);
-                    } else {
-                        xv = _mm256_blendv_ps(xv, p1, m3);
-                    }
-                }
-            }
+            __m256 xv = _mm256_permutevar8x32_ps(x0, idx);
+            if (nq == 2) /* blendv takes the sign bit: shift offset bit 3 there */
+                xv = _mm256_blendv_ps(xv, _mm256_permutevar8x32_ps(x1, idx),
+                                      _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
             if (j & 1)
-                acc1 = _mm256_fmadd_ps(v, xv, acc1);
+                acc1 = _mm256_fmadd_ps(_mm256_load_ps(val + j * 8), xv, acc1);
             else
-                acc0 = _mm256_fmadd_ps(v, xv, acc0);
+                acc0 = _mm256_fmadd_ps(_mm256_load_ps(val + j * 8), xv, acc0);
         }
     }
     return _mm256_add_ps(acc0, acc1);
 }
 
-static void spmm_permute_avx2(const cpu_spmm_args *a, int g0, int g1, int nq)
+/* The same for banks of 32 columns and more, with scalar loads: the 8 offsets of a slot
+ * come in one 64-bit load and each lane loads its x[offset] itself. On AMD Zen (vpermps
+ * is 3 micro-ops there) this was 2x faster than four vpermps and three blends per slot
+ * for 32-wide banks, and faster than vgatherdps for wider ones (see bench/RESULTS.md). */
+/* GCC would otherwise pack the eight scalar FMAs into one vector FMA fed by inserts,
+ * spilling the offsets: three times slower. */
+__attribute__((optimize("no-tree-slp-vectorize"))) static __m256
+group_lanes_avx2(const cpu_packed *w, int g, const float *x)
 {
+    const int B = w->bank, k = w->k, cols = w->cols;
+    const float *val = w->values + (size_t)g * w->nbanks * k * 8;
+    const uint8_t *off = w->offsets + (size_t)g * w->nbanks * k * 8;
+    float a0 = 0, a1 = 0, a2 = 0, a3 = 0, a4 = 0, a5 = 0, a6 = 0, a7 = 0;
+    float pad[BSMAT_MAX_BANK];
+    for (int b = 0; b < w->nbanks; b++) {
+        const float *xb = x + (size_t)b * B;
+        if (b * B + B > cols) { /* the last bank: offsets into its padding read zeros */
+            memset(pad, 0, sizeof(float) * (size_t)B);
+            memcpy(pad, xb, sizeof(float) * (size_t)(cols - b * B));
+            xb = pad;
+        }
+        for (int j = 0; j < k; j++, val += 8, off += 8) {
+            uint64_t o;
+            memcpy(&o, off, sizeof o);
+            a0 = fmaf(val[0], xb[o & 255], a0);
+            a1 = fmaf(val[1], xb[(o >> 8) & 255], a1);
+            a2 = fmaf(val[2], xb[(o >> 16) & 255], a2);
+            a3 = fmaf(val[3], xb[(o >> 24) & 255], a3);
+            a4 = fmaf(val[4], xb[(o >> 32) & 255], a4);
+            a5 = fmaf(val[5], xb[(o >> 40) & 255], a5);
+            a6 = fmaf(val[6], xb[(o >> 48) & 255], a6);
+            a7 = fmaf(val[7], xb[o >> 56], a7);
+        }
+    }
+    return _mm256_setr_ps(a0, a1, a2, a3, a4, a5, a6, a7);
+}
+
+static void spmm_permute_avx2(const cpu_spmm_args *a, int g0, int g1)
+{
+    const int B = a->w->bank;
     for (int i = 0; i < a->n; i++) {
         const float *x = a->x + (size_t)i * a->ldx;
         float *y = a->y + (size_t)i * a->ldy;
         for (int g = g0; g < g1; g++) {
-            __m256 acc;
-            switch (nq) {
-            case 1: acc = group_dot_avx2(a->w, g, x, 1); break;
-            case 2: acc = group_dot_avx2(a->w, g, x, 2); break;
-            case 4: acc = group_dot_avx2(a->w, g, x, 4); break;
-            default: acc = group_dot_avx2(a->w, g, x, 0); break;
-            }
+            __m256 acc = B <= 8    ? group_permute_avx2(a->w, g, x, 1)
+                         : B <= 16 ? group_permute_avx2(a->w, g, x, 2)
+                                   : group_lanes_avx2(a->w, g, x);
             epilogue_avx2(a, acc, g * 8, y);
         }
     }
@@ -207,43 +220,66 @@ void spmm_avx2_prepare(const cpu_spmm_args *a)
     const size_t rows = xt_rows(a->w);
     for (int ch = 0; ch * nc < a->n; ch++) {
         float *t = a->xt + (size_t)ch * rows * nc;
-        memset(t, 0, sizeof(float) * rows * nc);
-        for (int i = ch * nc; i < a->n && i < (ch + 1) * nc; i++) {
-            const float *x = a->x + (size_t)i * a->ldx;
-            for (int c = 0; c < cols; c++)
-                t[(size_t)c * nc + (i - ch * nc)] = x[c];
+        /* Column-outer: each xt row is written whole, the n input rows are read as
+         * n sequential streams. Unused batch lanes and the padding rows hold zeros. */
+        const int i0 = ch * nc, cnt = a->n - i0 < nc ? a->n - i0 : nc;
+        const float *x = a->x + (size_t)i0 * a->ldx;
+        for (int c = 0; c < cols; c++) {
+            float *tr = t + (size_t)c * nc;
+            int i = 0;
+            for (; i < cnt; i++)
+                tr[i] = x[(size_t)i * a->ldx + c];
+            for (; i < nc; i++)
+                tr[i] = 0.0f;
         }
+        memset(t + (size_t)cols * nc, 0, sizeof(float) * (rows - (size_t)cols) * nc);
     }
 }
 
 /* One group, one chunk of nv*8 batch columns: out[lane][col] for the group's 8 rows. Four
- * rows at a time keep 4*nv independent FMA chains in flight. */
+ * rows at a time keep 4*nv independent FMA chains in flight; the accumulators are named
+ * variables because GCC keeps an indexed array of them in memory. */
 static inline __attribute__((always_inline)) void
 group_xt_avx2(const cpu_packed *w, int g, const float *xt, int nv, float out[8][16])
 {
     const int B = w->bank, k = w->k, nc = nv * 8;
     for (int l0 = 0; l0 < 8; l0 += 4) {
-        __m256 acc[4][2];
-        for (int l = 0; l < 4; l++)
-            acc[l][0] = acc[l][1] = _mm256_setzero_ps();
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
         const float *val = w->values + (size_t)g * w->nbanks * k * 8 + l0;
         const uint8_t *off = w->offsets + (size_t)g * w->nbanks * k * 8 + l0;
-        for (int b = 0; b < w->nbanks; b++) {
-            const float *xb = xt + (size_t)b * B * nc;
+        for (int bk = 0; bk < w->nbanks; bk++) {
+            const float *xb = xt + (size_t)bk * B * nc;
             for (int j = 0; j < k; j++, val += 8, off += 8) {
-                for (int l = 0; l < 4; l++) {
-                    __m256 wv = _mm256_broadcast_ss(val + l);
-                    const float *xr = xb + (size_t)off[l] * nc;
-                    acc[l][0] = _mm256_fmadd_ps(wv, _mm256_load_ps(xr), acc[l][0]);
-                    if (nv == 2)
-                        acc[l][1] = _mm256_fmadd_ps(wv, _mm256_load_ps(xr + 8), acc[l][1]);
+                uint32_t o; /* four offsets in one load; Zen has only two load ports */
+                memcpy(&o, off, sizeof o);
+                const float *x0 = xb + (size_t)(o & 255) * nc;
+                const float *x1 = xb + (size_t)((o >> 8) & 255) * nc;
+                const float *x2 = xb + (size_t)((o >> 16) & 255) * nc;
+                const float *x3 = xb + (size_t)(o >> 24) * nc;
+                __m256 w0 = _mm256_broadcast_ss(val), w1 = _mm256_broadcast_ss(val + 1);
+                __m256 w2 = _mm256_broadcast_ss(val + 2), w3 = _mm256_broadcast_ss(val + 3);
+                a0 = _mm256_fmadd_ps(w0, _mm256_load_ps(x0), a0);
+                a1 = _mm256_fmadd_ps(w1, _mm256_load_ps(x1), a1);
+                a2 = _mm256_fmadd_ps(w2, _mm256_load_ps(x2), a2);
+                a3 = _mm256_fmadd_ps(w3, _mm256_load_ps(x3), a3);
+                if (nv == 2) {
+                    b0 = _mm256_fmadd_ps(w0, _mm256_load_ps(x0 + 8), b0);
+                    b1 = _mm256_fmadd_ps(w1, _mm256_load_ps(x1 + 8), b1);
+                    b2 = _mm256_fmadd_ps(w2, _mm256_load_ps(x2 + 8), b2);
+                    b3 = _mm256_fmadd_ps(w3, _mm256_load_ps(x3 + 8), b3);
                 }
             }
         }
-        for (int l = 0; l < 4; l++) {
-            _mm256_storeu_ps(out[l0 + l], acc[l][0]);
-            if (nv == 2)
-                _mm256_storeu_ps(out[l0 + l] + 8, acc[l][1]);
+        _mm256_storeu_ps(out[l0], a0);
+        _mm256_storeu_ps(out[l0 + 1], a1);
+        _mm256_storeu_ps(out[l0 + 2], a2);
+        _mm256_storeu_ps(out[l0 + 3], a3);
+        if (nv == 2) {
+            _mm256_storeu_ps(out[l0] + 8, b0);
+            _mm256_storeu_ps(out[l0 + 1] + 8, b1);
+            _mm256_storeu_ps(out[l0 + 2] + 8, b2);
+            _mm256_storeu_ps(out[l0 + 3] + 8, b3);
         }
     }
 }
@@ -277,8 +313,7 @@ void spmm_avx2(const cpu_spmm_args *a, int g0, int g1)
         spmm_xt_avx2(a, g0, g1);
         return;
     }
-    const int B = a->w->bank;
-    spmm_permute_avx2(a, g0, g1, B <= 8 ? 1 : B <= 16 ? 2 : B <= 32 ? 4 : 0);
+    spmm_permute_avx2(a, g0, g1);
 }
 
 /* ---- LSTM cell ------------------------------------------------------------------------ */

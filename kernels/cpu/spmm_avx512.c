@@ -174,12 +174,19 @@ void spmm_avx512_prepare(const cpu_spmm_args *a)
     const size_t rows = xt_rows(a->w);
     for (int ch = 0; ch * 16 < a->n; ch++) {
         float *t = a->xt + (size_t)ch * rows * 16;
-        memset(t, 0, sizeof(float) * rows * 16);
-        for (int i = ch * 16; i < a->n && i < (ch + 1) * 16; i++) {
-            const float *x = a->x + (size_t)i * a->ldx;
-            for (int c = 0; c < cols; c++)
-                t[(size_t)c * 16 + (i - ch * 16)] = x[c];
+        /* Column-outer: each xt row is written whole, the n input rows are read as
+         * n sequential streams. Unused batch lanes and the padding rows hold zeros. */
+        const int i0 = ch * 16, cnt = a->n - i0 < 16 ? a->n - i0 : 16;
+        const float *x = a->x + (size_t)i0 * a->ldx;
+        for (int c = 0; c < cols; c++) {
+            float *tr = t + (size_t)c * 16;
+            int i = 0;
+            for (; i < cnt; i++)
+                tr[i] = x[(size_t)i * a->ldx + c];
+            for (; i < 16; i++)
+                tr[i] = 0.0f;
         }
+        memset(t + (size_t)cols * 16, 0, sizeof(float) * (rows - (size_t)cols) * 16);
     }
 }
 
