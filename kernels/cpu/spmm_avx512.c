@@ -199,22 +199,31 @@ static void spmm_xt_avx512(const cpu_spmm_args *a, int g0, int g1)
         const float *xt = a->xt + (size_t)ch * rows * 16;
         const int i0 = ch * 16, i1 = a->n < i0 + 16 ? a->n : i0 + 16;
         for (int g = g0; g < g1; g++) {
-            /* Four rows at a time: four independent FMA chains per weight slot. */
+            /* Four rows at a time: four independent FMA chains per weight slot, in named
+             * variables (GCC keeps an indexed array of accumulators in memory). */
             for (int l0 = 0; l0 < 16; l0 += 4) {
-                __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(),
-                                 _mm512_setzero_ps(), _mm512_setzero_ps()};
+                __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
                 const float *val = a->w->values + (size_t)g * nbanks * k * 16 + l0;
                 const uint8_t *off = a->w->offsets + (size_t)g * nbanks * k * 16 + l0;
                 for (int b = 0; b < nbanks; b++) {
                     const float *xb = xt + (size_t)b * B * 16;
-                    for (int j = 0; j < k; j++, val += 16, off += 16)
-                        for (int l = 0; l < 4; l++)
-                            acc[l] = _mm512_fmadd_ps(_mm512_set1_ps(val[l]),
-                                                     _mm512_load_ps(xb + (size_t)off[l] * 16),
-                                                     acc[l]);
+                    for (int j = 0; j < k; j++, val += 16, off += 16) {
+                        uint32_t o;
+                        memcpy(&o, off, sizeof o);
+                        a0 = _mm512_fmadd_ps(_mm512_set1_ps(val[0]),
+                                             _mm512_load_ps(xb + (size_t)(o & 255) * 16), a0);
+                        a1 = _mm512_fmadd_ps(_mm512_set1_ps(val[1]),
+                                             _mm512_load_ps(xb + (size_t)((o >> 8) & 255) * 16), a1);
+                        a2 = _mm512_fmadd_ps(_mm512_set1_ps(val[2]),
+                                             _mm512_load_ps(xb + (size_t)((o >> 16) & 255) * 16), a2);
+                        a3 = _mm512_fmadd_ps(_mm512_set1_ps(val[3]),
+                                             _mm512_load_ps(xb + (size_t)(o >> 24) * 16), a3);
+                    }
                 }
-                for (int l = 0; l < 4; l++)
-                    _mm512_store_ps(out[l0 + l], acc[l]);
+                _mm512_store_ps(out[l0], a0);
+                _mm512_store_ps(out[l0 + 1], a1);
+                _mm512_store_ps(out[l0 + 2], a2);
+                _mm512_store_ps(out[l0 + 3], a3);
             }
             /* out is [row][column]; the epilogue wants one column's 16 rows. */
             const __m512i col = _mm512_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112, 128, 144,
