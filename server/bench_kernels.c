@@ -6,7 +6,8 @@
  * OpenBLAS picks its kernels when the library loads, from OPENBLAS_CORETYPE or its own
  * CPU detection (which does not know every CPU and then falls back to old SSE3 kernels).
  * For a fair baseline this command sets OPENBLAS_CORETYPE to the best core for this CPU
- * when it is unset and re-executes itself, so that the library loads with it. */
+ * when it is unset and re-executes itself, so that the library loads with it (and keeps
+ * OpenBLAS's idle threads from spinning into the next measurement). */
 #include <cblas.h>
 #include <errno.h>
 #include <immintrin.h>
@@ -53,19 +54,30 @@ typedef struct {
     float sum;
 } read_job;
 
-/* Sums a buffer with 4 independent AVX accumulators (the compiler cannot reorder float
- * sums itself), so that the loads, not the adds, limit the speed. */
+/* Sums a buffer as 4 interleaved streams (quarters of the buffer) into 8 independent AVX
+ * accumulators (the compiler cannot reorder float sums itself), so that memory, not the
+ * adds, limits the speed. Several streams matter: one stream reached about half of what
+ * OpenBLAS's sgemv reads per second on the AMD EPYC development machine. */
 __attribute__((target("avx2"))) static float read_sum_avx(const float *p, size_t n)
 {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    for (size_t i = 0; i + 32 <= n; i += 32) {
-        a0 = _mm256_add_ps(a0, _mm256_load_ps(p + i));
-        a1 = _mm256_add_ps(a1, _mm256_load_ps(p + i + 8));
-        a2 = _mm256_add_ps(a2, _mm256_load_ps(p + i + 16));
-        a3 = _mm256_add_ps(a3, _mm256_load_ps(p + i + 24));
+    __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    const size_t q = n / 4 / 16 * 16;
+    const float *p0 = p, *p1 = p + q, *p2 = p + 2 * q, *p3 = p + 3 * q;
+    for (size_t i = 0; i < q; i += 16) {
+        a0 = _mm256_add_ps(a0, _mm256_loadu_ps(p0 + i));
+        b0 = _mm256_add_ps(b0, _mm256_loadu_ps(p0 + i + 8));
+        a1 = _mm256_add_ps(a1, _mm256_loadu_ps(p1 + i));
+        b1 = _mm256_add_ps(b1, _mm256_loadu_ps(p1 + i + 8));
+        a2 = _mm256_add_ps(a2, _mm256_loadu_ps(p2 + i));
+        b2 = _mm256_add_ps(b2, _mm256_loadu_ps(p2 + i + 8));
+        a3 = _mm256_add_ps(a3, _mm256_loadu_ps(p3 + i));
+        b3 = _mm256_add_ps(b3, _mm256_loadu_ps(p3 + i + 8));
     }
+    __m256 s = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)),
+                             _mm256_add_ps(_mm256_add_ps(b0, b1), _mm256_add_ps(b2, b3)));
     float t[8];
-    _mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    _mm256_storeu_ps(t, s);
     return t[0] + t[1] + t[2] + t[3] + t[4] + t[5] + t[6] + t[7];
 }
 
@@ -85,7 +97,8 @@ static void *read_thread(void *arg)
     return NULL;
 }
 
-/* Best of 5 passes over a 512 MiB buffer split across `threads` threads, in GB/s. */
+/* Best of 5 passes over a 512 MiB buffer split across `threads` threads, in GB/s (the
+ * bytes summed are counted, so a split that drops a few tail floats is still exact). */
 static double read_bandwidth(const float *buf, size_t n, int threads)
 {
     double best = 0;
@@ -105,7 +118,7 @@ static double read_bandwidth(const float *buf, size_t n, int threads)
         double dt = now_s() - t0;
         for (int t = 0; t < threads; t++)
             sink += jobs[t].sum;
-        double gbps = n / threads * threads * sizeof(float) / dt / 1e9;
+        double gbps = (double)(n / threads / 64 * 64) * threads * sizeof(float) / dt / 1e9;
         if (gbps > best)
             best = gbps;
     }
@@ -358,11 +371,17 @@ static balsa_status random_bsmat(bsmat *m, int rows, int cols, int bank, int k,
 
 /* ---- The command ------------------------------------------------------------------------- */
 
-/* Sets OPENBLAS_CORETYPE for this CPU and re-executes this process; returns only when it
- * is already set (by the user or by an earlier exec) or the exec failed. */
-static void ensure_openblas_core(int argc, char **argv)
+/* Sets OPENBLAS_CORETYPE for this CPU and OPENBLAS_THREAD_TIMEOUT, when unset, and
+ * re-executes this process so that OpenBLAS loads with them; returns when both are
+ * already set (by the user or by the exec) or the exec failed.
+ * OpenBLAS's idle workers spin for 2^28 cycles (about 0.1 s) after each call by default,
+ * taking a core from the next measurement on a small machine; 2^17 cycles is about the
+ * 50 us balsa's own pool spins. */
+static void ensure_openblas_env(int argc, char **argv)
 {
-    if (getenv("OPENBLAS_CORETYPE"))
+    int have_core = getenv("OPENBLAS_CORETYPE") != NULL;
+    int have_timeout = getenv("OPENBLAS_THREAD_TIMEOUT") != NULL;
+    if (have_core && have_timeout)
         return;
     /* Zen kernels were tried on the AMD EPYC development machine: the same speed as
      * Haswell's within noise (OpenBLAS 0.3.21 builds Zen from the Haswell kernels), so AVX2
@@ -370,9 +389,10 @@ static void ensure_openblas_core(int argc, char **argv)
     const char *core = cpu_isa_supported(CPU_ISA_AVX512) ? "SkylakeX"
                        : cpu_isa_supported(CPU_ISA_AVX2) ? "Haswell"
                                                          : NULL;
-    if (!core)
-        return;
-    setenv("OPENBLAS_CORETYPE", core, 1);
+    if (!have_core && core)
+        setenv("OPENBLAS_CORETYPE", core, 1);
+    if (!have_timeout)
+        setenv("OPENBLAS_THREAD_TIMEOUT", "17", 1);
     char **args = calloc((size_t)argc + 3, sizeof *args);
     if (!args)
         return;
@@ -381,16 +401,19 @@ static void ensure_openblas_core(int argc, char **argv)
     for (int i = 0; i < argc; i++)
         args[2 + i] = argv[i];
     execv("/proc/self/exe", args);
-    fprintf(stderr, "balsa bench kernels: re-exec with OPENBLAS_CORETYPE=%s failed (%s); "
-                    "going on with the core OpenBLAS chose\n", core, strerror(errno));
+    fprintf(stderr, "balsa bench kernels: re-exec with the OpenBLAS settings failed (%s); "
+                    "going on with what OpenBLAS chose at load\n", strerror(errno));
     free(args);
 }
 
 static void print_command(FILE *f, int argc, char **argv)
 {
-    fprintf(f, "# rerun: OPENBLAS_CORETYPE=%s%s%s balsa bench", getenv("OPENBLAS_CORETYPE"),
-            getenv("BALSA_CPU_ISA") ? " BALSA_CPU_ISA=" : "",
-            getenv("BALSA_CPU_ISA") ? getenv("BALSA_CPU_ISA") : "");
+    const char *names[] = {"OPENBLAS_CORETYPE", "OPENBLAS_THREAD_TIMEOUT", "BALSA_CPU_ISA"};
+    fprintf(f, "# rerun:");
+    for (int i = 0; i < 3; i++)
+        if (getenv(names[i]))
+            fprintf(f, " %s=%s", names[i], getenv(names[i]));
+    fprintf(f, " balsa bench");
     for (int i = 0; i < argc; i++)
         fprintf(f, " %s", argv[i]);
     fprintf(f, "\n");
@@ -402,7 +425,7 @@ int bench_kernels_main(int argc, char **argv)
     int pr = parse_opts(argc, argv, &o);
     if (pr <= 0)
         return pr == 0 ? 0 : 2;
-    ensure_openblas_core(argc, argv);
+    ensure_openblas_env(argc, argv);
     FILE *info = o.json ? stderr : stdout;
     print_command(info, argc, argv);
 
