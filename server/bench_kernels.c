@@ -298,35 +298,31 @@ static void run_blas(const float *dense, int rows, int cols, const float *x, int
                     dense, cols, 0.0f, y, rows);
 }
 
-/* Median seconds of one call: one warm-up, then repeats sized from the warm-up. */
-static double time_balsa(const balsa_call *c)
+/* Median seconds of one balsa call and one OpenBLAS call on the same product: one
+ * warm-up of each, then repeats sized from the warm-up, alternating balsa and OpenBLAS so
+ * that both see the same machine when other tenants come and go. */
+static void time_pair(const balsa_call *c, const float *dense, int threads, double *balsa_s,
+                      double *blas_s)
 {
+    openblas_set_num_threads(threads);
     double t0 = now_s();
     run_balsa(c);
+    double t1 = now_s();
+    run_blas(dense, c->rows, c->cols, c->x, c->n, c->y);
     int reps = reps_for(now_s() - t0);
-    double t[64];
+    double tb[64], to[64];
     for (int i = 0; i < reps; i++) {
         t0 = now_s();
         run_balsa(c);
-        t[i] = now_s() - t0;
+        t1 = now_s();
+        run_blas(dense, c->rows, c->cols, c->x, c->n, c->y);
+        tb[i] = t1 - t0;
+        to[i] = now_s() - t1;
     }
-    qsort(t, (size_t)reps, sizeof *t, cmp_double);
-    return t[reps / 2];
-}
-
-static double time_blas(const float *dense, int rows, int cols, const float *x, int n, float *y)
-{
-    double t0 = now_s();
-    run_blas(dense, rows, cols, x, n, y);
-    int reps = reps_for(now_s() - t0);
-    double t[64];
-    for (int i = 0; i < reps; i++) {
-        t0 = now_s();
-        run_blas(dense, rows, cols, x, n, y);
-        t[i] = now_s() - t0;
-    }
-    qsort(t, (size_t)reps, sizeof *t, cmp_double);
-    return t[reps / 2];
+    qsort(tb, (size_t)reps, sizeof *tb, cmp_double);
+    qsort(to, (size_t)reps, sizeof *to, cmp_double);
+    *balsa_s = tb[reps / 2];
+    *blas_s = to[reps / 2];
 }
 
 /* A random balanced-sparse matrix (k distinct ascending offsets per bank, values in
@@ -482,13 +478,6 @@ int bench_kernels_main(int argc, char **argv)
             xs ^= xs << 13, xs ^= xs >> 7, xs ^= xs << 17;
             x[i] = (float)((xs >> 40) * (2.0 / 16777216.0) - 1.0);
         }
-        /* OpenBLAS's time on the dense form does not depend on which values are zero, so
-         * it is measured once per shape, batch and thread count, on the dense form of the
-         * first matrix, and shared by every bank and sparsity. */
-        double blas_us[MAX_LIST][MAX_LIST];
-        for (int b = 0; b < o.nbatch; b++)
-            for (int t = 0; t < o.nthreads; t++)
-                blas_us[b][t] = -1;
         for (int bk = 0; bk < o.nbank && !status; bk++) {
             for (int sp = 0; sp < o.nsparsity && !status; sp++) {
                 int bank = o.bank[bk], k = bsmat_k_for_sparsity(bank, o.sparsity[sp]);
@@ -508,15 +497,13 @@ int bench_kernels_main(int argc, char **argv)
                     for (int t = 0; t < o.nthreads; t++) {
                         int n = o.batch[b], thr = o.threads[t];
                         balsa_call c = {be[t], m[t], x, n, cols, rows, y};
-                        double us = time_balsa(&c) * 1e6;
-                        if (blas_us[b][t] < 0) {
-                            openblas_set_num_threads(thr);
-                            blas_us[b][t] = time_blas(dense, rows, cols, x, n, y) * 1e6;
-                        }
+                        double bs, os;
+                        time_pair(&c, dense, thr, &bs, &os);
+                        double us = bs * 1e6, blas_us = os * 1e6;
                         double bytes = (double)w.rows * w.nbanks * w.k * 5.0 +
                                        (double)n * cols * sizeof(float);
                         double gbps = bytes / us / 1e3, pk = thr <= MAX_LIST ? peak[thr] : 0;
-                        double speedup = blas_us[b][t] / us;
+                        double speedup = blas_us / us;
                         char shape[32];
                         snprintf(shape, sizeof shape, "%dx%d", rows, cols);
                         double sparsity = bsmat_sparsity(&w);
@@ -526,12 +513,12 @@ int bench_kernels_main(int argc, char **argv)
                                    "\"baseline_us\": %.1f, \"speedup\": %.3f, \"gbps\": %.2f, "
                                    "\"peak_gbps\": %.2f, \"isa\": \"%s\", "
                                    "\"baseline\": \"openblas %s %s\"}\n",
-                                   shape, bank, sparsity, n, thr, us, blas_us[b][t], speedup,
+                                   shape, bank, sparsity, n, thr, us, blas_us, speedup,
                                    gbps, pk, cpu_isa_str(cpu_backend_isa(be[t])),
                                    n == 1 ? "sgemv" : "sgemm", openblas_get_corename());
                         else
                             printf("%-11s %4d %6.3f %5d %3d %11.1f %13.1f %7.2fx %7.1f %6.0f%%\n",
-                                   shape, bank, sparsity, n, thr, us, blas_us[b][t], speedup,
+                                   shape, bank, sparsity, n, thr, us, blas_us, speedup,
                                    gbps, pk > 0 ? 100 * gbps / pk : 0);
                         fflush(stdout);
                     }
