@@ -4,6 +4,7 @@
  * (sgemv at batch 1, where sgemm is 2-4x slower). */
 #include <cblas.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -124,17 +125,29 @@ static void dense_matmul(const balsa_mat *w, const float *x, int ldx, int n,
     }
 }
 
+/* Row groups are handed out in chunks from a shared counter rather than split evenly in
+ * advance: on a shared machine one thread is often descheduled for a while, and the other
+ * then takes more chunks instead of waiting for it. Every row is computed by the same code
+ * whichever thread takes it, so results do not depend on the split. */
 typedef struct {
     cpu_isa isa;
     const cpu_spmm_args *args;
+    atomic_int next;
+    int chunk;
 } spmm_job;
 
 static void spmm_task(void *varg, int task, int ntasks)
 {
-    const spmm_job *job = varg;
-    int ng = job->args->w->ngroups;
-    cpu_spmm_run(job->isa, job->args, (int)((long long)ng * task / ntasks),
-                 (int)((long long)ng * (task + 1) / ntasks));
+    (void)task;
+    (void)ntasks;
+    spmm_job *job = varg;
+    const int ng = job->args->w->ngroups;
+    for (;;) {
+        int g0 = atomic_fetch_add_explicit(&job->next, job->chunk, memory_order_relaxed);
+        if (g0 >= ng)
+            return;
+        cpu_spmm_run(job->isa, job->args, g0, g0 + job->chunk < ng ? g0 + job->chunk : ng);
+    }
 }
 
 static balsa_status sparse_matmul(cpu_backend *cb, const balsa_mat *w, const float *x,
@@ -160,7 +173,12 @@ static balsa_status sparse_matmul(cpu_backend *cb, const balsa_mat *w, const flo
     int tasks = work < PARALLEL_MIN_WORK ? 1 : threadpool_threads(cb->pool);
     if (tasks > w->sp.ngroups)
         tasks = w->sp.ngroups;
-    spmm_job job = {cb->isa, &args};
+    spmm_job job = {.isa = cb->isa, .args = &args};
+    atomic_init(&job.next, 0);
+    /* About 8 chunks per thread: enough to even out, few enough to keep the counter cold. */
+    job.chunk = w->sp.ngroups / (tasks * 8);
+    if (job.chunk < 1 || tasks == 1)
+        job.chunk = tasks == 1 ? w->sp.ngroups : 1;
     threadpool_run(cb->pool, spmm_task, &job, tasks);
     pthread_mutex_unlock(&cb->scratch_lock);
     return BALSA_OK;
