@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Plots `balsa bench kernels --json` output: speedup over OpenBLAS against sparsity, one
 # line per batch size, one panel per thread count, for one shape and bank (default
-# 6000x3000, bank 32), like the paper's figure. Needs gnuplot (Debian: gnuplot-nox).
+# 6000x3000, bank 32), like the paper's figure; with several runs concatenated, each point
+# is the median speedup over the runs. Needs gnuplot (Debian: gnuplot-nox).
 #   bench/plot_kernels.sh RESULTS.jsonl OUT.png [SHAPE] [BANK]
 #   balsa bench kernels --shape 6000x3000 --json | bench/plot_kernels.sh - OUT.png
 set -euo pipefail
@@ -14,7 +15,8 @@ command -v gnuplot >/dev/null || { echo "$0: gnuplot not found (apt-get install 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-# One data file per (threads, batch): "sparsity speedup" lines, sorted by sparsity.
+# One data file per (threads, batch): "sparsity speedup" lines, sorted by sparsity. Input
+# may hold several runs (files concatenated): each point is the median over the runs.
 cat "$in" | awk -v shape="$shape" -v bank="$bank" -v dir="$tmp" '
     function num(key,   m) {
         if (match($0, "\"" key "\": *[0-9.eE+-]+")) {
@@ -23,8 +25,19 @@ cat "$in" | awk -v shape="$shape" -v bank="$bank" -v dir="$tmp" '
         return -1
     }
     /^\{/ && index($0, "\"shape\": \"" shape "\"") && num("bank") == bank {
-        f = dir "/t" num("threads") "_b" num("batch")
-        print num("sparsity"), num("speedup") >> f
+        key = num("threads") SUBSEP num("batch") SUBSEP num("sparsity")
+        n[key]++; v[key, n[key]] = num("speedup")
+    }
+    END {
+        for (key in n) {
+            split(key, part, SUBSEP)
+            c = n[key]
+            for (i = 1; i <= c; i++) s[i] = v[key, i]
+            for (i = 2; i <= c; i++)          # insertion sort of the runs
+                for (j = i; j > 1 && s[j - 1] > s[j]; j--) { t = s[j]; s[j] = s[j - 1]; s[j - 1] = t }
+            med = c % 2 ? s[(c + 1) / 2] : (s[c / 2] + s[c / 2 + 1]) / 2
+            print part[3], med >> (dir "/t" part[1] "_b" part[2])
+        }
     }'
 ls "$tmp"/t* >/dev/null 2>&1 || { echo "$0: no $shape bank $bank cases in $in" >&2; exit 1; }
 for f in "$tmp"/t*; do sort -n -o "$f" "$f"; done
