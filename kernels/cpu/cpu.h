@@ -70,9 +70,6 @@ balsa_status cpu_pack(const bsmat *w, int group, cpu_packed *out);
 /* Frees what cpu_pack allocated and zeroes *p; safe on a zeroed struct. */
 void cpu_packed_free(cpu_packed *p);
 
-/* Bytes a batch-1 product must read: packed values + offsets (real rows only) + x. */
-size_t cpu_packed_read_bytes(const cpu_packed *p);
-
 /* One product's arguments, as in balsa_backend_ops.matmul. xt is scratch the caller
  * provides for the transposed-input path (see cpu_spmm_xt_floats); NULL when unused. */
 typedef struct {

@@ -116,12 +116,6 @@ void cpu_packed_free(cpu_packed *p)
     memset(p, 0, sizeof *p);
 }
 
-size_t cpu_packed_read_bytes(const cpu_packed *p)
-{
-    return (size_t)p->rows * p->nbanks * p->k * (sizeof(float) + 1) +
-           (size_t)p->cols * sizeof(float);
-}
-
 void spmm_packed_scalar(const cpu_spmm_args *a, int g0, int g1)
 {
     const cpu_packed *w = a->w;
