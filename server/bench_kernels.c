@@ -266,10 +266,11 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
 
 /* ---- Timing ------------------------------------------------------------------------------- */
 
-/* Repeats for a case whose single run took `once` seconds: about 0.25 s in all, 3..51. */
+/* Repeats for a case whose warm-up (balsa + OpenBLAS) took `once` seconds: about 0.2 s in
+ * all, 3..51, which keeps the default run under 5 minutes on the 2-core machine. */
 static int reps_for(double once)
 {
-    int r = (int)(0.25 / (once > 1e-7 ? once : 1e-7));
+    int r = (int)(0.2 / (once > 1e-7 ? once : 1e-7));
     return r < 3 ? 3 : r > 51 ? 51 : r;
 }
 
