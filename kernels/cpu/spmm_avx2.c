@@ -7,8 +7,8 @@
  *    place, the slot's 8 offsets coming in one 64-bit load (measured 2x faster than four vpermps and
  *    three blends per slot on AMD Zen, where vpermps costs 3 micro-ops).
  *    Batch 2 and more: the "transposed" kernel: X is transposed once per product into
- *    [column][batch] so that every weight, loaded once, multiplies 8 or 16 batch columns
- *    with one broadcast and one or two FMAs.
+ *    [column][batch] so that every weight, loaded once, multiplies 4, 8 or 16 batch
+ *    columns with one broadcast and one or two FMAs.
  *  - the LSTM cell with vectorised sigmoid and tanh. */
 #include <immintrin.h>
 #include <string.h>
@@ -216,9 +216,10 @@ static void spmm_permute_avx2(const cpu_spmm_args *a, int g0, int g1)
 
 /* ---- The transposed kernel ----------------------------------------------------------- */
 
-/* Batch columns per chunk of the transposed input: 8 (one register) up to batch 8, else
- * 16 (two registers). */
-static int xt_width(int n) { return n <= 8 ? 8 : 16; }
+/* Batch columns per chunk of the transposed input: 4 (one xmm register) up to batch 4,
+ * 8 (one ymm) up to batch 8, else 16 (two ymm). A 128-bit FMA is one micro-op on Zen
+ * where a 256-bit one is two, so small batches do not pay for empty lanes. */
+static int xt_width(int n) { return n <= 4 ? 4 : n <= 8 ? 8 : 16; }
 
 /* Rows of xt per chunk: every column of every bank, the last bank's padding included, so
  * that padding offsets read zeros and the kernel needs no bounds test. */
@@ -304,6 +305,39 @@ group_xt_avx2(const cpu_packed *w, int g, const float *xt, int nv, float out[8][
     }
 }
 
+/* The same with 4 batch columns per xmm register, all 8 rows of the group at once (8
+ * independent chains; one 64-bit load brings the slot's 8 offsets). out as above. */
+static void group_xt4_avx2(const cpu_packed *w, int g, const float *xt, float out[8][16])
+{
+    const int B = w->bank, k = w->k;
+    __m128 a0 = _mm_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    const float *val = w->values + (size_t)g * w->nbanks * k * 8;
+    const uint8_t *off = w->offsets + (size_t)g * w->nbanks * k * 8;
+    for (int bk = 0; bk < w->nbanks; bk++) {
+        const float *xb = xt + (size_t)bk * B * 4;
+        for (int j = 0; j < k; j++, val += 8, off += 8) {
+            uint64_t o;
+            memcpy(&o, off, sizeof o);
+            a0 = _mm_fmadd_ps(_mm_broadcast_ss(val), _mm_load_ps(xb + (o & 255) * 4), a0);
+            a1 = _mm_fmadd_ps(_mm_broadcast_ss(val + 1), _mm_load_ps(xb + ((o >> 8) & 255) * 4), a1);
+            a2 = _mm_fmadd_ps(_mm_broadcast_ss(val + 2), _mm_load_ps(xb + ((o >> 16) & 255) * 4), a2);
+            a3 = _mm_fmadd_ps(_mm_broadcast_ss(val + 3), _mm_load_ps(xb + ((o >> 24) & 255) * 4), a3);
+            a4 = _mm_fmadd_ps(_mm_broadcast_ss(val + 4), _mm_load_ps(xb + ((o >> 32) & 255) * 4), a4);
+            a5 = _mm_fmadd_ps(_mm_broadcast_ss(val + 5), _mm_load_ps(xb + ((o >> 40) & 255) * 4), a5);
+            a6 = _mm_fmadd_ps(_mm_broadcast_ss(val + 6), _mm_load_ps(xb + ((o >> 48) & 255) * 4), a6);
+            a7 = _mm_fmadd_ps(_mm_broadcast_ss(val + 7), _mm_load_ps(xb + (o >> 56) * 4), a7);
+        }
+    }
+    _mm_storeu_ps(out[0], a0);
+    _mm_storeu_ps(out[1], a1);
+    _mm_storeu_ps(out[2], a2);
+    _mm_storeu_ps(out[3], a3);
+    _mm_storeu_ps(out[4], a4);
+    _mm_storeu_ps(out[5], a5);
+    _mm_storeu_ps(out[6], a6);
+    _mm_storeu_ps(out[7], a7);
+}
+
 static void spmm_xt_avx2(const cpu_spmm_args *a, int g0, int g1)
 {
     const int nc = xt_width(a->n);
@@ -315,8 +349,10 @@ static void spmm_xt_avx2(const cpu_spmm_args *a, int g0, int g1)
         for (int g = g0; g < g1; g++) {
             if (nc == 16)
                 group_xt_avx2(a->w, g, xt, 2, out);
-            else
+            else if (nc == 8)
                 group_xt_avx2(a->w, g, xt, 1, out);
+            else
+                group_xt4_avx2(a->w, g, xt, out);
             for (int i = i0; i < i1; i++) {
                 int c = i - i0;
                 __m256 acc = _mm256_setr_ps(out[0][c], out[1][c], out[2][c], out[3][c],
