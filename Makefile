@@ -122,7 +122,7 @@ test: deps all
 	@BALSA_BIN=$(B)/balsa bash tests/run.sh $(TEST_BINS)
 
 run: deps all
-	$(B)/balsa version
+	$(B)/balsa bench kernels --shape 6000x3000 --batch 1,16
 
 bench: deps all
 	$(B)/balsa bench kernels

@@ -6,5 +6,7 @@
 int convert_main(int argc, char **argv); /* server/cmd_model.c */
 int inspect_main(int argc, char **argv); /* server/cmd_model.c */
 int bench_lstm_main(int argc, char **argv); /* server/bench_lstm.c */
+/* balsa bench kernels: the balanced-sparse CPU kernel against OpenBLAS (bench_kernels.c). */
+int bench_kernels_main(int argc, char **argv);
 
 #endif

@@ -35,6 +35,7 @@ static const command commands[] = {
     {"convert", NULL, convert_main, "prune dense PyTorch weights into a balsa model"},
     {"inspect", NULL, inspect_main, "check a model file and print its network and sparsity"},
     {"bench", "lstm", bench_lstm_main, "time a balanced-sparse LSTM against the dense path"},
+    {"bench", "kernels", bench_kernels_main, "time the sparse CPU kernel against OpenBLAS"},
 };
 
 static void usage(FILE *f)

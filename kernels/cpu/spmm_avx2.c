@@ -1,0 +1,424 @@
+/* AVX2 + FMA kernels of the CPU backend (this file is compiled with -mavx2 -mfma and its
+ * functions run only after the dispatcher has seen the CPU support them):
+ *  - balanced-sparse products over the packed layout with groups of 8 rows (cpu.h).
+ *    Batch 1, banks up to 16 columns: the bank's slice of x sits in one or two registers
+ *    and vpermps picks x[offset] for the 8 rows (lanes) at once (a blend on offset bit 3
+ *    joins two registers). Banks of 32 and more: each lane's x[offset] is loaded into its
+ *    place, the slot's 8 offsets coming in one 64-bit load (measured 2x faster than four vpermps and
+ *    three blends per slot on AMD Zen, where vpermps costs 3 micro-ops).
+ *    Batch 2 and more: the "transposed" kernel: X is transposed once per product into
+ *    [column][batch] so that every weight, loaded once, multiplies 4, 8 or 16 batch
+ *    columns with one broadcast and one or two FMAs.
+ *  - the LSTM cell with vectorised sigmoid and tanh. */
+#include <immintrin.h>
+#include <string.h>
+
+#include "cpu.h"
+
+/* From this batch size on, the transposed kernel is used: measured on AMD EPYC (Zen) it
+ * matched two batch-1 passes at batch 2 and beat one pass per column from batch 4 on. */
+#define XT_MIN_BATCH 2
+
+/* ---- Vector math ------------------------------------------------------------------------ */
+
+/* e^x for x in [-87, 88] (clamped outside), relative error about 2e-7: x = n ln2 + r with
+ * |r| <= ln2/2, e^r by a degree-6 polynomial, 2^n built in the exponent bits. */
+static inline __m256 exp_avx2(__m256 x)
+{
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                               _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    /* ln2 split in two so that n * ln2_hi is exact. */
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+static inline __m256 sigmoid_avx2(__m256 x)
+{
+    __m256 one = _mm256_set1_ps(1.0f);
+    return _mm256_div_ps(one, _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(_mm256_setzero_ps(), x))));
+}
+
+/* tanh: an odd polynomial below |x| = 0.625 (where 1 - 2/(e^2x + 1) would lose relative
+ * accuracy to cancellation), 1 - 2 / (e^2|x| + 1) with the sign restored above. */
+static inline __m256 tanh_avx2(__m256 x)
+{
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 ax = _mm256_andnot_ps(sign, x);
+    __m256 z = _mm256_mul_ps(x, x);
+    __m256 p = _mm256_set1_ps(-5.70498872745e-3f);
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(2.06390887954e-2f));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-5.37397155531e-2f));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(1.33314422036e-1f));
+    p = _mm256_fmadd_ps(p, z, _mm256_set1_ps(-3.33332819422e-1f));
+    __m256 small = _mm256_fmadd_ps(_mm256_mul_ps(p, z), x, x);
+    __m256 e = exp_avx2(_mm256_add_ps(ax, ax));
+    __m256 big = _mm256_sub_ps(_mm256_set1_ps(1.0f),
+                               _mm256_div_ps(_mm256_set1_ps(2.0f),
+                                             _mm256_add_ps(e, _mm256_set1_ps(1.0f))));
+    big = _mm256_or_ps(big, _mm256_and_ps(sign, x));
+    return _mm256_blendv_ps(small, big,
+                            _mm256_cmp_ps(ax, _mm256_set1_ps(0.625f), _CMP_GE_OQ));
+}
+
+static inline __m256 act_avx2(balsa_act act, __m256 v)
+{
+    switch (act) {
+    case BALSA_ACT_RELU: return _mm256_max_ps(v, _mm256_setzero_ps());
+    case BALSA_ACT_SIGMOID: return sigmoid_avx2(v);
+    case BALSA_ACT_TANH: return tanh_avx2(v);
+    default: return v;
+    }
+}
+
+/* y[r0..r0+8) = act(acc + bias + (accumulate ? y : 0)) for the rows that exist. */
+static inline void epilogue_avx2(const cpu_spmm_args *a, __m256 acc, int r0, float *y)
+{
+    const int rows = a->w->rows;
+    if (r0 + 8 <= rows) {
+        if (a->bias)
+            acc = _mm256_add_ps(acc, _mm256_loadu_ps(a->bias + r0));
+        if (a->accumulate)
+            acc = _mm256_add_ps(acc, _mm256_loadu_ps(y + r0));
+        _mm256_storeu_ps(y + r0, act_avx2(a->act, acc));
+        return;
+    }
+    float t[8];
+    _mm256_storeu_ps(t, acc);
+    for (int l = 0; r0 + l < rows; l++) {
+        float v = t[l] + (a->bias ? a->bias[r0 + l] : 0.0f);
+        if (a->accumulate)
+            v += y[r0 + l];
+        y[r0 + l] = cpu_act(a->act, v);
+    }
+}
+
+/* ---- The permute kernel (one batch column at a time) -------------------------------- */
+
+/* x[offset] for the 8 lanes of one slot from a bank held in x0 (and x1 for 16 columns). */
+static inline __attribute__((always_inline)) __m256
+permute_x_avx2(__m256 x0, __m256 x1, const uint8_t *off, int nq)
+{
+    __m256i idx = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)off));
+    __m256 xv = _mm256_permutevar8x32_ps(x0, idx);
+    if (nq == 2) /* blendv takes the sign bit: shift offset bit 3 there */
+        xv = _mm256_blendv_ps(xv, _mm256_permutevar8x32_ps(x1, idx),
+                              _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
+    return xv;
+}
+
+/* Sum over all banks of one group for one input vector, for banks of up to 16 columns:
+ * nq 8-float x registers per bank (1 for B <= 8, 2 for B = 16). One function per nq
+ * below, each not inlined into its caller, where GCC kept the accumulators on the stack. */
+static inline __attribute__((always_inline)) __m256
+group_permute_avx2(const cpu_packed *w, int g, const float *x, int nq)
+{
+    const int B = w->bank, k = w->k, cols = w->cols;
+    const float *val = w->values + (size_t)g * w->nbanks * k * 8;
+    const uint8_t *off = w->offsets + (size_t)g * w->nbanks * k * 8;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    /* The bank's x is read as 8 or 16 floats; where that passes cols, read a zero-padded
+     * copy instead so that nothing past x is touched. */
+    float pad[16] __attribute__((aligned(32)));
+    const int span = nq * 8;
+    for (int b = 0; b < w->nbanks; b++, val += k * 8, off += k * 8) {
+        const float *xb = x + (size_t)b * B;
+        if (b * B + span > cols) {
+            memset(pad, 0, sizeof pad);
+            memcpy(pad, xb, sizeof(float) * (size_t)(cols - b * B));
+            xb = pad;
+        }
+        __m256 x0 = _mm256_loadu_ps(xb), x1 = nq == 2 ? _mm256_loadu_ps(xb + 8) : x0;
+        /* Prefetch as in group_lanes_avx2 (2 KiB ahead; never faults). */
+        _mm_prefetch((const char *)(off + 512), _MM_HINT_T0);
+        int j = 0;
+        for (; j + 2 <= k; j += 2) {
+            _mm_prefetch((const char *)(val + j * 8 + 512), _MM_HINT_T0);
+            acc0 = _mm256_fmadd_ps(_mm256_load_ps(val + j * 8),
+                                   permute_x_avx2(x0, x1, off + j * 8, nq), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_load_ps(val + j * 8 + 8),
+                                   permute_x_avx2(x0, x1, off + j * 8 + 8, nq), acc1);
+        }
+        if (j < k)
+            acc0 = _mm256_fmadd_ps(_mm256_load_ps(val + j * 8),
+                                   permute_x_avx2(x0, x1, off + j * 8, nq), acc0);
+    }
+    return _mm256_add_ps(acc0, acc1);
+}
+
+__attribute__((noinline)) static __m256 group_permute1_avx2(const cpu_packed *w, int g,
+                                                            const float *x)
+{
+    return group_permute_avx2(w, g, x, 1);
+}
+
+__attribute__((noinline)) static __m256 group_permute2_avx2(const cpu_packed *w, int g,
+                                                            const float *x)
+{
+    return group_permute_avx2(w, g, x, 2);
+}
+
+/* The same for banks of 32 columns and more, with scalar loads: the 8 offsets of a slot
+ * come in one 64-bit load, each lane's x[offset] is loaded into its place (vinsertps from
+ * memory), and one vector FMA takes the slot. On AMD Zen (vpermps costs 3 micro-ops there)
+ * this was 2x faster than four vpermps and three blends per slot for 32-wide banks, and
+ * faster than vgatherdps (see bench/RESULTS.md). */
+/* x[offset] for the 8 lanes of one slot. */
+static inline __m256 lanes_x_avx2(const float *xb, const uint8_t *off)
+{
+    uint64_t o;
+    memcpy(&o, off, sizeof o);
+    __m128 lo = _mm_load_ss(xb + (o & 255));
+    lo = _mm_insert_ps(lo, _mm_load_ss(xb + ((o >> 8) & 255)), 0x10);
+    lo = _mm_insert_ps(lo, _mm_load_ss(xb + ((o >> 16) & 255)), 0x20);
+    lo = _mm_insert_ps(lo, _mm_load_ss(xb + ((o >> 24) & 255)), 0x30);
+    __m128 hi = _mm_load_ss(xb + ((o >> 32) & 255));
+    hi = _mm_insert_ps(hi, _mm_load_ss(xb + ((o >> 40) & 255)), 0x10);
+    hi = _mm_insert_ps(hi, _mm_load_ss(xb + ((o >> 48) & 255)), 0x20);
+    hi = _mm_insert_ps(hi, _mm_load_ss(xb + (o >> 56)), 0x30);
+    return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
+}
+
+/* Not inlined: inside the caller GCC spilled the accumulators to the stack, turning each
+ * FMA into a load-FMA-store chain (30% slower). */
+__attribute__((noinline)) static __m256 group_lanes_avx2(const cpu_packed *w, int g,
+                                                         const float *x)
+{
+    const int B = w->bank, k = w->k, cols = w->cols;
+    const float *val = w->values + (size_t)g * w->nbanks * k * 8;
+    const uint8_t *off = w->offsets + (size_t)g * w->nbanks * k * 8;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
+    float pad[BSMAT_MAX_BANK];
+    for (int b = 0; b < w->nbanks; b++) {
+        const float *xb = x + (size_t)b * B;
+        if (b * B + B > cols) { /* the last bank: offsets into its padding read zeros */
+            memset(pad, 0, sizeof(float) * (size_t)B);
+            memcpy(pad, xb, sizeof(float) * (size_t)(cols - b * B));
+            xb = pad;
+        }
+        /* Software prefetch 2 KiB ahead in both streams: the hardware prefetcher alone
+         * left about 25% on the table (measured, 6000x3000 at 90%). A prefetch past the
+         * end of the arrays is harmless: it never faults. */
+        _mm_prefetch((const char *)(val + 512), _MM_HINT_T0);
+        _mm_prefetch((const char *)(off + 512), _MM_HINT_T0);
+        int j = 0;
+        for (; j + 2 <= k; j += 2, val += 16, off += 16) {
+            _mm_prefetch((const char *)(val + 528), _MM_HINT_T0);
+            acc0 = _mm256_fmadd_ps(_mm256_load_ps(val), lanes_x_avx2(xb, off), acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_load_ps(val + 8), lanes_x_avx2(xb, off + 8), acc1);
+        }
+        if (j < k) {
+            acc0 = _mm256_fmadd_ps(_mm256_load_ps(val), lanes_x_avx2(xb, off), acc0);
+            val += 8;
+            off += 8;
+        }
+    }
+    return _mm256_add_ps(acc0, acc1);
+}
+
+static void spmm_permute_avx2(const cpu_spmm_args *a, int g0, int g1)
+{
+    const int B = a->w->bank;
+    for (int i = 0; i < a->n; i++) {
+        const float *x = a->x + (size_t)i * a->ldx;
+        float *y = a->y + (size_t)i * a->ldy;
+        for (int g = g0; g < g1; g++) {
+            __m256 acc = B <= 8    ? group_permute1_avx2(a->w, g, x)
+                         : B <= 16 ? group_permute2_avx2(a->w, g, x)
+                                   : group_lanes_avx2(a->w, g, x);
+            epilogue_avx2(a, acc, g * 8, y);
+        }
+    }
+}
+
+/* ---- The transposed kernel ----------------------------------------------------------- */
+
+/* Batch columns per chunk of the transposed input: 4 (one xmm register) up to batch 4,
+ * 8 (one ymm) up to batch 8, else 16 (two ymm). A 128-bit FMA is one micro-op on Zen
+ * where a 256-bit one is two, so small batches do not pay for empty lanes. */
+static int xt_width(int n) { return n <= 4 ? 4 : n <= 8 ? 8 : 16; }
+
+/* Rows of xt per chunk: every column of every bank, the last bank's padding included, so
+ * that padding offsets read zeros and the kernel needs no bounds test. */
+static size_t xt_rows(const cpu_packed *w) { return (size_t)w->nbanks * w->bank; }
+
+size_t spmm_avx2_xt_floats(const cpu_packed *w, int n)
+{
+    if (n < XT_MIN_BATCH)
+        return 0;
+    int nc = xt_width(n);
+    return (size_t)((n + nc - 1) / nc) * xt_rows(w) * nc;
+}
+
+void spmm_avx2_prepare(const cpu_spmm_args *a)
+{
+    if (a->n < XT_MIN_BATCH)
+        return;
+    const int nc = xt_width(a->n), cols = a->w->cols;
+    const size_t rows = xt_rows(a->w);
+    for (int ch = 0; ch * nc < a->n; ch++) {
+        float *t = a->xt + (size_t)ch * rows * nc;
+        /* Column-outer: each xt row is written whole, the n input rows are read as
+         * n sequential streams. Unused batch lanes and the padding rows hold zeros. */
+        const int i0 = ch * nc, cnt = a->n - i0 < nc ? a->n - i0 : nc;
+        const float *x = a->x + (size_t)i0 * a->ldx;
+        for (int c = 0; c < cols; c++) {
+            float *tr = t + (size_t)c * nc;
+            int i = 0;
+            for (; i < cnt; i++)
+                tr[i] = x[(size_t)i * a->ldx + c];
+            for (; i < nc; i++)
+                tr[i] = 0.0f;
+        }
+        memset(t + (size_t)cols * nc, 0, sizeof(float) * (rows - (size_t)cols) * nc);
+    }
+}
+
+/* One group, one chunk of nv*8 batch columns: out[lane][col] for the group's 8 rows. Four
+ * rows at a time keep 4*nv independent FMA chains in flight; the accumulators are named
+ * variables because GCC keeps an indexed array of them in memory. */
+static inline __attribute__((always_inline)) void
+group_xt_avx2(const cpu_packed *w, int g, const float *xt, int nv, float out[8][16])
+{
+    const int B = w->bank, k = w->k, nc = nv * 8;
+    for (int l0 = 0; l0 < 8; l0 += 4) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+        const float *val = w->values + (size_t)g * w->nbanks * k * 8 + l0;
+        const uint8_t *off = w->offsets + (size_t)g * w->nbanks * k * 8 + l0;
+        for (int bk = 0; bk < w->nbanks; bk++) {
+            const float *xb = xt + (size_t)bk * B * nc;
+            for (int j = 0; j < k; j++, val += 8, off += 8) {
+                uint32_t o; /* four offsets in one load; Zen has only two load ports */
+                memcpy(&o, off, sizeof o);
+                const float *x0 = xb + (size_t)(o & 255) * nc;
+                const float *x1 = xb + (size_t)((o >> 8) & 255) * nc;
+                const float *x2 = xb + (size_t)((o >> 16) & 255) * nc;
+                const float *x3 = xb + (size_t)(o >> 24) * nc;
+                __m256 w0 = _mm256_broadcast_ss(val), w1 = _mm256_broadcast_ss(val + 1);
+                __m256 w2 = _mm256_broadcast_ss(val + 2), w3 = _mm256_broadcast_ss(val + 3);
+                a0 = _mm256_fmadd_ps(w0, _mm256_load_ps(x0), a0);
+                a1 = _mm256_fmadd_ps(w1, _mm256_load_ps(x1), a1);
+                a2 = _mm256_fmadd_ps(w2, _mm256_load_ps(x2), a2);
+                a3 = _mm256_fmadd_ps(w3, _mm256_load_ps(x3), a3);
+                if (nv == 2) {
+                    b0 = _mm256_fmadd_ps(w0, _mm256_load_ps(x0 + 8), b0);
+                    b1 = _mm256_fmadd_ps(w1, _mm256_load_ps(x1 + 8), b1);
+                    b2 = _mm256_fmadd_ps(w2, _mm256_load_ps(x2 + 8), b2);
+                    b3 = _mm256_fmadd_ps(w3, _mm256_load_ps(x3 + 8), b3);
+                }
+            }
+        }
+        _mm256_storeu_ps(out[l0], a0);
+        _mm256_storeu_ps(out[l0 + 1], a1);
+        _mm256_storeu_ps(out[l0 + 2], a2);
+        _mm256_storeu_ps(out[l0 + 3], a3);
+        if (nv == 2) {
+            _mm256_storeu_ps(out[l0] + 8, b0);
+            _mm256_storeu_ps(out[l0 + 1] + 8, b1);
+            _mm256_storeu_ps(out[l0 + 2] + 8, b2);
+            _mm256_storeu_ps(out[l0 + 3] + 8, b3);
+        }
+    }
+}
+
+/* The same with 4 batch columns per xmm register, all 8 rows of the group at once (8
+ * independent chains; one 64-bit load brings the slot's 8 offsets). out as above. */
+static void group_xt4_avx2(const cpu_packed *w, int g, const float *xt, float out[8][16])
+{
+    const int B = w->bank, k = w->k;
+    __m128 a0 = _mm_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    const float *val = w->values + (size_t)g * w->nbanks * k * 8;
+    const uint8_t *off = w->offsets + (size_t)g * w->nbanks * k * 8;
+    for (int bk = 0; bk < w->nbanks; bk++) {
+        const float *xb = xt + (size_t)bk * B * 4;
+        for (int j = 0; j < k; j++, val += 8, off += 8) {
+            uint64_t o;
+            memcpy(&o, off, sizeof o);
+            a0 = _mm_fmadd_ps(_mm_broadcast_ss(val), _mm_load_ps(xb + (o & 255) * 4), a0);
+            a1 = _mm_fmadd_ps(_mm_broadcast_ss(val + 1), _mm_load_ps(xb + ((o >> 8) & 255) * 4), a1);
+            a2 = _mm_fmadd_ps(_mm_broadcast_ss(val + 2), _mm_load_ps(xb + ((o >> 16) & 255) * 4), a2);
+            a3 = _mm_fmadd_ps(_mm_broadcast_ss(val + 3), _mm_load_ps(xb + ((o >> 24) & 255) * 4), a3);
+            a4 = _mm_fmadd_ps(_mm_broadcast_ss(val + 4), _mm_load_ps(xb + ((o >> 32) & 255) * 4), a4);
+            a5 = _mm_fmadd_ps(_mm_broadcast_ss(val + 5), _mm_load_ps(xb + ((o >> 40) & 255) * 4), a5);
+            a6 = _mm_fmadd_ps(_mm_broadcast_ss(val + 6), _mm_load_ps(xb + ((o >> 48) & 255) * 4), a6);
+            a7 = _mm_fmadd_ps(_mm_broadcast_ss(val + 7), _mm_load_ps(xb + (o >> 56) * 4), a7);
+        }
+    }
+    _mm_storeu_ps(out[0], a0);
+    _mm_storeu_ps(out[1], a1);
+    _mm_storeu_ps(out[2], a2);
+    _mm_storeu_ps(out[3], a3);
+    _mm_storeu_ps(out[4], a4);
+    _mm_storeu_ps(out[5], a5);
+    _mm_storeu_ps(out[6], a6);
+    _mm_storeu_ps(out[7], a7);
+}
+
+static void spmm_xt_avx2(const cpu_spmm_args *a, int g0, int g1)
+{
+    const int nc = xt_width(a->n);
+    const size_t rows = xt_rows(a->w);
+    float out[8][16];
+    for (int ch = 0; ch * nc < a->n; ch++) {
+        const float *xt = a->xt + (size_t)ch * rows * nc;
+        const int i0 = ch * nc, i1 = a->n < i0 + nc ? a->n : i0 + nc;
+        for (int g = g0; g < g1; g++) {
+            if (nc == 16)
+                group_xt_avx2(a->w, g, xt, 2, out);
+            else if (nc == 8)
+                group_xt_avx2(a->w, g, xt, 1, out);
+            else
+                group_xt4_avx2(a->w, g, xt, out);
+            for (int i = i0; i < i1; i++) {
+                int c = i - i0;
+                __m256 acc = _mm256_setr_ps(out[0][c], out[1][c], out[2][c], out[3][c],
+                                            out[4][c], out[5][c], out[6][c], out[7][c]);
+                epilogue_avx2(a, acc, g * 8, a->y + (size_t)i * a->ldy);
+            }
+        }
+    }
+}
+
+void spmm_avx2(const cpu_spmm_args *a, int g0, int g1)
+{
+    if (a->n >= XT_MIN_BATCH) {
+        spmm_xt_avx2(a, g0, g1);
+        return;
+    }
+    spmm_permute_avx2(a, g0, g1);
+}
+
+/* ---- LSTM cell ------------------------------------------------------------------------ */
+
+void lstm_cell_avx2(const float *gates, int ldg, float *c, float *h, int ldh, int n,
+                    int hidden)
+{
+    for (int r = 0; r < n; r++) {
+        const float *g = gates + (size_t)r * ldg;
+        float *cr = c + (size_t)r * hidden;
+        float *hr = h + (size_t)r * ldh;
+        for (int j = 0; j < hidden; j += 8) {
+            /* The last chunk of a row is masked so that nothing past hidden is touched. */
+            int left = hidden - j < 8 ? hidden - j : 8;
+            __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(left),
+                                           _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+            __m256 ig = sigmoid_avx2(_mm256_maskload_ps(g + j, m));
+            __m256 fg = sigmoid_avx2(_mm256_maskload_ps(g + hidden + j, m));
+            __m256 gg = tanh_avx2(_mm256_maskload_ps(g + 2 * hidden + j, m));
+            __m256 og = sigmoid_avx2(_mm256_maskload_ps(g + 3 * hidden + j, m));
+            __m256 cv = _mm256_fmadd_ps(fg, _mm256_maskload_ps(cr + j, m), _mm256_mul_ps(ig, gg));
+            _mm256_maskstore_ps(cr + j, m, cv);
+            _mm256_maskstore_ps(hr + j, m, _mm256_mul_ps(og, tanh_avx2(cv)));
+        }
+    }
+}
