@@ -51,7 +51,8 @@ ifeq ($(USE_CUDA),1)
               -Xcompiler -Wall,-Wextra,-Werror,-fPIC -MMD -MP
   ifneq ($(SANITIZE),)
     # one -Xcompiler per sanitizer: nvcc splits -Xcompiler arguments at commas
-    NVCCFLAGS += $(foreach s,$(subst $(comma), ,$(SANITIZE)),-Xcompiler -fsanitize=$(s))
+    NVCCFLAGS += $(foreach s,$(subst $(comma), ,$(SANITIZE)),-Xcompiler -fsanitize=$(s)) \
+                 -Xcompiler -fno-sanitize-recover=all -Xcompiler -fno-omit-frame-pointer
   endif
 endif
 CFLAGS = $(CFLAGS_BASE)

@@ -395,7 +395,9 @@ TEST(cuda_options_checked)
 {
     char why[200] = "";
     balsa_backend *be = NULL;
-    balsa_cuda_options bad = {0, (balsa_cuda_values)7, 0, 0};
+    /* 3: past the last storage type but inside the enum's value range, so that reading
+     * it is defined behaviour in the C++ side too */
+    balsa_cuda_options bad = {0, (balsa_cuda_values)3, 0, 0};
     CHECK(balsa_backend_cuda_create(&bad, &be, why, sizeof why) == BALSA_ERR_INVALID);
     balsa_cuda_options bad2 = {0, BALSA_CUDA_F32, 3, 0};
     CHECK(balsa_backend_cuda_create(&bad2, &be, why, sizeof why) == BALSA_ERR_INVALID);
