@@ -1,0 +1,58 @@
+/* Engine-internal: the loaded model's layout in backend memory and the helpers that
+ * model_run (engine/model.c) and model_stream (engine/stream.c) share. Not for use
+ * outside engine/. */
+#ifndef BALSA_ENGINE_EXEC_H
+#define BALSA_ENGINE_EXEC_H
+
+#include "model.h"
+
+/* A backend buffer of floats that grows on demand (contents not kept on growth). */
+typedef struct {
+    float *p;
+    size_t cap;
+} dev_buf;
+
+/* A host buffer of floats that grows on demand (contents not kept on growth). */
+typedef struct {
+    float *p;
+    size_t cap;
+} host_buf;
+
+typedef struct {
+    balsa_mat *w_ih, *w_hh;
+    float *bias; /* backend memory, 4H: bias_ih + bias_hh, summed once at load */
+} lstm_dir_w;
+
+struct balsa_model {
+    model_spec spec;
+    model_info info;
+    balsa_backend *be;
+    float *embedding; /* host, vocab x input_size (token models) */
+    lstm_dir_w lstm[MODEL_MAX_LAYERS][2];
+    balsa_mat *fc_w[MODEL_MAX_FC];
+    float *fc_b[MODEL_MAX_FC]; /* backend memory, or NULL */
+    int fc_in[MODEL_MAX_FC];
+    int max_fc_out;
+    /* model_run's scratch, kept between calls */
+    dev_buf x, xr, g, ya, yb, hr, c, lastv, fa, fb;
+    host_buf hx, hxr, hy, hhr, hlast, hout;
+};
+
+/* Makes b hold at least n floats; BALSA_ERR_OOM when the backend has no memory. */
+balsa_status dev_buf_reserve(balsa_backend *be, dev_buf *b, size_t n);
+void dev_buf_release(balsa_backend *be, dev_buf *b);
+balsa_status host_buf_reserve(host_buf *b, size_t n);
+void host_buf_release(host_buf *b);
+
+/* Sets n floats of backend memory to zero. */
+balsa_status dev_zero(balsa_backend *be, float *p, size_t n);
+
+/* Writes the input_size floats of step pos of s (embedding row or feature row). */
+void model_input_row(const balsa_model *m, const engine_seq *s, int pos, float *dst);
+
+/* Runs the FC layers over n rows of backend memory (row stride ld) and the head on the
+ * host, writing n x output_size floats to out (host). fa/fb are the caller's scratch. */
+balsa_status model_fc_head(balsa_model *m, const float *in, int ld, int n, dev_buf *fa,
+                           dev_buf *fb, float *out);
+
+#endif

@@ -1,0 +1,676 @@
+/* A model in backend memory and layer-major execution of a batch (model_run).
+ *
+ * A batch of sequences of different lengths is sorted by length (longest first) and
+ * packed time-major like PyTorch's PackedSequence: batch_sizes[t] sequences are still
+ * running at step t and their rows are contiguous, at rows offs[t] .. offs[t] +
+ * batch_sizes[t] - 1, sequence i (in sorted order) at row offs[t] + i. Per LSTM layer
+ * and direction the input projection of all steps is one matmul over all packed rows
+ * (both biases folded in); then per step one recurrent matmul accumulates into that
+ * step's rows for the sequences still running, and lstm_cell writes h straight into the
+ * layer's output (stride H, or 2H with the reverse direction at offset H).
+ *
+ * The reverse direction runs over a reverse packing (at reverse step s sequence i reads
+ * its position len_i - 1 - s; the running ones are again the first batch_sizes[s]). Its
+ * rows do not line up with the forward packing when lengths differ, so the layer input is
+ * reordered on the host before and the reverse h after (one download and upload per
+ * bidirectional layer); the backend interface has no row gather.
+ *
+ * Output "last" of a bidirectional model is [forward h at position len-1, reverse h at
+ * position 0]: both directions after reading the whole sequence, what PyTorch returns as
+ * h_n (torch.cat((h_n[-2], h_n[-1]), 1)). Output "all" is PyTorch's output[t] at every t. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "exec.h"
+
+balsa_status dev_buf_reserve(balsa_backend *be, dev_buf *b, size_t n)
+{
+    if (n <= b->cap)
+        return BALSA_OK;
+    be->ops->free(be, b->p);
+    b->p = be->ops->alloc(be, n * sizeof(float));
+    b->cap = b->p ? n : 0;
+    return b->p ? BALSA_OK : BALSA_ERR_OOM;
+}
+
+void dev_buf_release(balsa_backend *be, dev_buf *b)
+{
+    if (b->p)
+        be->ops->free(be, b->p);
+    b->p = NULL;
+    b->cap = 0;
+}
+
+balsa_status host_buf_reserve(host_buf *b, size_t n)
+{
+    if (n <= b->cap)
+        return BALSA_OK;
+    free(b->p);
+    b->p = malloc((n ? n : 1) * sizeof(float));
+    b->cap = b->p ? n : 0;
+    return b->p ? BALSA_OK : BALSA_ERR_OOM;
+}
+
+void host_buf_release(host_buf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->cap = 0;
+}
+
+balsa_status dev_zero(balsa_backend *be, float *p, size_t n)
+{
+    static const float zeros[1024];
+    while (n > 0) {
+        size_t chunk = n < 1024 ? n : 1024;
+        balsa_status st = be->ops->to_device(be, p, zeros, chunk * sizeof(float));
+        if (st != BALSA_OK)
+            return st;
+        p += chunk;
+        n -= chunk;
+    }
+    return BALSA_OK;
+}
+
+void model_input_row(const balsa_model *m, const engine_seq *s, int pos, float *dst)
+{
+    int I = m->spec.input_size;
+    const float *src = m->spec.input_kind == MODEL_INPUT_TOKENS
+                           ? m->embedding + (size_t)s->tokens[pos] * I
+                           : s->features + (size_t)pos * I;
+    memcpy(dst, src, sizeof(float) * I);
+}
+
+/* ---------------------------------------------------------------- build and free */
+
+static void free_weights(balsa_model *m)
+{
+    balsa_backend *be = m->be;
+    for (int l = 0; l < MODEL_MAX_LAYERS; l++)
+        for (int d = 0; d < 2; d++) {
+            lstm_dir_w *w = &m->lstm[l][d];
+            if (w->w_ih)
+                be->ops->mat_free(be, w->w_ih);
+            if (w->w_hh)
+                be->ops->mat_free(be, w->w_hh);
+            if (w->bias)
+                be->ops->free(be, w->bias);
+        }
+    for (int i = 0; i < MODEL_MAX_FC; i++) {
+        if (m->fc_w[i])
+            be->ops->mat_free(be, m->fc_w[i]);
+        if (m->fc_b[i])
+            be->ops->free(be, m->fc_b[i]);
+    }
+}
+
+void model_free(balsa_model *m)
+{
+    if (!m)
+        return;
+    free_weights(m);
+    dev_buf *devs[] = {&m->x, &m->xr, &m->g, &m->ya, &m->yb, &m->hr, &m->c, &m->lastv,
+                       &m->fa, &m->fb};
+    for (size_t i = 0; i < sizeof devs / sizeof *devs; i++)
+        dev_buf_release(m->be, devs[i]);
+    host_buf *hosts[] = {&m->hx, &m->hxr, &m->hy, &m->hhr, &m->hlast, &m->hout};
+    for (size_t i = 0; i < sizeof hosts / sizeof *hosts; i++)
+        host_buf_release(hosts[i]);
+    free(m->embedding);
+    free(m);
+}
+
+const model_info *model_get_info(const balsa_model *m) { return &m->info; }
+const model_spec *model_get_spec(const balsa_model *m) { return &m->spec; }
+
+static int all_finite(const float *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return 0;
+    return 1;
+}
+
+/* Checks one host matrix against its expected shape, uploads it, counts its weights. */
+static balsa_status upload_mat(balsa_model *m, const model_tensor_ref *ref,
+                               const model_host_mat *hm, balsa_mat **out,
+                               long long *sparse_dense, long long *sparse_kept, char *err,
+                               size_t errlen)
+{
+    balsa_backend *be = m->be;
+    char why[160];
+    if (hm->rows != ref->rows || hm->cols != ref->cols) {
+        snprintf(err, errlen, "%s: shape [%d, %d], expected [%d, %d]", ref->name, hm->rows,
+                 hm->cols, ref->rows, ref->cols);
+        return BALSA_ERR_FORMAT;
+    }
+    long long dense_n = (long long)ref->rows * ref->cols;
+    m->info.params_dense += dense_n;
+    if (hm->sparse) {
+        if (hm->sp.rows != ref->rows || hm->sp.cols != ref->cols) {
+            snprintf(err, errlen, "%s: sparse matrix is [%d, %d], expected [%d, %d]",
+                     ref->name, hm->sp.rows, hm->sp.cols, ref->rows, ref->cols);
+            return BALSA_ERR_FORMAT;
+        }
+        if (bsmat_validate(&hm->sp, why, sizeof why) != BALSA_OK) {
+            snprintf(err, errlen, "%s: %s", ref->name, why);
+            return BALSA_ERR_FORMAT;
+        }
+        long long kept = (long long)hm->sp.rows * hm->sp.nbanks * hm->sp.k;
+        m->info.params_stored += kept;
+        m->info.weight_bytes += bsmat_bytes(&hm->sp);
+        *sparse_dense += (long long)hm->sp.rows * hm->sp.nbanks * hm->sp.bank;
+        *sparse_kept += kept;
+        if (m->info.bank == 0)
+            m->info.bank = hm->sp.bank;
+        balsa_status st = be->ops->upload_sparse(be, &hm->sp, out);
+        if (st != BALSA_OK)
+            snprintf(err, errlen, "%s: upload to the %s backend failed: %s", ref->name,
+                     be->ops->name, balsa_status_str(st));
+        return st;
+    }
+    if (!hm->dense) {
+        snprintf(err, errlen, "%s: missing", ref->name);
+        return BALSA_ERR_FORMAT;
+    }
+    if (!all_finite(hm->dense, (size_t)dense_n)) {
+        snprintf(err, errlen, "%s: value not finite", ref->name);
+        return BALSA_ERR_FORMAT;
+    }
+    m->info.params_stored += dense_n;
+    m->info.weight_bytes += (size_t)dense_n * sizeof(float);
+    balsa_status st = be->ops->upload_dense(be, hm->dense, hm->rows, hm->cols, out);
+    if (st != BALSA_OK)
+        snprintf(err, errlen, "%s: upload to the %s backend failed: %s", ref->name,
+                 be->ops->name, balsa_status_str(st));
+    return st;
+}
+
+/* Uploads a bias (sum of two host vectors, either may be NULL) of n floats. */
+static balsa_status upload_bias(balsa_model *m, const float *a, const float *b, int n,
+                                float **out)
+{
+    float *tmp = malloc(sizeof(float) * n);
+    if (!tmp)
+        return BALSA_ERR_OOM;
+    for (int i = 0; i < n; i++)
+        tmp[i] = (a ? a[i] : 0.0f) + (b ? b[i] : 0.0f);
+    balsa_status st = BALSA_ERR_OOM;
+    *out = m->be->ops->alloc(m->be, sizeof(float) * n);
+    if (*out)
+        st = m->be->ops->to_device(m->be, *out, tmp, sizeof(float) * n);
+    free(tmp);
+    return st;
+}
+
+static balsa_status build_weights(balsa_model *m, const model_host *h, char *err,
+                                  size_t errlen)
+{
+    const model_spec *s = &m->spec;
+    model_tensor_ref refs[MODEL_MAX_TENSORS];
+    int nref = model_tensor_list(s, refs);
+    long long sp_dense = 0, sp_kept = 0;
+    balsa_status st = BALSA_OK;
+    model_host *hh = (model_host *)h; /* the slot accessors only read through it here */
+    for (int i = 0; i < nref && st == BALSA_OK; i++) {
+        const model_tensor_ref *r = &refs[i];
+        if (r->cols > 0 && r->kind != MODEL_T_EMBEDDING) {
+            balsa_mat **dst = r->kind == MODEL_T_W_IH   ? &m->lstm[r->layer][r->dir].w_ih
+                              : r->kind == MODEL_T_W_HH ? &m->lstm[r->layer][r->dir].w_hh
+                                                        : &m->fc_w[r->layer];
+            st = upload_mat(m, r, model_host_mat_slot(hh, r), dst, &sp_dense, &sp_kept, err,
+                            errlen);
+            continue;
+        }
+        const float *v = *model_host_array_slot(hh, r);
+        size_t n = (size_t)r->rows * (r->cols > 0 ? r->cols : 1);
+        if (!v) {
+            snprintf(err, errlen, "%s: missing", r->name);
+            return BALSA_ERR_FORMAT;
+        }
+        if (!all_finite(v, n)) {
+            snprintf(err, errlen, "%s: value not finite", r->name);
+            return BALSA_ERR_FORMAT;
+        }
+        m->info.params_dense += (long long)n;
+        m->info.params_stored += (long long)n;
+        m->info.weight_bytes += n * sizeof(float);
+        if (r->kind == MODEL_T_EMBEDDING) {
+            m->embedding = malloc(n * sizeof(float));
+            if (!m->embedding)
+                return BALSA_ERR_OOM;
+            memcpy(m->embedding, v, n * sizeof(float));
+        } else if (r->kind == MODEL_T_FC_B) {
+            st = upload_bias(m, v, NULL, r->rows, &m->fc_b[r->layer]);
+        }
+        /* LSTM biases are summed and uploaded below, once both are checked. */
+    }
+    if (st != BALSA_OK) {
+        if (st == BALSA_ERR_OOM && !err[0])
+            snprintf(err, errlen, "out of memory while uploading the weights");
+        return st;
+    }
+    int ndir = s->bidirectional ? 2 : 1;
+    for (int l = 0; l < s->num_layers; l++)
+        for (int d = 0; d < ndir; d++) {
+            st = upload_bias(m, h->b_ih[l][d], h->b_hh[l][d], 4 * s->hidden_size,
+                             &m->lstm[l][d].bias);
+            if (st != BALSA_OK) {
+                snprintf(err, errlen, "out of memory while uploading the LSTM biases");
+                return st;
+            }
+        }
+    m->info.sparsity = sp_dense > 0 ? 1.0 - (double)sp_kept / (double)sp_dense : 0.0;
+    return BALSA_OK;
+}
+
+balsa_status model_build(const model_spec *s, const model_host *h, balsa_backend *be,
+                         balsa_model **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    if (errlen)
+        err[0] = 0;
+    balsa_status st = model_spec_check(s, err, errlen);
+    if (st != BALSA_OK)
+        return st;
+    balsa_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        snprintf(err, errlen, "out of memory");
+        return BALSA_ERR_OOM;
+    }
+    m->spec = *s;
+    m->be = be;
+    st = build_weights(m, h, err, errlen);
+    if (st != BALSA_OK) {
+        model_free(m);
+        return st;
+    }
+    int in = s->hidden_size > 0 ? s->hidden_size * (s->bidirectional ? 2 : 1) : s->input_size;
+    for (int i = 0; i < s->n_fc; i++) {
+        m->fc_in[i] = in;
+        in = s->fc[i].out;
+        if (in > m->max_fc_out)
+            m->max_fc_out = in;
+    }
+    model_info *info = &m->info;
+    snprintf(info->name, sizeof info->name, "%s", s->name);
+    info->input_kind = s->input_kind;
+    info->vocab_size = s->vocab_size;
+    info->input_size = s->input_size;
+    info->output_size = model_spec_output_size(s);
+    info->hidden_size = s->hidden_size;
+    info->num_layers = s->num_layers;
+    info->bidirectional = s->bidirectional;
+    info->head = s->head;
+    *out = m;
+    return BALSA_OK;
+}
+
+balsa_status model_check_seq(const balsa_model *m, const engine_seq *s, char *err,
+                             size_t errlen)
+{
+    const model_spec *sp = &m->spec;
+    if (s->len < 1 || s->len > MODEL_MAX_SEQ_LEN) {
+        snprintf(err, errlen, "sequence length %d out of range 1..%d", s->len,
+                 MODEL_MAX_SEQ_LEN);
+        return BALSA_ERR_INVALID;
+    }
+    if (sp->input_kind == MODEL_INPUT_TOKENS) {
+        if (!s->tokens) {
+            snprintf(err, errlen, "model \"%s\" takes token ids", sp->name);
+            return BALSA_ERR_INVALID;
+        }
+        for (int t = 0; t < s->len; t++)
+            if (s->tokens[t] < 0 || s->tokens[t] >= sp->vocab_size) {
+                snprintf(err, errlen, "token %d at position %d out of range 0..%d",
+                         (int)s->tokens[t], t, sp->vocab_size - 1);
+                return BALSA_ERR_INVALID;
+            }
+        return BALSA_OK;
+    }
+    if (!s->features) {
+        snprintf(err, errlen, "model \"%s\" takes vectors of %d features", sp->name,
+                 sp->input_size);
+        return BALSA_ERR_INVALID;
+    }
+    size_t n = (size_t)s->len * sp->input_size;
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(s->features[i])) {
+            snprintf(err, errlen, "feature %d of step %d is not finite",
+                     (int)(i % sp->input_size), (int)(i / sp->input_size));
+            return BALSA_ERR_INVALID;
+        }
+    return BALSA_OK;
+}
+
+/* ---------------------------------------------------------------- FC layers and head */
+
+static void apply_head(model_head head, float *v, int n)
+{
+    if (head == MODEL_HEAD_NONE)
+        return;
+    float mx = v[0];
+    for (int i = 1; i < n; i++)
+        if (v[i] > mx)
+            mx = v[i];
+    double sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += exp((double)v[i] - mx);
+    if (head == MODEL_HEAD_SOFTMAX) {
+        for (int i = 0; i < n; i++)
+            v[i] = (float)(exp((double)v[i] - mx) / sum);
+    } else {
+        double lse = mx + log(sum);
+        for (int i = 0; i < n; i++)
+            v[i] = (float)(v[i] - lse);
+    }
+}
+
+balsa_status model_fc_head(balsa_model *m, const float *in, int ld, int n, dev_buf *fa,
+                           dev_buf *fb, float *out)
+{
+    balsa_backend *be = m->be;
+    const model_spec *s = &m->spec;
+    int O = m->info.output_size;
+    if (n == 0)
+        return BALSA_OK;
+    const float *cur = in;
+    int ldc = ld;
+    balsa_status st = BALSA_OK;
+    for (int i = 0; i < s->n_fc && st == BALSA_OK; i++) {
+        dev_buf *dst = i % 2 ? fb : fa;
+        st = dev_buf_reserve(be, dst, (size_t)n * m->max_fc_out);
+        if (st == BALSA_OK)
+            st = be->ops->matmul(be, m->fc_w[i], cur, ldc, n, m->fc_b[i], 0, s->fc[i].act,
+                                 dst->p, s->fc[i].out);
+        cur = dst->p;
+        ldc = s->fc[i].out;
+    }
+    if (st != BALSA_OK)
+        return st;
+    /* With no FC layer the input is the LSTM output itself, whose stride is O. */
+    st = be->ops->to_host(be, out, cur, (size_t)n * O * sizeof(float));
+    if (st == BALSA_OK)
+        st = be->ops->synchronize(be);
+    if (st != BALSA_OK)
+        return st;
+    for (int r = 0; r < n; r++)
+        apply_head(s->head, out + (size_t)r * O, O);
+    return BALSA_OK;
+}
+
+/* ---------------------------------------------------------------- model_run */
+
+typedef struct {
+    int n, T;
+    int *order;      /* sorted position -> caller's index */
+    int *len;        /* by sorted position */
+    int *bs;         /* batch_sizes[t], t < T, and bs[T] = 0 */
+    size_t *offs;    /* first packed row of step t, t <= T (offs[T] = rows) */
+} packing;
+
+static void packing_free(packing *p)
+{
+    free(p->order);
+    free(p->len);
+    free(p->bs);
+    free(p->offs);
+}
+
+static balsa_status packing_init(packing *p, const engine_seq *seqs, int n)
+{
+    memset(p, 0, sizeof *p);
+    p->n = n;
+    p->order = malloc(sizeof(int) * n);
+    p->len = malloc(sizeof(int) * n);
+    if (!p->order || !p->len)
+        return BALSA_ERR_OOM;
+    /* Insertion sort, longest first, ties in the caller's order: stable, and n is a
+     * batch (tens), not a data set. */
+    for (int i = 0; i < n; i++) {
+        int j = i;
+        while (j > 0 && seqs[p->order[j - 1]].len < seqs[i].len) {
+            p->order[j] = p->order[j - 1];
+            j--;
+        }
+        p->order[j] = i;
+    }
+    for (int i = 0; i < n; i++)
+        p->len[i] = seqs[p->order[i]].len;
+    p->T = p->len[0];
+    p->bs = calloc((size_t)p->T + 1, sizeof(int));
+    p->offs = calloc((size_t)p->T + 1, sizeof(size_t));
+    if (!p->bs || !p->offs)
+        return BALSA_ERR_OOM;
+    for (int i = 0; i < n; i++)
+        for (int t = 0; t < p->len[i]; t++)
+            p->bs[t]++;
+    for (int t = 0; t < p->T; t++)
+        p->offs[t + 1] = p->offs[t] + p->bs[t];
+    return BALSA_OK;
+}
+
+/* Packed row of sorted sequence i at forward position t. */
+static size_t prow(const packing *p, int i, int t) { return p->offs[t] + i; }
+
+/* Runs one direction of one layer: gates from the input projection (one matmul over all
+ * rows), then the recurrence step by step. in/out are in this direction's packing. */
+static balsa_status run_direction(balsa_model *m, const lstm_dir_w *w, const packing *p,
+                                  const float *in, int ld_in, float *out, int ld_out)
+{
+    balsa_backend *be = m->be;
+    int H = m->spec.hidden_size;
+    size_t R = p->offs[p->T];
+    balsa_status st = be->ops->matmul(be, w->w_ih, in, ld_in, (int)R, w->bias, 0,
+                                      BALSA_ACT_NONE, m->g.p, 4 * H);
+    if (st == BALSA_OK)
+        st = dev_zero(be, m->c.p, (size_t)p->n * H);
+    for (int t = 0; t < p->T && st == BALSA_OK; t++) {
+        float *gt = m->g.p + p->offs[t] * 4 * H;
+        if (t > 0) /* h is zero before the first step: no recurrent term */
+            st = be->ops->matmul(be, w->w_hh, out + p->offs[t - 1] * ld_out, ld_out, p->bs[t],
+                                 NULL, 1, BALSA_ACT_NONE, gt, 4 * H);
+        if (st == BALSA_OK)
+            st = be->ops->lstm_cell(be, gt, 4 * H, m->c.p, out + p->offs[t] * ld_out, ld_out,
+                                    p->bs[t], H);
+    }
+    return st;
+}
+
+/* The reverse direction of a bidirectional layer whose input hin (host, forward packing,
+ * stride ld_in) is given; writes reverse h into columns H..2H of y (backend, forward
+ * packing, stride 2H), reordering on the host. */
+static balsa_status run_reverse(balsa_model *m, const lstm_dir_w *w, const packing *p,
+                                const float *hin, int ld_in, float *y)
+{
+    balsa_backend *be = m->be;
+    int H = m->spec.hidden_size;
+    size_t R = p->offs[p->T];
+    for (int i = 0; i < p->n; i++)
+        for (int s = 0; s < p->len[i]; s++)
+            memcpy(m->hxr.p + prow(p, i, s) * ld_in, hin + prow(p, i, p->len[i] - 1 - s) * ld_in,
+                   sizeof(float) * ld_in);
+    balsa_status st = be->ops->to_device(be, m->xr.p, m->hxr.p, R * ld_in * sizeof(float));
+    if (st == BALSA_OK)
+        st = run_direction(m, w, p, m->xr.p, ld_in, m->hr.p, H);
+    if (st == BALSA_OK)
+        st = be->ops->to_host(be, m->hhr.p, m->hr.p, R * H * sizeof(float));
+    if (st == BALSA_OK)
+        st = be->ops->to_host(be, m->hy.p, y, R * 2 * H * sizeof(float));
+    if (st == BALSA_OK)
+        st = be->ops->synchronize(be);
+    if (st != BALSA_OK)
+        return st;
+    for (int i = 0; i < p->n; i++)
+        for (int s = 0; s < p->len[i]; s++)
+            memcpy(m->hy.p + prow(p, i, p->len[i] - 1 - s) * 2 * H + H,
+                   m->hhr.p + prow(p, i, s) * H, sizeof(float) * H);
+    return be->ops->to_device(be, y, m->hy.p, R * 2 * H * sizeof(float));
+}
+
+static balsa_status reserve_run(balsa_model *m, const packing *p)
+{
+    const model_spec *s = &m->spec;
+    balsa_backend *be = m->be;
+    size_t R = p->offs[p->T], n = p->n;
+    int H = s->hidden_size, ndir = s->bidirectional ? 2 : 1, I = s->input_size;
+    int wide = I > H * ndir ? I : H * ndir;
+    int O = m->info.output_size;
+    balsa_status st = host_buf_reserve(&m->hx, R * I);
+    if (st == BALSA_OK)
+        st = host_buf_reserve(&m->hout, R * O);
+    if (st == BALSA_OK)
+        st = host_buf_reserve(&m->hlast, n * (H * ndir > I ? H * ndir : I));
+    if (st == BALSA_OK)
+        st = dev_buf_reserve(be, &m->x, R * I);
+    if (st == BALSA_OK)
+        st = dev_buf_reserve(be, &m->lastv, n * (H * ndir > I ? H * ndir : I));
+    if (H > 0) {
+        if (st == BALSA_OK)
+            st = dev_buf_reserve(be, &m->g, R * 4 * H);
+        if (st == BALSA_OK)
+            st = dev_buf_reserve(be, &m->c, n * H);
+        if (st == BALSA_OK)
+            st = dev_buf_reserve(be, &m->ya, R * H * ndir);
+        if (st == BALSA_OK && s->num_layers > 1)
+            st = dev_buf_reserve(be, &m->yb, R * H * ndir);
+    }
+    if (ndir == 2) {
+        if (st == BALSA_OK)
+            st = host_buf_reserve(&m->hxr, R * wide);
+        if (st == BALSA_OK)
+            st = host_buf_reserve(&m->hy, R * wide);
+        if (st == BALSA_OK)
+            st = host_buf_reserve(&m->hhr, R * H);
+        if (st == BALSA_OK)
+            st = dev_buf_reserve(be, &m->xr, R * wide);
+        if (st == BALSA_OK)
+            st = dev_buf_reserve(be, &m->hr, R * H);
+    }
+    return st;
+}
+
+/* The LSTM stack over the packed input in m->x; returns the top layer's output (backend,
+ * forward packing, stride *ld). For bidirectional models m->hy holds a host copy. */
+static balsa_status run_lstm(balsa_model *m, const packing *p, float **top, int *ld)
+{
+    const model_spec *s = &m->spec;
+    int H = s->hidden_size, ndir = s->bidirectional ? 2 : 1;
+    const float *in = m->x.p;
+    int ld_in = s->input_size;
+    balsa_status st = BALSA_OK;
+    float *y = NULL;
+    for (int l = 0; l < s->num_layers && st == BALSA_OK; l++) {
+        y = l % 2 ? m->yb.p : m->ya.p;
+        st = run_direction(m, &m->lstm[l][0], p, in, ld_in, y, H * ndir);
+        /* The reverse pass reads its host input before it overwrites m->hy, so a deeper
+         * layer can pass the previous layer's output that m->hy still holds. */
+        if (st == BALSA_OK && ndir == 2)
+            st = run_reverse(m, &m->lstm[l][1], p, l == 0 ? m->hx.p : m->hy.p, ld_in, y);
+        in = y;
+        ld_in = H * ndir;
+    }
+    *top = y;
+    *ld = H * ndir;
+    return st;
+}
+
+balsa_status model_run(balsa_model *m, const engine_seq *seqs, int n, int all_steps,
+                       float *const *outputs)
+{
+    if (n < 0)
+        return BALSA_ERR_INVALID;
+    if (n == 0)
+        return BALSA_OK;
+    char err[128];
+    for (int i = 0; i < n; i++)
+        if (model_check_seq(m, &seqs[i], err, sizeof err) != BALSA_OK || !outputs[i])
+            return BALSA_ERR_INVALID;
+    const model_spec *s = &m->spec;
+    balsa_backend *be = m->be;
+    packing p;
+    balsa_status st = packing_init(&p, seqs, n);
+    if (st == BALSA_OK)
+        st = reserve_run(m, &p);
+    if (st != BALSA_OK) {
+        packing_free(&p);
+        return st;
+    }
+    int I = s->input_size, O = m->info.output_size;
+    size_t R = p.offs[p.T];
+    for (int i = 0; i < n; i++)
+        for (int t = 0; t < p.len[i]; t++)
+            model_input_row(m, &seqs[p.order[i]], t, m->hx.p + prow(&p, i, t) * I);
+
+    float *top = NULL;
+    int ld = I;
+    if (s->hidden_size > 0) {
+        st = be->ops->to_device(be, m->x.p, m->hx.p, R * I * sizeof(float));
+        if (st == BALSA_OK)
+            st = run_lstm(m, &p, &top, &ld);
+    }
+    if (st == BALSA_OK && all_steps) {
+        if (!top) {
+            st = be->ops->to_device(be, m->x.p, m->hx.p, R * I * sizeof(float));
+            top = m->x.p;
+        }
+        if (st == BALSA_OK)
+            st = model_fc_head(m, top, ld, (int)R, &m->fa, &m->fb, m->hout.p);
+        if (st == BALSA_OK)
+            for (int i = 0; i < n; i++)
+                for (int t = 0; t < p.len[i]; t++)
+                    memcpy(outputs[p.order[i]] + (size_t)t * O,
+                           m->hout.p + prow(&p, i, t) * O, sizeof(float) * O);
+    } else if (st == BALSA_OK) {
+        /* Gather each sequence's last vector on the host, in sorted order. */
+        int H = s->hidden_size;
+        for (int i = 0; i < n && st == BALSA_OK; i++) {
+            float *dst = m->hlast.p + (size_t)i * ld;
+            size_t last = prow(&p, i, p.len[i] - 1);
+            if (!top)
+                memcpy(dst, m->hx.p + last * I, sizeof(float) * I);
+            else if (s->bidirectional) {
+                memcpy(dst, m->hy.p + last * ld, sizeof(float) * H);
+                memcpy(dst + H, m->hy.p + prow(&p, i, 0) * ld + H, sizeof(float) * H);
+            } else
+                st = be->ops->to_host(be, dst, top + last * ld, sizeof(float) * ld);
+        }
+        if (st == BALSA_OK)
+            st = be->ops->synchronize(be);
+        if (st == BALSA_OK)
+            st = be->ops->to_device(be, m->lastv.p, m->hlast.p, (size_t)n * ld * sizeof(float));
+        if (st == BALSA_OK)
+            st = model_fc_head(m, m->lastv.p, ld, n, &m->fa, &m->fb, m->hout.p);
+        if (st == BALSA_OK)
+            for (int i = 0; i < n; i++)
+                memcpy(outputs[p.order[i]], m->hout.p + (size_t)i * O, sizeof(float) * O);
+    }
+    packing_free(&p);
+    return st;
+}
+
+/* ---------------------------------------------------------------- top-k */
+
+void engine_topk(const float *v, int n, int k, int *idx, float *val)
+{
+    if (k > n)
+        k = n;
+    if (k <= 0)
+        return;
+    int have = 0;
+    for (int i = 0; i < n; i++) {
+        /* v[i] enters when the list has room or it beats the smallest kept value; an
+         * equal value never beats an earlier index, so ties keep the lower index. */
+        if (have == k && !(v[i] > val[have - 1]))
+            continue;
+        int j = have < k ? have++ : k - 1;
+        while (j > 0 && v[i] > val[j - 1]) {
+            val[j] = val[j - 1];
+            idx[j] = idx[j - 1];
+            j--;
+        }
+        val[j] = v[i];
+        idx[j] = i;
+    }
+}

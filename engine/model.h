@@ -1,0 +1,114 @@
+/* The engine's internal model types, shared by engine/ and models/: the network
+ * description (model_spec), the list of tensors a description needs (names as PyTorch
+ * writes them), the host-side weights a loader or converter fills (model_host) and
+ * model_build, which checks them against the description and uploads them to a backend.
+ * Nothing here reads files: models/ turns a file into a model_spec + model_host. */
+#ifndef BALSA_ENGINE_MODEL_H
+#define BALSA_ENGINE_MODEL_H
+
+#include "engine.h"
+
+#define MODEL_MAX_LAYERS 8
+#define MODEL_MAX_FC 16
+#define MODEL_MAX_TENSORS (4 * MODEL_MAX_LAYERS * 2 + 2 * MODEL_MAX_FC + 1)
+/* Size limits that keep every product of sizes well inside size_t and int. */
+#define MODEL_MAX_VOCAB (1 << 24)
+#define MODEL_MAX_WIDTH (1 << 16)
+#define MODEL_MAX_SEQ_LEN (1 << 20)
+
+typedef struct {
+    int out;        /* output features of this layer */
+    balsa_act act;  /* applied after the bias */
+    int bias;       /* 1: fc.<i>.bias is stored; 0: no bias */
+} model_fc_spec;
+
+/* The network: [embedding | vectors] -> LSTM stack (optional) -> FC layers -> head. */
+typedef struct {
+    char name[64];
+    model_input_kind input_kind;
+    int vocab_size;   /* tokens: rows of embedding.weight; vectors: 0 */
+    int input_size;   /* embedding width or features per step */
+    int hidden_size;  /* 0: no LSTM */
+    int num_layers;   /* 0 when hidden_size is 0 */
+    int bidirectional;
+    int lstm_bias;    /* 1: bias_ih/bias_hh are stored */
+    int n_fc;
+    model_fc_spec fc[MODEL_MAX_FC];
+    model_head head;
+} model_spec;
+
+/* Checks a description's sizes and counts; returns BALSA_ERR_FORMAT with a message
+ * naming the field otherwise. */
+balsa_status model_spec_check(const model_spec *s, char *err, size_t errlen);
+
+/* Features of one output vector of the network described by s. */
+int model_spec_output_size(const model_spec *s);
+
+/* Names: "tokens"/"vectors", "none"/"softmax"/"log_softmax"; parse returns -1 when
+ * the name is unknown. */
+const char *model_input_kind_str(model_input_kind k);
+int model_input_kind_parse(const char *s);
+const char *model_head_str(model_head h);
+int model_head_parse(const char *s);
+
+typedef enum {
+    MODEL_T_EMBEDDING = 0, /* embedding.weight [vocab, input_size], always dense */
+    MODEL_T_W_IH,          /* lstm.weight_ih_l<k>[_reverse] [4H, in] */
+    MODEL_T_W_HH,          /* lstm.weight_hh_l<k>[_reverse] [4H, H] */
+    MODEL_T_B_IH,          /* lstm.bias_ih_l<k>[_reverse] [4H] */
+    MODEL_T_B_HH,          /* lstm.bias_hh_l<k>[_reverse] [4H] */
+    MODEL_T_FC_W,          /* fc.<i>.weight [out, in] */
+    MODEL_T_FC_B           /* fc.<i>.bias [out] */
+} model_tensor_kind;
+
+/* One tensor a description needs. Matrices (embedding, W_ih, W_hh, fc weights) have
+ * rows x cols; biases have rows and cols == 0. */
+typedef struct {
+    char name[48];
+    model_tensor_kind kind;
+    int layer; /* LSTM layer, or FC index */
+    int dir;   /* 0 forward, 1 reverse */
+    int rows, cols;
+} model_tensor_ref;
+
+/* Fills out (room for MODEL_MAX_TENSORS) with the tensors s needs, in a fixed order
+ * (embedding, LSTM layer by layer and direction, FC layers); returns their count. */
+int model_tensor_list(const model_spec *s, model_tensor_ref *out);
+
+/* A weight matrix on the host: balanced-sparse (sp) or dense (rows x cols, row-major). */
+typedef struct {
+    int sparse;
+    bsmat sp;
+    float *dense;
+    int rows, cols;
+} model_host_mat;
+
+/* Every weight of a model on the host, as loaders and converters fill it (heap memory
+ * owned by this struct; model_host_free releases it). Absent biases are NULL. */
+typedef struct {
+    float *embedding;
+    model_host_mat w_ih[MODEL_MAX_LAYERS][2], w_hh[MODEL_MAX_LAYERS][2];
+    float *b_ih[MODEL_MAX_LAYERS][2], *b_hh[MODEL_MAX_LAYERS][2];
+    model_host_mat fc_w[MODEL_MAX_FC];
+    float *fc_b[MODEL_MAX_FC];
+} model_host;
+
+void model_host_free(model_host *h);
+
+/* Where the tensor ref names lives in h: matrices (W_ih, W_hh, fc weights) in a
+ * model_host_mat, the embedding and biases in a plain float array. Each returns NULL
+ * for a ref of the other sort. */
+model_host_mat *model_host_mat_slot(model_host *h, const model_tensor_ref *ref);
+float **model_host_array_slot(model_host *h, const model_tensor_ref *ref);
+
+/* Checks h against s (every needed tensor present with the right shape; sparse
+ * matrices valid) and uploads it to be. The model copies what it keeps; h stays the
+ * caller's. Returns BALSA_ERR_FORMAT naming the tensor when h does not fit s, or the
+ * backend's status; nothing is leaked on failure. */
+balsa_status model_build(const model_spec *s, const model_host *h, balsa_backend *be,
+                         balsa_model **out, char *err, size_t errlen);
+
+/* The description of a built model. */
+const model_spec *model_get_spec(const balsa_model *m);
+
+#endif

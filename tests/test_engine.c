@@ -1,0 +1,390 @@
+/* Tests of the engine: small cases checked by hand, model_run against an independent
+ * double-precision reference (tests/engine_ref.h) on many network shapes, results that do
+ * not depend on the rest of the batch, the model file round trip, sequence checks and
+ * top-k. All on the CPU backend. */
+#include <unistd.h>
+
+#include "engine_ref.h"
+#include "models/model_file.h"
+
+static balsa_backend *be;
+
+static model_spec spec_lstm(model_input_kind kind, int I, int H, int layers, int bidir)
+{
+    model_spec s;
+    memset(&s, 0, sizeof s);
+    snprintf(s.name, sizeof s.name, "t");
+    s.input_kind = kind;
+    s.vocab_size = kind == MODEL_INPUT_TOKENS ? 23 : 0;
+    s.input_size = I;
+    s.hidden_size = H;
+    s.num_layers = layers;
+    s.bidirectional = bidir;
+    s.lstm_bias = 1;
+    return s;
+}
+
+/* One LSTM cell with hidden size 1, written out: the engine must give these numbers. */
+TEST(hand_checked_lstm_cell)
+{
+    model_spec s = spec_lstm(MODEL_INPUT_VECTORS, 1, 1, 1, 0);
+    float wih[4] = {0.5f, -0.25f, 1.0f, 0.75f}, whh[4] = {-0.5f, 0.25f, 0.5f, 1.0f};
+    float bih[4] = {0.1f, 0.2f, -0.3f, 0.0f}, bhh[4] = {0.0f, 0.1f, 0.1f, -0.2f};
+    model_host h;
+    memset(&h, 0, sizeof h);
+    h.w_ih[0][0] = (model_host_mat){0, {0}, wih, 4, 1};
+    h.w_hh[0][0] = (model_host_mat){0, {0}, whh, 4, 1};
+    h.b_ih[0][0] = bih;
+    h.b_hh[0][0] = bhh;
+    balsa_model *m;
+    char err[256];
+    REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
+    float x[3] = {1.0f, -2.0f, 0.5f};
+    engine_seq q = {NULL, x, 3};
+    float out[3];
+    float *outs[1] = {out};
+    REQUIRE(model_run(m, &q, 1, 1, outs) == BALSA_OK);
+    double hp = 0, c = 0;
+    for (int t = 0; t < 3; t++) {
+        double i = 1 / (1 + exp(-(0.5 * x[t] + 0.1 - 0.5 * hp + 0.0)));
+        double f = 1 / (1 + exp(-(-0.25 * x[t] + 0.2 + 0.25 * hp + 0.1)));
+        double g = tanh(1.0 * x[t] - 0.3 + 0.5 * hp + 0.1);
+        double o = 1 / (1 + exp(-(0.75 * x[t] + 0.0 + 1.0 * hp - 0.2)));
+        c = f * c + i * g;
+        hp = o * tanh(c);
+        CHECK_MSG(fabs(out[t] - hp) < 1e-6, "step %d: %.9f vs %.9f", t, out[t], hp);
+    }
+    float last[1];
+    float *lasts[1] = {last};
+    REQUIRE(model_run(m, &q, 1, 0, lasts) == BALSA_OK);
+    CHECK(last[0] == out[2]);
+    model_free(m);
+}
+
+/* An FC layer and softmax with numbers small enough to work out on paper. */
+TEST(hand_checked_fc_softmax)
+{
+    model_spec s;
+    memset(&s, 0, sizeof s);
+    s.input_kind = MODEL_INPUT_VECTORS;
+    s.input_size = 2;
+    s.n_fc = 1;
+    s.fc[0] = (model_fc_spec){3, BALSA_ACT_NONE, 1};
+    s.head = MODEL_HEAD_SOFTMAX;
+    float w[6] = {1, 0, 0, 1, 1, 1}, b[3] = {0, 0, -1};
+    model_host h;
+    memset(&h, 0, sizeof h);
+    h.fc_w[0] = (model_host_mat){0, {0}, w, 3, 2};
+    h.fc_b[0] = b;
+    balsa_model *m;
+    char err[256];
+    REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
+    float x[2] = {1, 2};
+    engine_seq q = {NULL, x, 1};
+    float out[3];
+    float *outs[1] = {out};
+    REQUIRE(model_run(m, &q, 1, 0, outs) == BALSA_OK);
+    /* logits 1, 2, 2 */
+    double z = exp(1) + 2 * exp(2);
+    CHECK(fabs(out[0] - exp(1) / z) < 1e-6);
+    CHECK(fabs(out[1] - exp(2) / z) < 1e-6);
+    CHECK(fabs(out[2] - exp(2) / z) < 1e-6);
+    CHECK(model_get_info(m)->output_size == 3 && model_get_info(m)->hidden_size == 0);
+    model_free(m);
+}
+
+typedef struct {
+    model_input_kind kind;
+    int I, H, layers, bidir, k, nfc;
+    balsa_act act0;
+    model_head head;
+} net_case;
+
+static model_spec spec_of(const net_case *c)
+{
+    model_spec s = spec_lstm(c->kind, c->I, c->H, c->layers, c->bidir);
+    if (c->H == 0)
+        s.lstm_bias = 0;
+    s.n_fc = c->nfc;
+    if (c->nfc > 0)
+        s.fc[0] = (model_fc_spec){13, c->act0, 1};
+    if (c->nfc > 1)
+        s.fc[1] = (model_fc_spec){7, BALSA_ACT_NONE, 0};
+    s.head = c->head;
+    return s;
+}
+
+static const net_case cases[] = {
+    {MODEL_INPUT_VECTORS, 19, 37, 1, 0, 0, 0, BALSA_ACT_NONE, MODEL_HEAD_NONE},
+    {MODEL_INPUT_VECTORS, 19, 37, 2, 0, 3, 1, BALSA_ACT_RELU, MODEL_HEAD_SOFTMAX},
+    {MODEL_INPUT_TOKENS, 8, 16, 1, 1, 0, 1, BALSA_ACT_TANH, MODEL_HEAD_LOG_SOFTMAX},
+    {MODEL_INPUT_TOKENS, 9, 21, 2, 1, 2, 2, BALSA_ACT_SIGMOID, MODEL_HEAD_NONE},
+    {MODEL_INPUT_VECTORS, 5, 33, 3, 1, 1, 0, BALSA_ACT_NONE, MODEL_HEAD_NONE},
+    {MODEL_INPUT_TOKENS, 12, 0, 0, 0, 2, 2, BALSA_ACT_RELU, MODEL_HEAD_SOFTMAX},
+};
+
+/* Runs a random batch through the engine and the reference; returns the worst error. */
+static double run_vs_ref(balsa_model *m, const model_spec *s, const model_host *h, int n,
+                         int maxlen, int all, unsigned long long seed)
+{
+    ref_seq rs[16];
+    engine_seq q[16];
+    float *outs[16];
+    int O = model_spec_output_size(s);
+    for (int i = 0; i < n; i++) {
+        ref_make_seq(s, &rs[i], 1 + (int)(h_rand_u64(&seed) % maxlen), &seed);
+        q[i] = rs[i].seq;
+        outs[i] = malloc(sizeof(float) * q[i].len * O);
+    }
+    double worst = 0;
+    if (model_run(m, q, n, all, outs) != BALSA_OK)
+        worst = INFINITY;
+    for (int i = 0; i < n && worst < INFINITY; i++) {
+        int rows = all ? q[i].len : 1;
+        double *want = malloc(sizeof(double) * rows * O);
+        ref_forward(s, h, &q[i], all, want);
+        double e = h_max_rel_err(outs[i], want, (size_t)rows * O, 1e-3);
+        worst = e > worst ? e : worst;
+        free(want);
+    }
+    for (int i = 0; i < n; i++) {
+        ref_free_seq(&rs[i]);
+        free(outs[i]);
+    }
+    return worst;
+}
+
+TEST(matches_reference)
+{
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        model_spec s = spec_of(&cases[c]);
+        model_host h;
+        ref_random_host(&s, &h, 8, cases[c].k, 0.5f, 100 + c);
+        balsa_model *m;
+        char err[256];
+        balsa_status st = model_build(&s, &h, be, &m, err, sizeof err);
+        CHECK_MSG(st == BALSA_OK, "case %zu: %s", c, err);
+        if (st != BALSA_OK) {
+            model_host_free(&h);
+            continue;
+        }
+        for (int all = 0; all < 2; all++)
+            for (int trial = 0; trial < 3; trial++) {
+                int n = 1 + trial * 4;
+                double e = run_vs_ref(m, &s, &h, n, 12, all, 7 * c + trial + 31 * all);
+                CHECK_MSG(e < 1e-4, "case %zu all %d batch %d: rel err %g", c, all, n, e);
+            }
+        model_free(m);
+        model_host_free(&h);
+    }
+}
+
+/* A sequence's output must not depend on what else is in the batch: to 1e-5, relative
+ * above 1 and absolute below (the dense path may use sgemv alone and sgemm in a batch,
+ * which round differently). */
+static void check_batch_independence(const net_case *c, int all)
+{
+    model_spec s = spec_of(c);
+    model_host h;
+    ref_random_host(&s, &h, 8, c->k, 0.5f, 77);
+    balsa_model *m;
+    char err[256];
+    REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
+    enum { N = 64 };
+    ref_seq rs[N];
+    engine_seq q[N];
+    float *together[N], *alone[N];
+    unsigned long long rng = 5;
+    int O = model_spec_output_size(&s);
+    for (int i = 0; i < N; i++) {
+        ref_make_seq(&s, &rs[i], 1 + (int)(h_rand_u64(&rng) % 20), &rng);
+        q[i] = rs[i].seq;
+        together[i] = malloc(sizeof(float) * q[i].len * O);
+        alone[i] = malloc(sizeof(float) * q[i].len * O);
+    }
+    REQUIRE(model_run(m, q, N, all, together) == BALSA_OK);
+    double worst = 0;
+    for (int i = 0; i < N; i++) {
+        CHECK(model_run(m, &q[i], 1, all, &alone[i]) == BALSA_OK);
+        size_t cnt = (size_t)(all ? q[i].len : 1) * O;
+        double *ref = malloc(sizeof(double) * cnt);
+        for (size_t j = 0; j < cnt; j++)
+            ref[j] = alone[i][j];
+        double e = h_max_rel_err(together[i], ref, cnt, 1);
+        worst = e > worst ? e : worst;
+        free(ref);
+    }
+    CHECK_MSG(worst <= 1e-5, "bidir %d sparse %d all %d: batch of 64 vs alone: %g", c->bidir,
+              c->k > 0, all, worst);
+    for (int i = 0; i < N; i++) {
+        ref_free_seq(&rs[i]);
+        free(together[i]);
+        free(alone[i]);
+    }
+    model_free(m);
+    model_host_free(&h);
+}
+
+TEST(batch_independence)
+{
+    for (int all = 0; all < 2; all++) {
+        check_batch_independence(&cases[1], all); /* sparse, 2 layers */
+        check_batch_independence(&cases[0], all); /* dense: sgemv alone vs sgemm in batch */
+        check_batch_independence(&cases[3], all); /* bidirectional */
+    }
+}
+
+/* Writing a model and loading it back gives the same network, bit for bit. */
+TEST(file_round_trip)
+{
+    char dir[] = "/tmp/balsa_engine_XXXXXX";
+    REQUIRE(mkdtemp(dir));
+    char path[256];
+    snprintf(path, sizeof path, "%s/m.safetensors", dir);
+    model_spec s = spec_of(&cases[3]);
+    model_host h;
+    ref_random_host(&s, &h, 8, 2, 0.5f, 3);
+    h.w_hh[1][1].dense = ref_dense(&h.w_hh[1][1]); /* one matrix dense, the rest sparse */
+    h.w_hh[1][1].sparse = 0;
+    bsmat_free(&h.w_hh[1][1].sp);
+    char err[256];
+    REQUIRE(model_file_write(path, &s, &h, err, sizeof err) == BALSA_OK);
+    balsa_model *a, *b;
+    REQUIRE(model_build(&s, &h, be, &a, err, sizeof err) == BALSA_OK);
+    balsa_status st = model_load(path, be, &b, err, sizeof err);
+    CHECK_MSG(st == BALSA_OK, "%s", err);
+    if (st == BALSA_OK) {
+        const model_info *ia = model_get_info(a), *ib = model_get_info(b);
+        CHECK(ia->params_dense == ib->params_dense && ia->params_stored == ib->params_stored);
+        CHECK(ia->weight_bytes == ib->weight_bytes && ia->bank == 8);
+        CHECK(strcmp(ib->name, "t") == 0 && ib->bidirectional == 1 && ib->num_layers == 2);
+        CHECK(ib->output_size == 7 && ib->vocab_size == 23);
+        unsigned long long rng = 9;
+        ref_seq r;
+        ref_make_seq(&s, &r, 11, &rng);
+        float oa[7 * 11], ob[7 * 11];
+        float *pa[1] = {oa}, *pb[1] = {ob};
+        CHECK(model_run(a, &r.seq, 1, 1, pa) == BALSA_OK);
+        CHECK(model_run(b, &r.seq, 1, 1, pb) == BALSA_OK);
+        CHECK(memcmp(oa, ob, sizeof oa) == 0);
+        ref_free_seq(&r);
+        model_free(b);
+    }
+    model_free(a);
+    model_host_free(&h);
+    unlink(path);
+    rmdir(dir);
+}
+
+TEST(info_counts_weights)
+{
+    model_spec s = spec_lstm(MODEL_INPUT_VECTORS, 10, 8, 1, 0);
+    s.n_fc = 1;
+    s.fc[0] = (model_fc_spec){5, BALSA_ACT_NONE, 1};
+    model_host h;
+    ref_random_host(&s, &h, 8, 2, 0.5f, 1);
+    balsa_model *m;
+    char err[256];
+    REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
+    const model_info *in = model_get_info(m);
+    /* W_ih 32x10 (2 banks of 8), W_hh 32x8, fc 5x8; biases 32+32+5 */
+    CHECK(in->params_dense == 320 + 256 + 40 + 69);
+    CHECK(in->params_stored == 32 * 2 * 2 + 32 * 1 * 2 + 5 * 1 * 2 + 69);
+    CHECK(fabs(in->sparsity - 0.75) < 1e-9);
+    CHECK(in->bank == 8 && in->output_size == 5 && in->input_size == 10);
+    model_free(m);
+    model_host_free(&h);
+}
+
+TEST(check_seq_refuses_bad_input)
+{
+    model_spec s = spec_lstm(MODEL_INPUT_TOKENS, 4, 4, 1, 0);
+    model_host h;
+    ref_random_host(&s, &h, 8, 0, 0.5f, 1);
+    balsa_model *m;
+    char err[256];
+    REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
+    int32_t ok[3] = {0, 22, 5}, neg[2] = {1, -1}, big[2] = {23, 1};
+    engine_seq q = {ok, NULL, 3};
+    CHECK(model_check_seq(m, &q, err, sizeof err) == BALSA_OK);
+    q.len = 0;
+    CHECK(model_check_seq(m, &q, err, sizeof err) == BALSA_ERR_INVALID && strstr(err, "length"));
+    q = (engine_seq){neg, NULL, 2};
+    CHECK(model_check_seq(m, &q, err, sizeof err) == BALSA_ERR_INVALID && strstr(err, "-1"));
+    q = (engine_seq){big, NULL, 2};
+    CHECK(model_check_seq(m, &q, err, sizeof err) == BALSA_ERR_INVALID && strstr(err, "23"));
+    float f[4] = {0};
+    q = (engine_seq){NULL, f, 1};
+    CHECK(model_check_seq(m, &q, err, sizeof err) == BALSA_ERR_INVALID && strstr(err, "token"));
+    float out[4];
+    float *outs[1] = {out};
+    q = (engine_seq){big, NULL, 2};
+    CHECK(model_run(m, &q, 1, 0, outs) == BALSA_ERR_INVALID);
+    model_free(m);
+    model_host_free(&h);
+
+    s = spec_lstm(MODEL_INPUT_VECTORS, 2, 4, 1, 0);
+    ref_random_host(&s, &h, 8, 0, 0.5f, 1);
+    REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
+    float x[4] = {1, 2, NAN, 4};
+    q = (engine_seq){NULL, x, 2};
+    CHECK(model_check_seq(m, &q, err, sizeof err) == BALSA_ERR_INVALID &&
+          strstr(err, "not finite"));
+    x[2] = 3;
+    CHECK(model_check_seq(m, &q, err, sizeof err) == BALSA_OK);
+    model_free(m);
+    model_host_free(&h);
+}
+
+TEST(build_refuses_mismatched_weights)
+{
+    model_spec s = spec_lstm(MODEL_INPUT_VECTORS, 3, 4, 1, 0);
+    model_host h;
+    ref_random_host(&s, &h, 8, 0, 0.5f, 1);
+    h.w_hh[0][0].cols = 5;
+    balsa_model *m;
+    char err[256];
+    CHECK(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_ERR_FORMAT && !m);
+    CHECK(strstr(err, "lstm.weight_hh_l0") != NULL);
+    h.w_hh[0][0].cols = 4;
+    h.b_ih[0][0][3] = INFINITY;
+    CHECK(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_ERR_FORMAT);
+    CHECK(strstr(err, "lstm.bias_ih_l0") && strstr(err, "finite"));
+    model_host_free(&h);
+}
+
+TEST(topk)
+{
+    float v[7] = {0.1f, 0.5f, -1.0f, 0.5f, 2.0f, 0.0f, 0.5f};
+    int idx[7];
+    float val[7];
+    engine_topk(v, 7, 3, idx, val);
+    CHECK(idx[0] == 4 && idx[1] == 1 && idx[2] == 3);
+    CHECK(val[0] == 2.0f && val[1] == 0.5f && val[2] == 0.5f);
+    engine_topk(v, 7, 10, idx, val); /* k > n: all of them, sorted */
+    int want[7] = {4, 1, 3, 6, 0, 5, 2};
+    for (int i = 0; i < 7; i++)
+        CHECK(idx[i] == want[i]);
+    engine_topk(v, 7, 1, idx, val);
+    CHECK(idx[0] == 4);
+    idx[0] = -7;
+    engine_topk(v, 7, 0, idx, val);
+    CHECK(idx[0] == -7);
+}
+
+int main(void)
+{
+    if (balsa_backend_cpu_create(1, &be) != BALSA_OK)
+        return 1;
+    RUN(hand_checked_lstm_cell);
+    RUN(hand_checked_fc_softmax);
+    RUN(matches_reference);
+    RUN(batch_independence);
+    RUN(file_round_trip);
+    RUN(info_counts_weights);
+    RUN(check_seq_refuses_bad_input);
+    RUN(build_refuses_mismatched_weights);
+    RUN(topk);
+    be->ops->destroy(be);
+    HARNESS_END();
+}
