@@ -3,5 +3,7 @@
 #ifndef BALSA_CLI_H
 #define BALSA_CLI_H
 
+int convert_main(int argc, char **argv); /* server/cmd_model.c */
+int inspect_main(int argc, char **argv); /* server/cmd_model.c */
 
 #endif

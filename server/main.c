@@ -32,6 +32,8 @@ typedef struct {
 
 static const command commands[] = {
     {"version", NULL, version_main, "print the version and the backend this machine gets"},
+    {"convert", NULL, convert_main, "prune dense PyTorch weights into a balsa model"},
+    {"inspect", NULL, inspect_main, "check a model file and print its network and sparsity"},
 };
 
 static void usage(FILE *f)

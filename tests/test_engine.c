@@ -372,6 +372,156 @@ TEST(topk)
     CHECK(idx[0] == -7);
 }
 
+/* Feeds n random sequences through a stream of max_slots, adding a random number of them
+ * between steps (so sequences join mid-flight), and compares every output with model_run
+ * on the sequence alone. */
+static void check_stream(const net_case *c, int max_slots, int n, unsigned long long seed)
+{
+    model_spec s = spec_of(c);
+    model_host h;
+    ref_random_host(&s, &h, 8, c->k, 0.5f, seed);
+    balsa_model *m;
+    char err[256];
+    REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
+    model_stream *st;
+    REQUIRE(model_stream_create(m, max_slots, &st) == BALSA_OK);
+    CHECK(model_stream_free_slots(st) == max_slots && model_stream_active(st) == 0);
+    int O = model_spec_output_size(&s);
+    ref_seq *rs = calloc(n, sizeof *rs);
+    float **got = calloc(n, sizeof *got), **want = calloc(n, sizeof *want);
+    int *all = calloc(n, sizeof *all), *finished = calloc(n, sizeof *finished);
+    void **done = calloc(max_slots, sizeof *done);
+    unsigned long long rng = seed;
+    for (int i = 0; i < n; i++) {
+        ref_make_seq(&s, &rs[i], 1 + (int)(h_rand_u64(&rng) % 25), &rng);
+        all[i] = (int)(h_rand_u64(&rng) % 2);
+        got[i] = calloc((size_t)rs[i].seq.len * O, sizeof(float));
+        want[i] = calloc((size_t)rs[i].seq.len * O, sizeof(float));
+        CHECK(model_run(m, &rs[i].seq, 1, all[i], &want[i]) == BALSA_OK);
+    }
+    int next = 0, ndone_total = 0, steps = 0;
+    while (ndone_total < n && steps < 10000) {
+        int add = (int)(h_rand_u64(&rng) % 4);
+        while (add-- > 0 && next < n && model_stream_free_slots(st) > 0) {
+            /* the stream must keep its own copy: add a scratch copy, then spoil it */
+            ref_seq copy;
+            ref_make_seq(&s, &copy, rs[next].seq.len, &rng);
+            if (copy.tok)
+                memcpy(copy.tok, rs[next].tok, sizeof(int32_t) * copy.seq.len);
+            else
+                memcpy(copy.feat, rs[next].feat, sizeof(float) * copy.seq.len * s.input_size);
+            CHECK(model_stream_add(st, &copy.seq, all[next], got[next], &rs[next]) == BALSA_OK);
+            if (copy.tok)
+                memset(copy.tok, 0, sizeof(int32_t) * copy.seq.len);
+            else
+                memset(copy.feat, 0, sizeof(float) * copy.seq.len * s.input_size);
+            ref_free_seq(&copy);
+            next++;
+        }
+        if (next < n && model_stream_free_slots(st) == 0)
+            CHECK(model_stream_add(st, &rs[next].seq, 0, got[next], NULL) == BALSA_ERR_FULL);
+        int nd = -1;
+        CHECK(model_stream_step(st, done, &nd) == BALSA_OK);
+        steps++;
+        for (int d = 0; d < nd; d++) {
+            int i = (int)((ref_seq *)done[d] - rs);
+            CHECK(i >= 0 && i < n && !finished[i]);
+            if (i >= 0 && i < n)
+                finished[i] = 1;
+        }
+        ndone_total += nd > 0 ? nd : 0;
+        if (nd < 0)
+            break;
+    }
+    CHECK(ndone_total == n && model_stream_active(st) == 0);
+    double worst = 0;
+    for (int i = 0; i < n; i++) {
+        size_t cnt = (size_t)(all[i] ? rs[i].seq.len : 1) * O;
+        double *ref = malloc(sizeof(double) * cnt);
+        for (size_t j = 0; j < cnt; j++)
+            ref[j] = want[i][j];
+        double e = h_max_rel_err(got[i], ref, cnt, 1);
+        worst = e > worst ? e : worst;
+        free(ref);
+    }
+    CHECK_MSG(worst <= 1e-5, "stream vs model_run (bidir %d, %d slots): %g", c->bidir,
+              max_slots, worst);
+    for (int i = 0; i < n; i++) {
+        ref_free_seq(&rs[i]);
+        free(got[i]);
+        free(want[i]);
+    }
+    free(rs);
+    free(got);
+    free(want);
+    free(all);
+    free(finished);
+    free(done);
+    model_stream_free(st);
+    model_free(m);
+    model_host_free(&h);
+}
+
+TEST(stream_matches_run)
+{
+    check_stream(&cases[1], 8, 40, 11);  /* sparse, 2 layers, FC + softmax */
+    check_stream(&cases[0], 5, 30, 12);  /* dense, no FC */
+    check_stream(&cases[1], 1, 6, 13);   /* one slot at a time */
+    check_stream(&cases[3], 4, 12, 14);  /* bidirectional: whole sequences */
+    check_stream(&cases[5], 3, 9, 15);   /* no LSTM: whole sequences */
+}
+
+/* A sequence longer than the projection chunk (64 steps) in the stream. */
+TEST(stream_long_sequence)
+{
+    model_spec s = spec_of(&cases[1]);
+    model_host h;
+    ref_random_host(&s, &h, 8, 3, 0.5f, 21);
+    balsa_model *m;
+    char err[256];
+    REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
+    model_stream *st;
+    REQUIRE(model_stream_create(m, 2, &st) == BALSA_OK);
+    unsigned long long rng = 4;
+    ref_seq a, b;
+    ref_make_seq(&s, &a, 150, &rng);
+    ref_make_seq(&s, &b, 70, &rng);
+    int O = model_spec_output_size(&s);
+    float *ga = malloc(sizeof(float) * 150 * O), *wa = malloc(sizeof(float) * 150 * O);
+    float gb[16], wb[16];
+    CHECK(model_run(m, &a.seq, 1, 1, &wa) == BALSA_OK);
+    float *pb = wb;
+    CHECK(model_run(m, &b.seq, 1, 0, &pb) == BALSA_OK);
+    CHECK(model_stream_add(st, &a.seq, 1, ga, &a) == BALSA_OK);
+    void *done[2];
+    int nd, got_a = 0, got_b = 0;
+    for (int step = 0; step < 150; step++) {
+        if (step == 40)
+            CHECK(model_stream_add(st, &b.seq, 0, gb, &b) == BALSA_OK);
+        CHECK(model_stream_step(st, done, &nd) == BALSA_OK);
+        for (int d = 0; d < nd; d++) {
+            got_a += done[d] == &a && step == 149;
+            got_b += done[d] == &b && step == 40 + 69;
+        }
+    }
+    CHECK(got_a == 1 && got_b == 1);
+    double *ra = malloc(sizeof(double) * 150 * O), rb[16];
+    for (int i = 0; i < 150 * O; i++)
+        ra[i] = wa[i];
+    for (int i = 0; i < O; i++)
+        rb[i] = wb[i];
+    CHECK(h_max_rel_err(ga, ra, (size_t)150 * O, 1) <= 1e-5);
+    CHECK(h_max_rel_err(gb, rb, O, 1) <= 1e-5);
+    free(ga);
+    free(wa);
+    free(ra);
+    ref_free_seq(&a);
+    ref_free_seq(&b);
+    model_stream_free(st);
+    model_free(m);
+    model_host_free(&h);
+}
+
 int main(void)
 {
     if (balsa_backend_cpu_create(1, &be) != BALSA_OK)
@@ -385,6 +535,8 @@ int main(void)
     RUN(check_seq_refuses_bad_input);
     RUN(build_refuses_mismatched_weights);
     RUN(topk);
+    RUN(stream_matches_run);
+    RUN(stream_long_sequence);
     be->ops->destroy(be);
     HARNESS_END();
 }

@@ -1,0 +1,381 @@
+/* Step-level execution for the batching scheduler (model_stream in engine.h).
+ *
+ * Unidirectional LSTM models run one time step per model_stream_step for every running
+ * sequence, all layers, time-major. The running sequences are rows 0..nrows-1 of the
+ * per-layer state (c and h, max_slots x H each, backend memory); a sequence added between
+ * steps becomes a new row at the next step, with zero state, and a finished one leaves
+ * by moving the last row into its place (through the host: the backend interface has no
+ * row copy), so every matmul runs over contiguous rows.
+ *
+ * The first layer's input projection W_ih x + b of a sequence is computed ahead, one
+ * matmul over up to STREAM_CHUNK of its steps at a time (when it is added, then whenever
+ * those are used up), kept on the host and copied into the step's gate rows; deeper
+ * layers project per step. The arithmetic per row is the same as model_run's, in the same
+ * order, so the numbers agree with it.
+ *
+ * Bidirectional models (whose reverse direction needs the whole sequence first) and
+ * models without an LSTM cannot go step by step: model_stream_step runs every active
+ * sequence whole through model_run and completes them all in that call. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "exec.h"
+
+#define STREAM_CHUNK 64
+
+typedef struct {
+    int used;
+    void *tag;
+    float *out;
+    int all_steps;
+    int len, pos;         /* pos: next step to run */
+    int32_t *tokens;      /* the caller's input, copied */
+    float *features;
+    float *proj;          /* host, STREAM_CHUNK x 4H: projection of steps proj_from.. */
+    int proj_from, proj_n;
+} stream_slot;
+
+struct model_stream {
+    balsa_model *m;
+    int max_slots;
+    int whole; /* run sequences whole (bidirectional or no LSTM) */
+    stream_slot *slots;
+    int *row_slot; /* running row -> slot */
+    int nrows;
+    int *pending;  /* slots added since the last step, in order */
+    int npending;
+    float *c[MODEL_MAX_LAYERS], *h[MODEL_MAX_LAYERS];
+    dev_buf g, xin, proj, fcin, fa, fb;
+    host_buf hx, hg, hrow, hout;
+    int *outrows;
+};
+
+static engine_seq slot_seq(const stream_slot *sl)
+{
+    return (engine_seq){sl->tokens, sl->features, sl->len};
+}
+
+static void slot_clear(stream_slot *sl)
+{
+    free(sl->tokens);
+    free(sl->features);
+    free(sl->proj);
+    memset(sl, 0, sizeof *sl);
+}
+
+void model_stream_free(model_stream *s)
+{
+    if (!s)
+        return;
+    balsa_backend *be = s->m->be;
+    for (int i = 0; s->slots && i < s->max_slots; i++)
+        slot_clear(&s->slots[i]);
+    for (int l = 0; l < MODEL_MAX_LAYERS; l++) {
+        if (s->c[l])
+            be->ops->free(be, s->c[l]);
+        if (s->h[l])
+            be->ops->free(be, s->h[l]);
+    }
+    dev_buf *devs[] = {&s->g, &s->xin, &s->proj, &s->fcin, &s->fa, &s->fb};
+    for (size_t i = 0; i < sizeof devs / sizeof *devs; i++)
+        dev_buf_release(be, devs[i]);
+    host_buf *hosts[] = {&s->hx, &s->hg, &s->hrow, &s->hout};
+    for (size_t i = 0; i < sizeof hosts / sizeof *hosts; i++)
+        host_buf_release(hosts[i]);
+    free(s->slots);
+    free(s->row_slot);
+    free(s->pending);
+    free(s->outrows);
+    free(s);
+}
+
+balsa_status model_stream_create(balsa_model *m, int max_slots, model_stream **out)
+{
+    *out = NULL;
+    if (max_slots < 1 || max_slots > 65536)
+        return BALSA_ERR_INVALID;
+    model_stream *s = calloc(1, sizeof *s);
+    if (!s)
+        return BALSA_ERR_OOM;
+    s->m = m;
+    s->max_slots = max_slots;
+    s->whole = m->spec.hidden_size == 0 || m->spec.bidirectional;
+    s->slots = calloc(max_slots, sizeof *s->slots);
+    s->row_slot = calloc(max_slots, sizeof(int));
+    s->pending = calloc(max_slots, sizeof(int));
+    s->outrows = calloc(max_slots, sizeof(int));
+    balsa_status st = s->slots && s->row_slot && s->pending && s->outrows ? BALSA_OK
+                                                                          : BALSA_ERR_OOM;
+    balsa_backend *be = m->be;
+    int H = m->spec.hidden_size, I = m->spec.input_size, O = m->info.output_size;
+    size_t n = (size_t)max_slots;
+    for (int l = 0; !s->whole && l < m->spec.num_layers && st == BALSA_OK; l++) {
+        s->c[l] = be->ops->alloc(be, n * H * sizeof(float));
+        s->h[l] = be->ops->alloc(be, n * H * sizeof(float));
+        if (!s->c[l] || !s->h[l])
+            st = BALSA_ERR_OOM;
+    }
+    if (!s->whole && st == BALSA_OK) {
+        int fcw = m->max_fc_out > 0 ? m->max_fc_out : 1;
+        if (dev_buf_reserve(be, &s->g, n * 4 * H) || dev_buf_reserve(be, &s->xin, STREAM_CHUNK * (size_t)I) ||
+            dev_buf_reserve(be, &s->proj, STREAM_CHUNK * 4 * (size_t)H) ||
+            dev_buf_reserve(be, &s->fcin, n * H) || dev_buf_reserve(be, &s->fa, n * fcw) ||
+            dev_buf_reserve(be, &s->fb, n * fcw) || host_buf_reserve(&s->hx, STREAM_CHUNK * (size_t)I) ||
+            host_buf_reserve(&s->hg, n * 4 * H) || host_buf_reserve(&s->hrow, n * H) ||
+            host_buf_reserve(&s->hout, n * O))
+            st = BALSA_ERR_OOM;
+    }
+    if (st != BALSA_OK) {
+        model_stream_free(s);
+        return st;
+    }
+    *out = s;
+    return BALSA_OK;
+}
+
+int model_stream_active(const model_stream *s) { return s->nrows + s->npending; }
+int model_stream_free_slots(const model_stream *s) { return s->max_slots - model_stream_active(s); }
+
+/* Projects steps from..from+STREAM_CHUNK of a slot's sequence through the first layer:
+ * proj = W_ih x + (b_ih + b_hh), one matmul, kept on the host. */
+static balsa_status slot_project(model_stream *s, stream_slot *sl, int from)
+{
+    balsa_model *m = s->m;
+    balsa_backend *be = m->be;
+    int I = m->spec.input_size, H = m->spec.hidden_size;
+    int n = sl->len - from < STREAM_CHUNK ? sl->len - from : STREAM_CHUNK;
+    engine_seq q = slot_seq(sl);
+    for (int t = 0; t < n; t++)
+        model_input_row(m, &q, from + t, s->hx.p + (size_t)t * I);
+    balsa_status st = be->ops->to_device(be, s->xin.p, s->hx.p, (size_t)n * I * sizeof(float));
+    if (st == BALSA_OK)
+        st = be->ops->matmul(be, m->lstm[0][0].w_ih, s->xin.p, I, n, m->lstm[0][0].bias, 0,
+                             BALSA_ACT_NONE, s->proj.p, 4 * H);
+    if (st == BALSA_OK)
+        st = be->ops->to_host(be, sl->proj, s->proj.p, (size_t)n * 4 * H * sizeof(float));
+    if (st == BALSA_OK)
+        st = be->ops->synchronize(be);
+    sl->proj_from = from;
+    sl->proj_n = n;
+    return st;
+}
+
+balsa_status model_stream_add(model_stream *s, const engine_seq *seq, int all_steps,
+                              float *out, void *tag)
+{
+    char err[128];
+    if (!out || model_check_seq(s->m, seq, err, sizeof err) != BALSA_OK)
+        return BALSA_ERR_INVALID;
+    if (model_stream_free_slots(s) == 0)
+        return BALSA_ERR_FULL;
+    int idx = 0;
+    while (s->slots[idx].used)
+        idx++;
+    stream_slot *sl = &s->slots[idx];
+    const model_spec *sp = &s->m->spec;
+    sl->len = seq->len;
+    if (sp->input_kind == MODEL_INPUT_TOKENS) {
+        sl->tokens = malloc(sizeof(int32_t) * seq->len);
+        if (sl->tokens)
+            memcpy(sl->tokens, seq->tokens, sizeof(int32_t) * seq->len);
+    } else {
+        sl->features = malloc(sizeof(float) * seq->len * sp->input_size);
+        if (sl->features)
+            memcpy(sl->features, seq->features, sizeof(float) * seq->len * sp->input_size);
+    }
+    if (!sl->tokens && !sl->features) {
+        slot_clear(sl);
+        return BALSA_ERR_OOM;
+    }
+    if (!s->whole) {
+        sl->proj = malloc(sizeof(float) * STREAM_CHUNK * 4 * sp->hidden_size);
+        balsa_status st = sl->proj ? slot_project(s, sl, 0) : BALSA_ERR_OOM;
+        if (st != BALSA_OK) {
+            slot_clear(sl);
+            return st;
+        }
+    }
+    sl->used = 1;
+    sl->tag = tag;
+    sl->out = out;
+    sl->all_steps = all_steps;
+    s->pending[s->npending++] = idx;
+    return BALSA_OK;
+}
+
+/* Drops every sequence, reporting each tag (after an error). */
+static void drop_all(model_stream *s, void **done, int *ndone)
+{
+    for (int i = 0; i < s->max_slots; i++)
+        if (s->slots[i].used) {
+            done[(*ndone)++] = s->slots[i].tag;
+            slot_clear(&s->slots[i]);
+        }
+    s->nrows = 0;
+    s->npending = 0;
+}
+
+/* Runs every active sequence whole (bidirectional models, models without an LSTM). */
+static balsa_status step_whole(model_stream *s, void **done, int *ndone)
+{
+    int n = s->npending;
+    engine_seq *q = malloc(sizeof *q * (n ? n : 1));
+    float **outs = malloc(sizeof *outs * (n ? n : 1));
+    balsa_status st = q && outs ? BALSA_OK : BALSA_ERR_OOM;
+    for (int all = 0; all < 2 && st == BALSA_OK; all++) {
+        int k = 0;
+        for (int i = 0; i < n; i++) {
+            stream_slot *sl = &s->slots[s->pending[i]];
+            if (sl->all_steps == all) {
+                q[k] = slot_seq(sl);
+                outs[k++] = sl->out;
+            }
+        }
+        st = model_run(s->m, q, k, all, outs);
+    }
+    free(q);
+    free(outs);
+    if (st != BALSA_OK)
+        return st;
+    for (int i = 0; i < n; i++) {
+        stream_slot *sl = &s->slots[s->pending[i]];
+        done[(*ndone)++] = sl->tag;
+        slot_clear(sl);
+    }
+    s->npending = 0;
+    return BALSA_OK;
+}
+
+/* Copies state row `from` to row `to` in every layer (through the host). */
+static balsa_status move_row(model_stream *s, int from, int to)
+{
+    balsa_backend *be = s->m->be;
+    int H = s->m->spec.hidden_size;
+    size_t bytes = (size_t)H * sizeof(float);
+    balsa_status st = BALSA_OK;
+    for (int l = 0; l < s->m->spec.num_layers && st == BALSA_OK; l++) {
+        float *bufs[2] = {s->c[l], s->h[l]};
+        for (int b = 0; b < 2 && st == BALSA_OK; b++) {
+            st = be->ops->to_host(be, s->hrow.p, bufs[b] + (size_t)from * H, bytes);
+            if (st == BALSA_OK)
+                st = be->ops->synchronize(be);
+            if (st == BALSA_OK)
+                st = be->ops->to_device(be, bufs[b] + (size_t)to * H, s->hrow.p, bytes);
+        }
+    }
+    return st;
+}
+
+/* Output of this step for the rows that need one: every row with all_steps, and rows
+ * whose sequence ends here. */
+static balsa_status step_outputs(model_stream *s)
+{
+    balsa_model *m = s->m;
+    balsa_backend *be = m->be;
+    int H = m->spec.hidden_size, O = m->info.output_size, top = m->spec.num_layers - 1;
+    int n = 0;
+    for (int r = 0; r < s->nrows; r++) {
+        const stream_slot *sl = &s->slots[s->row_slot[r]];
+        if (sl->all_steps || sl->pos == sl->len - 1)
+            s->outrows[n++] = r;
+    }
+    if (n == 0)
+        return BALSA_OK;
+    const float *in = s->h[top];
+    balsa_status st = BALSA_OK;
+    if (n < s->nrows) { /* gather the rows that need output, through the host */
+        for (int i = 0; i < n && st == BALSA_OK; i++)
+            st = be->ops->to_host(be, s->hrow.p + (size_t)i * H,
+                                  s->h[top] + (size_t)s->outrows[i] * H, H * sizeof(float));
+        if (st == BALSA_OK)
+            st = be->ops->synchronize(be);
+        if (st == BALSA_OK)
+            st = be->ops->to_device(be, s->fcin.p, s->hrow.p, (size_t)n * H * sizeof(float));
+        in = s->fcin.p;
+    }
+    if (st == BALSA_OK)
+        st = model_fc_head(m, in, H, n, &s->fa, &s->fb, s->hout.p);
+    for (int i = 0; i < n && st == BALSA_OK; i++) {
+        const stream_slot *sl = &s->slots[s->row_slot[s->outrows[i]]];
+        float *dst = sl->out + (sl->all_steps ? (size_t)sl->pos * O : 0);
+        memcpy(dst, s->hout.p + (size_t)i * O, sizeof(float) * O);
+    }
+    return st;
+}
+
+static balsa_status step_lstm(model_stream *s, void **done, int *ndone)
+{
+    balsa_model *m = s->m;
+    balsa_backend *be = m->be;
+    int H = m->spec.hidden_size;
+    balsa_status st = BALSA_OK;
+    /* Newcomers join with zero state. */
+    for (int i = 0; i < s->npending && st == BALSA_OK; i++) {
+        int r = s->nrows++;
+        s->row_slot[r] = s->pending[i];
+        for (int l = 0; l < m->spec.num_layers && st == BALSA_OK; l++) {
+            st = dev_zero(be, s->c[l] + (size_t)r * H, H);
+            if (st == BALSA_OK)
+                st = dev_zero(be, s->h[l] + (size_t)r * H, H);
+        }
+    }
+    s->npending = 0;
+    int n = s->nrows;
+    if (n == 0 || st != BALSA_OK)
+        return st;
+    for (int r = 0; r < n && st == BALSA_OK; r++) {
+        stream_slot *sl = &s->slots[s->row_slot[r]];
+        if (sl->pos >= sl->proj_from + sl->proj_n)
+            st = slot_project(s, sl, sl->pos);
+        if (st == BALSA_OK)
+            memcpy(s->hg.p + (size_t)r * 4 * H,
+                   sl->proj + (size_t)(sl->pos - sl->proj_from) * 4 * H, sizeof(float) * 4 * H);
+    }
+    if (st == BALSA_OK)
+        st = be->ops->to_device(be, s->g.p, s->hg.p, (size_t)n * 4 * H * sizeof(float));
+    for (int l = 0; l < m->spec.num_layers && st == BALSA_OK; l++) {
+        const lstm_dir_w *w = &m->lstm[l][0];
+        if (l > 0)
+            st = be->ops->matmul(be, w->w_ih, s->h[l - 1], H, n, w->bias, 0, BALSA_ACT_NONE,
+                                 s->g.p, 4 * H);
+        /* A row that just joined has h = 0, so this adds exactly nothing to it. */
+        if (st == BALSA_OK)
+            st = be->ops->matmul(be, w->w_hh, s->h[l], H, n, NULL, 1, BALSA_ACT_NONE, s->g.p,
+                                 4 * H);
+        if (st == BALSA_OK)
+            st = be->ops->lstm_cell(be, s->g.p, 4 * H, s->c[l], s->h[l], H, n, H);
+    }
+    if (st == BALSA_OK)
+        st = step_outputs(s);
+    if (st != BALSA_OK)
+        return st;
+    /* Advance; finished rows leave, the last row moving into each hole (descending, so
+     * the row moved in has already been looked at). */
+    for (int r = 0; r < s->nrows; r++)
+        s->slots[s->row_slot[r]].pos++;
+    for (int r = s->nrows - 1; r >= 0 && st == BALSA_OK; r--) {
+        stream_slot *sl = &s->slots[s->row_slot[r]];
+        if (sl->pos < sl->len)
+            continue;
+        done[(*ndone)++] = sl->tag;
+        slot_clear(sl);
+        int last = s->nrows - 1;
+        if (r != last) {
+            st = move_row(s, last, r);
+            s->row_slot[r] = s->row_slot[last];
+        }
+        s->nrows--;
+    }
+    return st;
+}
+
+balsa_status model_stream_step(model_stream *s, void **done, int *ndone)
+{
+    *ndone = 0;
+    balsa_status st = s->whole ? step_whole(s, done, ndone) : step_lstm(s, done, ndone);
+    /* Sequences that completed before the error stay in done: the caller fails them
+     * with the rest, since the step as a whole failed. */
+    if (st != BALSA_OK)
+        drop_all(s, done, ndone);
+    return st;
+}
