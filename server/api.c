@@ -269,6 +269,7 @@ int api_parse_request(const char *body, size_t len, const api_model *models, int
                       const api_limits *lim, api_request *r, char *err, size_t errlen)
 {
     memset(r, 0, sizeof *r);
+    r->model = -1;
     if (len == 0)
         return fail(err, errlen, 400, "body: empty (expected a JSON object)");
     const char *end = NULL;
@@ -288,8 +289,11 @@ int api_parse_request(const char *body, size_t len, const api_model *models, int
     else
         code = parse_root(root, models, nmodels, lim, r, err, errlen);
     cJSON_Delete(root);
-    if (code)
+    if (code) {
+        int model = r->model;
         api_request_free(r);
+        r->model = model;
+    }
     return code;
 }
 

@@ -23,7 +23,7 @@ typedef struct {
 } api_limits;
 
 typedef struct {
-    int model;          /* index into the api_model table */
+    int model;          /* index into the api_model table; -1 when not resolved */
     int nseqs;
     engine_seq *seqs;   /* point into tokens/features */
     int32_t *tokens;
@@ -39,7 +39,8 @@ typedef struct {
 /* Parses and validates body[0..len) (not NUL-terminated) against the models table.
  * Returns 0 and fills r (free with api_request_free), or an HTTP status with a message
  * in err and r left empty: 400 for a malformed body or a broken rule, 404 for an unknown
- * model, 503 when the model is still loading. */
+ * model, 503 when the model is still loading. Even then r->model tells which model the
+ * request named (-1 when that is not known), for metrics. */
 int api_parse_request(const char *body, size_t len, const api_model *models, int nmodels,
                       const api_limits *lim, api_request *r, char *err, size_t errlen);
 

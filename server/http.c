@@ -204,12 +204,12 @@ static enum MHD_Result handle_infer(http_req *x)
     char err[512];
     int code = api_parse_request(x->body ? x->body : "", x->len, am, s->nmodels, &lim, &x->req,
                                  err, sizeof err);
+    x->model = x->req.model;
     if (code) {
         if (code == 503)
             metrics_reject(s->metrics, METRICS_R_NOT_READY);
         return send_error(x, code, err);
     }
-    x->model = x->req.model;
     server_model *sm = &s->models[x->model];
     if (api_alloc_outputs(&x->req, sm->info))
         return send_error(x, 500, "out of memory for the outputs");

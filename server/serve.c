@@ -231,8 +231,6 @@ int serve_main(int argc, char **argv)
     }
     char backend_name[32];
     snprintf(backend_name, sizeof backend_name, "%s", probe->ops->name);
-    char describe[128];
-    snprintf(describe, sizeof describe, "%s", probe->describe);
     probe->ops->destroy(probe);
 
     s->metrics = metrics_create(c->nmodels, names, BALSA_VERSION, backend_name);
@@ -246,8 +244,8 @@ int serve_main(int argc, char **argv)
         return 1;
     }
     fprintf(stderr, "balsa %s serving on http://%s:%d (%d HTTP threads, body limit %ld bytes)\n"
-                    "balsa: %s [%s]\n",
-            BALSA_VERSION, c->host, s->port, c->http_threads, c->body_limit, why, describe);
+                    "balsa: %s\n",
+            BALSA_VERSION, c->host, s->port, c->http_threads, c->body_limit, why);
     for (int i = 0; i < c->nmodels; i++) {
         const config_batching *b = &c->models[i].batching;
         fprintf(stderr,
