@@ -100,7 +100,7 @@ test: deps all
 	@BALSA_BIN=$(B)/balsa bash tests/run.sh $(TEST_BINS)
 
 run: deps all
-	$(B)/balsa version
+	$(B)/balsa serve --config config/balsa.json --port $(PORT)
 
 bench: deps all
 	$(B)/balsa bench kernels

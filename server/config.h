@@ -18,7 +18,7 @@ typedef struct {
     int max_batch_size;     /* sequences that step together (model_stream slots) */
     int max_queue_delay_us; /* how long an idle scheduler waits to fill a batch */
     int queue_capacity;     /* requests admitted and waiting; more get 503 */
-    int request_timeout_ms; /* default deadline of a request (its own timeout_ms may lower it) */
+    int request_timeout_ms; /* a request not started this long after arrival gets 504 (its own timeout_ms replaces it) */
 } config_batching;
 
 typedef struct {

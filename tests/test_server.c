@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -649,7 +650,7 @@ typedef struct {
     int len;
     int timeout_ms;
     long code;
-    volatile int done;
+    atomic_int done;
 } long_arg;
 
 static void *long_main(void *p)
@@ -665,7 +666,7 @@ static void *long_main(void *p)
     CURL *h = curl_easy_init();
     http_do(h, a->port, "POST", "/infer", body, strlen(body), NULL, &r);
     a->code = r.code;
-    a->done = 1;
+    atomic_store(&a->done, 1);
     curl_easy_cleanup(h);
     free(r.body);
     free(body);
@@ -690,14 +691,14 @@ static int wait_metric(int port, const char *series, double want)
 
 TEST(short_request_overtakes_long_one)
 {
-    long_arg la = {main_srv.port, 60000, 0, 0, 0};
+    long_arg la = {main_srv.port, 20000, 0, 0, 0};
     pthread_t th;
     REQUIRE(pthread_create(&th, NULL, long_main, &la) == 0);
     CHECK(wait_metric(main_srv.port, "balsa_requests_in_flight", 1));
     resp r;
     req1(main_srv.port, "POST", "/infer", "{\"inputs\": [[7, 8]]}", NULL, &r);
     CHECK(r.code == 200);
-    CHECK_MSG(!la.done, "the short request waited for the long one");
+    CHECK_MSG(!atomic_load(&la.done), "the short request waited for the long one");
     free(r.body);
     pthread_join(th, NULL);
     CHECK(la.code == 200);
@@ -715,7 +716,7 @@ TEST(full_queue_and_deadline)
     pthread_t th[3];
     /* one long request runs, then two wait in the queue */
     for (int i = 0; i < 3; i++) {
-        la[i] = (long_arg){sp.port, 60000, 0, 0, 0};
+        la[i] = (long_arg){sp.port, 20000, 0, 0, 0};
         REQUIRE(pthread_create(&th[i], NULL, long_main, &la[i]) == 0);
         if (i == 0)
             CHECK(wait_metric(sp.port, "balsa_requests_in_flight", 1));
@@ -726,14 +727,14 @@ TEST(full_queue_and_deadline)
     req1(sp.port, "POST", "/infer", "{\"inputs\": [[1]]}", NULL, &r);
     double took = now_s() - t0;
     CHECK(r.code == 503 && strcmp(r.retry_after, "1") == 0 && error_is(&r, "model queue is full"));
-    CHECK_MSG(!la[0].done, "the 503 came only after %.3f s", took);
+    CHECK_MSG(!atomic_load(&la[0].done), "the 503 came only after %.3f s", took);
     free(r.body);
     for (int i = 0; i < 3; i++) {
         pthread_join(th[i], NULL);
         CHECK(la[i].code == 200);
     }
     /* a request that cannot start within its timeout gets 504 without running */
-    la[0] = (long_arg){sp.port, 60000, 0, 0, 0};
+    la[0] = (long_arg){sp.port, 20000, 0, 0, 0};
     REQUIRE(pthread_create(&th[0], NULL, long_main, &la[0]) == 0);
     CHECK(wait_metric(sp.port, "balsa_requests_in_flight", 1));
     req1(sp.port, "POST", "/infer", "{\"inputs\": [[1]], \"timeout_ms\": 5}", NULL, &r);
@@ -751,7 +752,7 @@ TEST(full_queue_and_deadline)
 
 typedef struct {
     int port, id;
-    volatile int *stop;
+    atomic_int *stop;
     int n200, n503, refused, other;
 } drain_arg;
 
@@ -760,7 +761,7 @@ static void *drain_client(void *p)
     drain_arg *a = p;
     CURL *h = curl_easy_init();
     unsigned long long rng = 7 + (unsigned long long)a->id;
-    while (!*a->stop) {
+    while (!atomic_load(a->stop)) {
         int32_t tok[300];
         char body[2048];
         make_seq(&rng, 100 + (int)(h_rand_u64(&rng) % 150), tok, body, sizeof body);
@@ -799,7 +800,7 @@ TEST(sigterm_drains_without_losing_requests)
     server_proc sp;
     const char *extra[] = {"--drain-delay-ms", "300", "--drain-timeout-ms", "10000", NULL};
     REQUIRE(start_server(&sp, extra) == 0);
-    volatile int stop = 0;
+    atomic_int stop = 0;
     enum { N = 16 };
     drain_arg a[N];
     pthread_t th[N];
@@ -831,7 +832,7 @@ TEST(sigterm_drains_without_losing_requests)
     for (int i = 0; i < nchildren; i++)
         if (children[i] == sp.pid)
             children[i] = 0;
-    stop = 1;
+    atomic_store(&stop, 1);
     int n200 = 0, n503 = 0, refused = 0, other = 0;
     for (int i = 0; i < N; i++) {
         pthread_join(th[i], NULL);
@@ -887,6 +888,50 @@ TEST(bad_config_stops_startup)
     unlink(path);
 }
 
+/* Runs `balsa run` with body on stdin; returns the exit status, stdout in out. */
+static int run_cli(const char *body, char *out, size_t outlen)
+{
+    char in[] = "/tmp/balsa_test_run_XXXXXX";
+    int fd = mkstemp(in);
+    if (fd < 0)
+        return -1;
+    if (write(fd, body, strlen(body)) != (ssize_t)strlen(body)) {
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    char cmd[768];
+    snprintf(cmd, sizeof cmd, "%s run %s --threads 1 < %s", getenv("BALSA_BIN"), model_path, in);
+    FILE *p = popen(cmd, "r");
+    size_t n = p ? fread(out, 1, outlen - 1, p) : 0;
+    out[n] = 0;
+    int st = p ? pclose(p) : -1;
+    unlink(in);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+TEST(run_command_matches_infer)
+{
+    unsigned long long rng = 99;
+    int32_t tok[12];
+    char body[512];
+    float want[OUT];
+    make_seq(&rng, 12, tok, body, sizeof body);
+    expected_last(tok, 12, want);
+    static char out[65536];
+    CHECK(run_cli(body, out, sizeof out) == 0);
+    CHECK_MSG(outputs_match(out, 0, want, OUT), "%s", out);
+    resp r;
+    req1(main_srv.port, "POST", "/infer", body, NULL, &r);
+    CHECK(r.code == 200 && outputs_match(r.body, 0, want, OUT));
+    free(r.body);
+    CHECK(run_cli("{\"inputs\": [[99]]}", out, sizeof out) == 1);
+    CHECK_MSG(strcmp(out, "{\"error\": \"inputs[0][0]: token id 99 out of range [0, 50)\"}\n") == 0,
+              "%s", out);
+    CHECK(run_cli("not json", out, sizeof out) == 1);
+    CHECK_MSG(strncmp(out, "{\"error\": \"body: malformed JSON", 30) == 0, "%s", out);
+}
+
 int main(void)
 {
     if (!getenv("BALSA_BIN")) {
@@ -918,6 +963,7 @@ int main(void)
     RUN(full_queue_and_deadline);
     RUN(sigterm_drains_without_losing_requests);
     RUN(bad_config_stops_startup);
+    RUN(run_command_matches_infer);
     int rc = stop_server(&main_srv, 20);
     if (rc != 0)
         printf("  main server exit status %d (log %s)\n", rc, main_srv.log);
