@@ -40,17 +40,10 @@ wrk.method = "POST"
 wrk.body = '$BODY'
 wrk.headers["Content-Type"] = "application/json"
 LUA
-# The memory-phase body, stopping each wrk thread after WRK_N responses.
-cat > "$TMP/count.lua" <<LUA
+cat > "$TMP/mem.lua" <<LUA
 wrk.method = "POST"
 wrk.body = '$MEMBODY'
 wrk.headers["Content-Type"] = "application/json"
-local n = 0
-local limit = tonumber(os.getenv("WRK_N"))
-function response(status, headers, body)
-  n = n + 1
-  if n >= limit then wrk.thread:stop() end
-end
 LUA
 
 wait_http() { # url
@@ -77,18 +70,32 @@ to_ms() { # "1.23ms" / "456.00us" / "1.02s" -> milliseconds
                     else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
 }
 
-# run_wrk URL CONC [SCRIPT] -> prints "req/s p50_ms p99_ms errors"
+# CPU seconds (user + system) used so far by a process and its child processes.
+cpu_s() {
+    local t=0 p
+    for p in "$1" $(pgrep -P "$1" || true); do
+        t=$((t + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    awk -v t="$t" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t / hz }'
+}
+
+# run_wrk URL CONC [SCRIPT] [SERVER_PID] -> "req/s p50_ms p99_ms cpu_us_per_request errors"
+# (cpu: the server's CPU time per request, less sensitive to other tenants than req/s)
 run_wrk() {
-    local url=$1 c=$2 script=${3:-} t=2
+    local url=$1 c=$2 script=${3:-} pid=${4:-} t=2
     [ "$c" -lt 2 ] && t=1
-    local out
+    local out c0=0 c1=0
+    [ -n "$pid" ] && c0=$(cpu_s "$pid")
     out=$(wrk -t"$t" -c"$c" -d"${DUR}s" --latency ${script:+-s "$script"} "$url")
-    local rps p50 p99 errs
+    [ -n "$pid" ] && c1=$(cpu_s "$pid")
+    local rps p50 p99 errs n cpu
     rps=$(echo "$out" | awk '/^Requests\/sec:/ { print $2 }')
+    n=$(echo "$out" | awk '/ requests in / { print $1 }')
     p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" { print $2 }')")
     p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" { print $2 }')")
-    errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ { sub(/^ +/, ""); printf "%s; ", $0 }')
-    echo "$rps $p50 $p99 ${errs:-none}"
+    cpu=$(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN { printf "%.1f", (n > 0 ? (b - a) * 1e6 / n : 0) }')
+    errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ { sub(/^ +/, ""); printf "%s; ", $0 }' | tr ' ' '_')
+    echo "$rps $p50 $p99 $cpu ${errs:-none}"
 }
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
@@ -112,6 +119,7 @@ start_balsa "$P2" --max-batch-size 1
 BALSA_OFF=$LAST_PID
 "$BARE" "$P4" 2 2>"$TMP/bare.log" &
 PIDS+=($!)
+BARE_PID=$!
 wait_http "http://127.0.0.1:$P4/"
 HAVE_NGINX=0
 if command -v nginx >/dev/null; then
@@ -134,16 +142,17 @@ http {
 NGX
     nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" &
     PIDS+=($!)
+    NGX_PID=$!
     wait_http "http://127.0.0.1:$P5/"
     HAVE_NGINX=1
 fi
 
 echo "## POST /infer, demo model, batching on (max_batch_size 32, max_queue_delay_us 1000)"
-echo "| concurrency | req/s | p50 ms | p99 ms | errors |"
-echo "|---|---|---|---|---|"
+echo "| concurrency | req/s | p50 ms | p99 ms | server CPU us/request | errors |"
+echo "|---|---|---|---|---|---|"
 for c in 1 16 64 256; do
-    read -r rps p50 p99 errs <<<"$(run_wrk "http://127.0.0.1:$P1/infer" "$c" "$TMP/post.lua")"
-    echo "| $c | $rps | $p50 | $p99 | $errs |"
+    read -r rps p50 p99 cpu errs <<<"$(run_wrk "http://127.0.0.1:$P1/infer" "$c" "$TMP/post.lua" "$BALSA_ON")"
+    echo "| $c | $rps | $p50 | $p99 | $cpu | $errs |"
 done
 batches=$(curl -s "http://127.0.0.1:$P1/metrics" | awk '/^balsa_batch_size_(sum|count)\{model="demo"\}/ { v[$1 ~ /_sum/ ? "s" : "c"] = $2 } END { if (v["c"] > 0) printf "%.1f", v["s"] / v["c"] }')
 echo
@@ -151,39 +160,40 @@ echo "mean sequences per executed step over these runs: $batches"
 
 echo
 echo "## batching on (max_batch_size 32) vs off (max_batch_size 1), concurrency 64, $ROUNDS rounds"
-echo "| round | on req/s | on p50 / p99 ms | off req/s | off p50 / p99 ms |"
-echo "|---|---|---|---|---|"
-ON=() OFF=()
+echo "| round | on: req/s (p50 / p99 ms, CPU us/req) | off: req/s (p50 / p99 ms, CPU us/req) |"
+echo "|---|---|---|"
+ON=() OFF=() ONC=() OFFC=()
 for r in $(seq "$ROUNDS"); do
-    read -r a50 a_p50 a_p99 _ <<<"$(run_wrk "http://127.0.0.1:$P1/infer" 64 "$TMP/post.lua")"
-    read -r b50 b_p50 b_p99 _ <<<"$(run_wrk "http://127.0.0.1:$P2/infer" 64 "$TMP/post.lua")"
-    ON+=("$a50") OFF+=("$b50")
-    echo "| $r | $a50 | $a_p50 / $a_p99 | $b50 | $b_p50 / $b_p99 |"
+    read -r a a50 a99 ac _ <<<"$(run_wrk "http://127.0.0.1:$P1/infer" 64 "$TMP/post.lua" "$BALSA_ON")"
+    read -r b b50 b99 bc _ <<<"$(run_wrk "http://127.0.0.1:$P2/infer" 64 "$TMP/post.lua" "$BALSA_OFF")"
+    ON+=("$a") OFF+=("$b") ONC+=("$ac") OFFC+=("$bc")
+    echo "| $r | $a ($a50 / $a99, $ac) | $b ($b50 / $b99, $bc) |"
 done
 on=$(median "${ON[@]}") off=$(median "${OFF[@]}")
+onc=$(median "${ONC[@]}") offc=$(median "${OFFC[@]}")
 echo
-echo "batching on / off at concurrency 64 (medians): $on / $off = $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2fx", a / b }') (goal >= 3x)"
+echo "batching on / off at concurrency 64, medians: req/s $on / $off = $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2fx", a / b }') (goal >= 3x); server CPU per request $offc / $onc us = $(awk -v a="$offc" -v b="$onc" 'BEGIN { printf "%.2fx", a / b }') less with batching"
 
 echo
-echo "## GET /healthz, concurrency 64, $ROUNDS rounds: balsa vs bare libmicrohttpd (same threads, same body) vs nginx"
-echo "| round | balsa req/s (p50 / p99 ms) | bare libmicrohttpd | nginx, 1 worker |"
+echo "## GET /healthz, concurrency 64, $ROUNDS rounds: balsa vs bare libmicrohttpd (same threading, same body) vs nginx"
+echo "| round | balsa: req/s (p50 / p99 ms, CPU us/req) | bare libmicrohttpd | nginx, 1 worker |"
 echo "|---|---|---|---|"
-BH=() MH=() NH=()
+BH=() MH=() NH=() BC=() MC=()
 for r in $(seq "$ROUNDS"); do
-    read -r x x50 x99 _ <<<"$(run_wrk "http://127.0.0.1:$P1/healthz" 64)"
-    read -r y y50 y99 _ <<<"$(run_wrk "http://127.0.0.1:$P4/healthz" 64)"
-    BH+=("$x") MH+=("$y")
+    read -r x x50 x99 xc _ <<<"$(run_wrk "http://127.0.0.1:$P1/healthz" 64 "" "$BALSA_ON")"
+    read -r y y50 y99 yc _ <<<"$(run_wrk "http://127.0.0.1:$P4/healthz" 64 "" "$BARE_PID")"
+    BH+=("$x") MH+=("$y") BC+=("$xc") MC+=("$yc")
     nrow="skipped: nginx not installed"
     if [ "$HAVE_NGINX" = 1 ]; then
-        read -r z z50 z99 _ <<<"$(run_wrk "http://127.0.0.1:$P5/healthz" 64)"
+        read -r z z50 z99 zc _ <<<"$(run_wrk "http://127.0.0.1:$P5/healthz" 64 "" "$NGX_PID")"
         NH+=("$z")
-        nrow="$z ($z50 / $z99)"
+        nrow="$z ($z50 / $z99, $zc)"
     fi
-    echo "| $r | $x ($x50 / $x99) | $y ($y50 / $y99) | $nrow |"
+    echo "| $r | $x ($x50 / $x99, $xc) | $y ($y50 / $y99, $yc) | $nrow |"
 done
-bh=$(median "${BH[@]}") mh=$(median "${MH[@]}")
+bh=$(median "${BH[@]}") mh=$(median "${MH[@]}") bc=$(median "${BC[@]}") mc=$(median "${MC[@]}")
 echo
-echo "balsa /healthz / bare libmicrohttpd (medians): $bh / $mh = $(awk -v a="$bh" -v b="$mh" 'BEGIN { printf "%.0f%%", 100 * a / b }') (goal >= 90%)"
+echo "balsa /healthz vs bare libmicrohttpd, medians: req/s $bh / $mh = $(awk -v a="$bh" -v b="$mh" 'BEGIN { printf "%.0f%%", 100 * a / b }') (goal >= 90%); server CPU per request $bc vs $mc us ($(awk -v a="$bc" -v b="$mc" 'BEGIN { printf "%.0f%%", 100 * b / a }') of balsa's throughput per CPU-second)"
 [ "$HAVE_NGINX" = 1 ] && echo "nginx median: $(median "${NH[@]}") req/s (context only)"
 stop_pid "$BALSA_ON"
 stop_pid "$BALSA_OFF"
@@ -193,12 +203,17 @@ P3=$((PORT_BASE + 3))
 start_balsa "$P3"
 MEM_PID=$LAST_PID
 rss0=$(rss_kb "$MEM_PID")
-# wrk -t2: each thread stops after WRK_N responses (a few extra may be in flight).
-WRK_N=5000 wrk -t2 -c64 -d300s -s "$TMP/count.lua" "http://127.0.0.1:$P3/infer" >/dev/null
-n1=$(curl -s "http://127.0.0.1:$P3/metrics" | awk '/^balsa_inference_requests_total\{model="demo",code="200"\}/ { print $2 }')
+answered() { curl -s "http://127.0.0.1:$P3/metrics" | awk '/^balsa_inference_requests_total\{model="demo",code="200"\}/ { print $2 }'; }
+load_until() { # keep wrk going in 2 s pieces until the server has answered $1 requests
+    while [ "$(answered)" -lt "$1" ]; do
+        wrk -t2 -c64 -d2s -s "$TMP/mem.lua" "http://127.0.0.1:$P3/infer" >/dev/null
+    done
+}
+load_until 10000
+n1=$(answered)
 rss1=$(rss_kb "$MEM_PID")
-WRK_N=45000 wrk -t2 -c64 -d600s -s "$TMP/count.lua" "http://127.0.0.1:$P3/infer" >/dev/null
-n2=$(curl -s "http://127.0.0.1:$P3/metrics" | awk '/^balsa_inference_requests_total\{model="demo",code="200"\}/ { print $2 }')
+load_until 100000
+n2=$(answered)
 rss2=$(rss_kb "$MEM_PID")
 stop_pid "$MEM_PID"
 echo "| after | requests answered | VmRSS KiB |"

@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -206,6 +207,8 @@ static int start_server(server_proc *sp, const char *const *extra)
     if (pid < 0)
         return -1;
     if (pid == 0) {
+        /* The server dies with this test, even if the test is killed outright. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         int fd = open(sp->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fd >= 0) {
             dup2(fd, 2);
