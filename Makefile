@@ -123,7 +123,7 @@ test: deps all
 	@BALSA_BIN=$(B)/balsa bash tests/run.sh $(TEST_BINS)
 
 run: deps all
-	$(B)/balsa bench kernels --shape 6000x3000 --batch 1,16
+	$(B)/balsa serve --config config/balsa.json --port $(PORT)
 
 bench: deps all
 	$(B)/balsa bench kernels

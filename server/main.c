@@ -34,6 +34,8 @@ static const command commands[] = {
     {"version", NULL, version_main, "print the version and the backend this machine gets"},
     {"convert", NULL, convert_main, "prune dense PyTorch weights into a balsa model"},
     {"inspect", NULL, inspect_main, "check a model file and print its network and sparsity"},
+    {"serve", NULL, serve_main, "serve models over HTTP (balsa serve --help)"},
+    {"run", NULL, run_main, "run one /infer request body from stdin through a model file"},
     {"bench", "lstm", bench_lstm_main, "time a balanced-sparse LSTM against the dense path"},
     {"bench", "kernels", bench_kernels_main, "time the sparse CPU kernel against OpenBLAS"},
 };

@@ -1,0 +1,63 @@
+/* The inference API shared by POST /infer and `balsa run`: parses a request body
+ * ({"model", "inputs", "output", "top_k", "timeout_ms"}) into engine sequences, checked
+ * against the model, and renders the response ({"model", "outputs"}) with floats written
+ * by hand. Every client mistake gets a message naming the field and the rule. */
+#ifndef BALSA_API_H
+#define BALSA_API_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/engine.h"
+
+/* One model the request may name. info and model are NULL while it is still loading. */
+typedef struct {
+    const char *name;
+    const model_info *info;
+    const balsa_model *model;
+} api_model;
+
+typedef struct {
+    int max_request_steps;  /* time steps summed over the sequences */
+    long max_output_values; /* floats the response may carry */
+} api_limits;
+
+typedef struct {
+    int model;          /* index into the api_model table; -1 when not resolved */
+    int nseqs;
+    engine_seq *seqs;   /* point into tokens/features */
+    int32_t *tokens;
+    float *features;
+    long total_steps;
+    int all_steps;      /* "output": "all" */
+    int top_k;          /* 0: whole vectors */
+    int timeout_ms;     /* -1 when the request gave none */
+    float **outputs;    /* one buffer per sequence (api_alloc_outputs) */
+    float *out_storage;
+} api_request;
+
+/* Parses and validates body[0..len) (not NUL-terminated) against the models table.
+ * Returns 0 and fills r (free with api_request_free), or an HTTP status with a message
+ * in err and r left empty: 400 for a malformed body or a broken rule, 404 for an unknown
+ * model, 503 when the model is still loading. Even then r->model tells which model the
+ * request named (-1 when that is not known), for metrics. */
+int api_parse_request(const char *body, size_t len, const api_model *models, int nmodels,
+                      const api_limits *lim, api_request *r, char *err, size_t errlen);
+
+/* Allocates r's output buffers for the model (sizes as in model_run); -1 when out of
+ * memory. */
+int api_alloc_outputs(api_request *r, const model_info *info);
+
+void api_request_free(api_request *r);
+
+/* Renders the response for a request whose outputs are filled: a NUL-terminated string
+ * (free()), its length in *len; NULL when out of memory. */
+char *api_render_response(const api_request *r, const char *model_name,
+                          const model_info *info, size_t *len);
+
+/* Renders GET /models: each model's name, shape and serving settings. batching[i] holds
+ * max_batch_size, max_queue_delay_us, queue_capacity, request_timeout_ms of model i. */
+char *api_render_models(const api_model *models, int nmodels, const int (*batching)[4],
+                        size_t *len);
+
+#endif

@@ -1,0 +1,524 @@
+/* The HTTP layer of `balsa serve`: a libmicrohttpd daemon (internal poll threads in a
+ * pool: the epoll mode stalls with 128+ keep-alive clients, see FIELD-NOTES), routing,
+ * the body limit, content types, and POST /infer handed to the model's scheduler with the
+ * connection suspended until the scheduler completes it. Every answer, errors included, is
+ * JSON except /metrics. One access-log line per request goes to stderr.
+ *
+ * A request's life: the first handler call allocates its http_req; body chunks are
+ * appended (or discarded once over the limit); the final call routes it. /infer parses
+ * the body, suspends the connection BEFORE submitting (a resume that overtakes the
+ * suspend is lost), and returns; the scheduler's done() resumes it; MHD calls the handler
+ * again and the response is queued. The request-completed callback records metrics,
+ * writes the log line and frees everything. */
+#include <arpa/inet.h>
+#include <microhttpd.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "api.h"
+#include "jsonw.h"
+#include "server.h"
+
+#ifndef BALSA_VERSION
+#define BALSA_VERSION "0.1.0"
+#endif
+
+enum { PHASE_RECEIVING = 0, PHASE_WAITING, PHASE_DONE };
+
+typedef struct {
+    server *srv;
+    struct MHD_Connection *conn;
+    uint64_t t0;
+    metrics_handler handler;
+    char method[8];
+    char path[96];
+    char *body;
+    size_t len, cap;
+    int too_big;
+    int phase;
+    int suspended;     /* counted in srv->suspended */
+    int code;          /* the status answered */
+    int model;         /* index of the model, -1 when none */
+    char err[256];     /* message for a 503 decided before the scheduler ran */
+    api_request req;
+    sched_request sreq;
+} http_req;
+
+static const struct {
+    const char *path;
+    metrics_handler handler;
+    const char *allow;
+} routes[] = {
+    {"/infer", METRICS_H_INFER, "POST"},     {"/models", METRICS_H_MODELS, "GET, HEAD"},
+    {"/metrics", METRICS_H_METRICS, "GET, HEAD"}, {"/healthz", METRICS_H_HEALTHZ, "GET, HEAD"},
+    {"/readyz", METRICS_H_READYZ, "GET, HEAD"},
+};
+#define NROUTES (int)(sizeof routes / sizeof *routes)
+
+/* Copies the NUL-terminated src into dst[0..n), truncating (a hot path: no printf). */
+static void copy_str(char *dst, size_t n, const char *src)
+{
+    size_t len = strnlen(src, n - 1);
+    memcpy(dst, src, len);
+    dst[len] = 0;
+}
+
+static double secs(uint64_t a, uint64_t b)
+{
+    return b > a ? (double)(b - a) * 1e-9 : 0;
+}
+
+/* Queues body with status code: a malloc'd body whose ownership passes to MHD, or, with
+ * is_static, a string constant that is not copied. */
+static enum MHD_Result send_response(http_req *x, int code, char *body, size_t len,
+                                     const char *ctype, int is_static)
+{
+    server *s = x->srv;
+    if (!body)
+        return MHD_NO;
+    struct MHD_Response *r =
+        is_static ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_PERSISTENT)
+                  : MHD_create_response_from_buffer_with_free_callback(len, body, free);
+    if (!r) {
+        if (!is_static)
+            free(body);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    if (code == 503)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (code == 405) {
+        for (int i = 0; i < NROUTES; i++)
+            if (routes[i].handler == x->handler)
+                MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, routes[i].allow);
+    }
+    /* While draining, ask keep-alive clients to reconnect (to another instance). */
+    if (atomic_load(&s->stage) != SERVER_SERVING)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    x->code = code;
+    enum MHD_Result ret = MHD_queue_response(x->conn, (unsigned)code, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
+static enum MHD_Result send_body(http_req *x, int code, char *body, size_t len,
+                                 const char *ctype)
+{
+    return send_response(x, code, body, len, ctype, 0);
+}
+
+static enum MHD_Result send_json(http_req *x, int code, char *body, size_t len)
+{
+    return send_body(x, code, body, len, "application/json");
+}
+
+static enum MHD_Result send_static_json(http_req *x, int code, const char *body)
+{
+    return send_response(x, code, (char *)body, strlen(body), "application/json", 1);
+}
+
+static enum MHD_Result send_error(http_req *x, int code, const char *msg)
+{
+    size_t len;
+    char *body = jsonw_error(msg, &len);
+    return send_json(x, code, body, len);
+}
+
+static int server_ready(server *s, char *why, size_t whylen)
+{
+    if (atomic_load(&s->stage) != SERVER_SERVING) {
+        snprintf(why, whylen, "not ready: draining (shutting down)");
+        return 0;
+    }
+    for (int i = 0; i < s->nmodels; i++)
+        if (!atomic_load(&s->models[i].ready)) {
+            snprintf(why, whylen, "not ready: model \"%s\" is loading", s->models[i].cfg->name);
+            return 0;
+        }
+    return 1;
+}
+
+/* The api's view of the models: info only for those that are ready. */
+static void api_models(server *s, api_model *out)
+{
+    for (int i = 0; i < s->nmodels; i++) {
+        int ready = atomic_load(&s->models[i].ready);
+        out[i].name = s->models[i].cfg->name;
+        out[i].info = ready ? s->models[i].info : NULL;
+        out[i].model = ready ? s->models[i].model : NULL;
+    }
+}
+
+static enum MHD_Result handle_models(http_req *x)
+{
+    server *s = x->srv;
+    api_model am[CONFIG_MAX_MODELS];
+    int batching[CONFIG_MAX_MODELS][4];
+    api_models(s, am);
+    for (int i = 0; i < s->nmodels; i++) {
+        const config_batching *b = &s->models[i].cfg->batching;
+        batching[i][0] = b->max_batch_size;
+        batching[i][1] = b->max_queue_delay_us;
+        batching[i][2] = b->queue_capacity;
+        batching[i][3] = b->request_timeout_ms;
+    }
+    size_t len;
+    char *body = api_render_models(am, s->nmodels, (const int(*)[4])batching, &len);
+    return send_json(x, 200, body, len);
+}
+
+static enum MHD_Result handle_metrics(http_req *x)
+{
+    server *s = x->srv;
+    int depth[CONFIG_MAX_MODELS];
+    for (int i = 0; i < s->nmodels; i++)
+        depth[i] = atomic_load(&s->models[i].ready) ? sched_queue_depth(s->models[i].sched) : 0;
+    jsonw w;
+    jsonw_init(&w);
+    metrics_render(s->metrics, depth, &w);
+    size_t len;
+    char *body = jsonw_take(&w, &len);
+    return send_body(x, 200, body, len, "text/plain; version=0.0.4; charset=utf-8");
+}
+
+/* Called from the scheduler thread once the request has run (or failed): wake the
+ * connection; MHD calls the handler again, which answers from the request's state. */
+static void on_sched_done(sched_request *r)
+{
+    http_req *x = r->user;
+    x->phase = PHASE_DONE;
+    MHD_resume_connection(x->conn);
+}
+
+/* Content types read as JSON: none, application/json (+ parameters), and curl's default
+ * for -d, application/x-www-form-urlencoded. */
+static int json_content_type(const char *ct)
+{
+    if (!ct)
+        return 1;
+    size_t n = strcspn(ct, "; \t");
+    return (n == 16 && strncasecmp(ct, "application/json", 16) == 0) ||
+           (n == 33 && strncasecmp(ct, "application/x-www-form-urlencoded", 33) == 0);
+}
+
+static enum MHD_Result handle_infer(http_req *x)
+{
+    server *s = x->srv;
+    const char *ct = MHD_lookup_connection_value(x->conn, MHD_HEADER_KIND,
+                                                 MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (!json_content_type(ct)) {
+        char msg[200];
+        snprintf(msg, sizeof msg, "Content-Type: \"%.80s\" is not JSON (send application/json)",
+                 ct);
+        return send_error(x, 415, msg);
+    }
+    if (atomic_load(&s->stage) == SERVER_REFUSING) {
+        metrics_reject(s->metrics, METRICS_R_DRAINING);
+        return send_error(x, 503, "server is shutting down; retry on another instance");
+    }
+    api_model am[CONFIG_MAX_MODELS];
+    api_models(s, am);
+    api_limits lim = {s->cfg.max_request_steps, s->cfg.max_output_values};
+    char err[512];
+    int code = api_parse_request(x->body ? x->body : "", x->len, am, s->nmodels, &lim, &x->req,
+                                 err, sizeof err);
+    x->model = x->req.model;
+    if (code) {
+        if (code == 503)
+            metrics_reject(s->metrics, METRICS_R_NOT_READY);
+        return send_error(x, code, err);
+    }
+    server_model *sm = &s->models[x->model];
+    if (api_alloc_outputs(&x->req, sm->info))
+        return send_error(x, 500, "out of memory for the outputs");
+    free(x->body); /* the parsed request holds everything now */
+    x->body = NULL;
+
+    const config_batching *b = &sm->cfg->batching;
+    int timeout_ms = x->req.timeout_ms > 0 ? x->req.timeout_ms : b->request_timeout_ms;
+    sched_request *r = &x->sreq;
+    r->seqs = x->req.seqs;
+    r->nseqs = x->req.nseqs;
+    r->all_steps = x->req.all_steps;
+    r->outputs = x->req.outputs;
+    r->deadline_ns = x->t0 + (uint64_t)timeout_ms * 1000000u;
+    r->done = on_sched_done;
+    r->user = x;
+
+    /* Count the suspension before looking at the stage: the drain waits for zero, so
+     * either it sees this request or this request sees SERVER_REFUSING. */
+    atomic_fetch_add(&s->suspended, 1);
+    if (atomic_load(&s->stage) == SERVER_REFUSING) {
+        atomic_fetch_sub(&s->suspended, 1);
+        metrics_reject(s->metrics, METRICS_R_DRAINING);
+        return send_error(x, 503, "server is shutting down; retry on another instance");
+    }
+    x->suspended = 1;
+    metrics_inflight_add(s->metrics, 1);
+    x->phase = PHASE_WAITING;
+    MHD_suspend_connection(x->conn);
+    balsa_status st = sched_submit(sm->sched, r);
+    if (st != BALSA_OK) {
+        r->status = st;
+        snprintf(x->err, sizeof x->err, "%s",
+                 st == BALSA_ERR_FULL ? "model queue is full; retry later"
+                                      : "server is shutting down; retry on another instance");
+        metrics_reject(s->metrics, st == BALSA_ERR_FULL ? METRICS_R_QUEUE_FULL
+                                                        : METRICS_R_DRAINING);
+        x->phase = PHASE_DONE;
+        MHD_resume_connection(x->conn);
+    }
+    return MHD_YES;
+}
+
+/* The second handler call of an /infer request, after the scheduler finished. */
+static enum MHD_Result answer_infer(http_req *x)
+{
+    server *s = x->srv;
+    sched_request *r = &x->sreq;
+    server_model *sm = &s->models[x->model];
+    if (x->err[0])
+        return send_error(x, 503, x->err);
+    if (r->status == BALSA_OK) {
+        metrics_queue_compute(s->metrics, x->model, secs(r->enqueued_ns, r->started_ns),
+                              secs(r->started_ns, r->finished_ns));
+        size_t len;
+        char *body = api_render_response(&x->req, sm->cfg->name, sm->info, &len);
+        if (!body)
+            return send_error(x, 500, "out of memory rendering the response");
+        return send_json(x, 200, body, len);
+    }
+    char msg[256];
+    if (r->status == BALSA_ERR_TIMEOUT) {
+        metrics_reject(s->metrics, METRICS_R_DEADLINE);
+        snprintf(msg, sizeof msg,
+                 "timeout_ms: the deadline passed after %.1f ms in the queue, before the "
+                 "request ran",
+                 secs(x->t0, r->finished_ns) * 1e3);
+        return send_error(x, 504, msg);
+    }
+    if (r->status == BALSA_ERR_SHUTDOWN) {
+        metrics_reject(s->metrics, METRICS_R_DRAINING);
+        return send_error(x, 503, "server is shutting down; the request did not run");
+    }
+    snprintf(msg, sizeof msg, "engine: %s", balsa_status_str(r->status));
+    return send_error(x, 500, msg);
+}
+
+static enum MHD_Result route(http_req *x, const char *method)
+{
+    server *s = x->srv;
+    if (x->too_big) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "body: larger than the limit of %ld bytes", s->cfg.body_limit);
+        metrics_reject(s->metrics, METRICS_R_BODY_TOO_LARGE);
+        return send_error(x, 413, msg);
+    }
+    int i;
+    for (i = 0; i < NROUTES; i++)
+        if (routes[i].handler == x->handler)
+            break;
+    if (i == NROUTES) {
+        char msg[256];
+        snprintf(msg, sizeof msg,
+                 "no such path: %s (paths: /infer, /models, /metrics, /healthz, /readyz)",
+                 x->path);
+        return send_error(x, 404, msg);
+    }
+    int is_get = !strcmp(method, "GET") || !strcmp(method, "HEAD");
+    if (x->handler == METRICS_H_INFER ? strcmp(method, "POST") != 0 : !is_get) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "method %s not allowed on %s (allowed: %s)", method,
+                 routes[i].path, routes[i].allow);
+        return send_error(x, 405, msg);
+    }
+    char why[160];
+    switch (x->handler) {
+    case METRICS_H_INFER:
+        return handle_infer(x);
+    case METRICS_H_MODELS:
+        return handle_models(x);
+    case METRICS_H_METRICS:
+        return handle_metrics(x);
+    case METRICS_H_HEALTHZ:
+        return send_static_json(x, 200, "{\"status\":\"ok\"}\n");
+    case METRICS_H_READYZ:
+        if (server_ready(s, why, sizeof why))
+            return send_static_json(x, 200, "{\"status\":\"ready\"}\n");
+        return send_error(x, 503, why);
+    default:
+        return send_error(x, 404, "no such path");
+    }
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const char *url,
+                                  const char *method, const char *version,
+                                  const char *upload, size_t *upload_size, void **con_cls)
+{
+    (void)version;
+    server *s = cls;
+    http_req *x = *con_cls;
+    if (!x) {
+        x = calloc(1, sizeof *x);
+        if (!x)
+            return MHD_NO;
+        x->srv = s;
+        x->conn = conn;
+        x->model = -1;
+        copy_str(x->method, sizeof x->method, method);
+        copy_str(x->path, sizeof x->path, url);
+        x->handler = METRICS_H_OTHER;
+        for (int i = 0; i < NROUTES; i++)
+            if (!strcmp(url, routes[i].path))
+                x->handler = routes[i].handler;
+        /* Times are needed for /infer (deadline, metrics) and for the access log only. */
+        if (x->handler == METRICS_H_INFER || s->cfg.access_log)
+            x->t0 = queue_now_ns();
+        /* A declared length over the limit is refused without buffering anything. */
+        const char *cl = x->handler == METRICS_H_INFER
+                             ? MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                           MHD_HTTP_HEADER_CONTENT_LENGTH)
+                             : NULL;
+        if (cl && strtoull(cl, NULL, 10) > (unsigned long long)s->cfg.body_limit)
+            x->too_big = 1;
+        *con_cls = x;
+        return MHD_YES;
+    }
+    if (x->phase == PHASE_DONE)
+        return answer_infer(x);
+    if (x->phase == PHASE_WAITING)
+        return MHD_YES; /* not reached: a suspended connection is not called */
+    if (*upload_size) {
+        /* A response cannot be queued while the body streams in: discard the rest of an
+         * oversized body and answer 413 on the final call. */
+        size_t n = *upload_size;
+        *upload_size = 0;
+        if (x->too_big || x->handler != METRICS_H_INFER)
+            return MHD_YES;
+        if (x->len + n > (size_t)s->cfg.body_limit) {
+            x->too_big = 1;
+            free(x->body);
+            x->body = NULL;
+            x->len = x->cap = 0;
+            return MHD_YES;
+        }
+        if (x->len + n > x->cap) {
+            size_t cap = x->cap ? x->cap : 4096;
+            while (cap < x->len + n)
+                cap *= 2;
+            char *b = realloc(x->body, cap);
+            if (!b)
+                return MHD_NO;
+            x->body = b;
+            x->cap = cap;
+        }
+        memcpy(x->body + x->len, upload, n);
+        x->len += n;
+        return MHD_YES;
+    }
+    return route(x, method);
+}
+
+static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
+                         enum MHD_RequestTerminationCode toe)
+{
+    (void)conn;
+    server *s = cls;
+    http_req *x = *con_cls;
+    if (!x)
+        return;
+    *con_cls = NULL;
+    uint64_t t1 = x->t0 ? queue_now_ns() : 0;
+    int code = x->code ? x->code : 500;
+    metrics_http(s->metrics, x->handler, code);
+    if (x->model >= 0)
+        metrics_infer(s->metrics, x->model, code, secs(x->t0, t1));
+    if (s->cfg.access_log) {
+        char line[400];
+        const sched_request *r = &x->sreq;
+        int ran = x->model >= 0 && r->started_ns;
+        int n = snprintf(line, sizeof line,
+                         "%s %s %d%s model=%s batch=%d queue_ms=%.3f compute_ms=%.3f "
+                         "total_ms=%.3f\n",
+                         x->method, x->path, code,
+                         toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (not delivered)",
+                         x->model >= 0 ? s->models[x->model].cfg->name : "-", r->batch_max,
+                         ran ? secs(r->enqueued_ns, r->started_ns) * 1e3 : 0,
+                         ran ? secs(r->started_ns, r->finished_ns) * 1e3 : 0,
+                         secs(x->t0, t1) * 1e3);
+        /* One write per line, so lines from different threads do not interleave. */
+        fwrite(line, 1, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1, stderr);
+    }
+    if (x->suspended) {
+        metrics_inflight_add(s->metrics, -1);
+        atomic_fetch_sub(&s->suspended, 1);
+    }
+    api_request_free(&x->req);
+    free(x->body);
+    free(x);
+}
+
+int http_start(server *s, char *err, size_t errlen)
+{
+    struct sockaddr_in a4;
+    struct sockaddr_in6 a6;
+    struct sockaddr *addr;
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_POLL | MHD_ALLOW_SUSPEND_RESUME |
+                     MHD_USE_ERROR_LOG;
+    memset(&a4, 0, sizeof a4);
+    memset(&a6, 0, sizeof a6);
+    if (inet_pton(AF_INET, s->cfg.host, &a4.sin_addr) == 1) {
+        a4.sin_family = AF_INET;
+        a4.sin_port = htons((uint16_t)s->cfg.port);
+        addr = (struct sockaddr *)&a4;
+    } else if (inet_pton(AF_INET6, s->cfg.host, &a6.sin6_addr) == 1) {
+        a6.sin6_family = AF_INET6;
+        a6.sin6_port = htons((uint16_t)s->cfg.port);
+        addr = (struct sockaddr *)&a6;
+        flags |= MHD_USE_IPv6;
+    } else {
+        snprintf(err, errlen, "host: \"%s\" is not an IP address", s->cfg.host);
+        return -1;
+    }
+    s->listen_fd = -1;
+    s->daemon = MHD_start_daemon(
+        flags, (uint16_t)s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, addr,
+        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)s->cfg.http_threads,
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->cfg.connection_timeout_s,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg.connection_limit,
+        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
+    if (!s->daemon) {
+        snprintf(err, errlen, "cannot listen on %s:%d (address in use, or not this host's?)",
+                 s->cfg.host, s->cfg.port);
+        return -1;
+    }
+    const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);
+    s->port = info ? info->port : s->cfg.port;
+    return 0;
+}
+
+void http_quiesce(server *s)
+{
+    MHD_socket fd = MHD_quiesce_daemon(s->daemon);
+    if (fd != MHD_INVALID_SOCKET) {
+        /* Refuse queued and new connections now; the descriptor itself may only be closed
+         * after MHD_stop_daemon (a pool thread may still look at it). */
+        shutdown(fd, SHUT_RDWR);
+        s->listen_fd = fd;
+    }
+}
+
+void http_stop(server *s)
+{
+    BALSA_ASSERT(atomic_load(&s->suspended) == 0);
+    MHD_stop_daemon(s->daemon);
+    s->daemon = NULL;
+    if (s->listen_fd >= 0)
+        close(s->listen_fd);
+    s->listen_fd = -1;
+}
