@@ -3,5 +3,6 @@
 #ifndef BALSA_CLI_H
 #define BALSA_CLI_H
 
+int health_main(int argc, char **argv);
 
 #endif

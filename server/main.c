@@ -32,6 +32,7 @@ typedef struct {
 
 static const command commands[] = {
     {"version", NULL, version_main, "print the version and the backend this machine gets"},
+    {"health", NULL, health_main, "exit 0 when a local server answers GET /healthz with 200"},
 };
 
 static void usage(FILE *f)
