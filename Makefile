@@ -70,12 +70,15 @@ BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(B)/bench/%)
 $(B)/%_avx2.o: CFLAGS = $(CFLAGS_BASE) -mavx2 -mfma
 $(B)/%_avx512.o: CFLAGS = $(CFLAGS_BASE) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mavx2
 
-.PHONY: all announce test run bench deps clean gpu-check-bins
+.PHONY: all announce balsa test run bench deps clean gpu-check-bins container-test
 .SECONDARY:
 all: announce $(B)/balsa $(TEST_BINS) $(BENCH_BINS)
 
 announce:
 	@echo "balsa build: $(if $(filter 1,$(USE_CUDA)),CPU + CUDA (nvcc: $(NVCC)),CPU only$(if $(filter auto,$(CUDA)), (no nvcc found),)) -> $(B)$(if $(SANITIZE), with -fsanitize=$(SANITIZE))"
+
+# Only the server binary (what the container images build).
+balsa: announce $(B)/balsa
 
 $(B)/libbalsa.a: $(LIB_OBJS)
 	@mkdir -p $(@D)
@@ -130,6 +133,10 @@ bench: deps all
 
 deps:
 	@bash tools/deps.sh
+
+# Builds the CPU image with podman from a debootstrap base, runs it and checks it for real.
+container-test:
+	@bash tests/container/test.sh
 
 clean:
 	rm -rf build

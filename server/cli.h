@@ -10,5 +10,6 @@ int run_main(int argc, char **argv);     /* balsa run FILE: one request on stdin
 int bench_lstm_main(int argc, char **argv); /* server/bench_lstm.c */
 /* balsa bench kernels: the balanced-sparse CPU kernel against OpenBLAS (bench_kernels.c). */
 int bench_kernels_main(int argc, char **argv);
+int health_main(int argc, char **argv); /* balsa health: a container health probe (cmd_health.c) */
 
 #endif

@@ -38,6 +38,7 @@ static const command commands[] = {
     {"run", NULL, run_main, "run one /infer request body from stdin through a model file"},
     {"bench", "lstm", bench_lstm_main, "time a balanced-sparse LSTM against the dense path"},
     {"bench", "kernels", bench_kernels_main, "time the sparse CPU kernel against OpenBLAS"},
+    {"health", NULL, health_main, "exit 0 when a local server answers GET /healthz with 200"},
 };
 
 static void usage(FILE *f)

@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# The container test (`make container-test`): on a machine with no Docker engine and no
+# registry, build the CPU image with podman from a Debian base made by debootstrap, run
+# it, and check it as an operator would: readiness, real /infer answers, the health check,
+# a non-root process, a real Prometheus server scraping /metrics, and a SIGTERM under load
+# that exits 0 without losing an admitted request. Cleans up what it started.
+# Prints "N passed, N failed, N skipped" last and exits non-zero on any failure.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+
+BASE_IMAGE=localhost/debian:bookworm-slim
+IMAGE=localhost/balsa:cpu-test
+NAME=balsa-container-test-$$
+WORK=$(mktemp -d /tmp/balsa-ct.XXXXXX)
+passed=0 failed=0 skipped=0
+prom_pid=""
+
+ok() { echo "ok   $1"; passed=$((passed + 1)); }
+bad() { echo "FAIL $1"; failed=$((failed + 1)); }
+check() { # check NAME COMMAND...: one test, passed when the command succeeds
+    local name=$1
+    shift
+    if "$@"; then ok "$name"; else bad "$name"; fi
+}
+finish() {
+    [ -n "$prom_pid" ] && kill "$prom_pid" 2>/dev/null && wait "$prom_pid" 2>/dev/null
+    podman rm -f -t 0 "$NAME" >/dev/null 2>&1
+    rm -rf "$WORK"
+    echo "$passed passed, $failed failed, $skipped skipped"
+    [ "$failed" -eq 0 ]
+    exit $?
+}
+trap finish EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# --- tools: podman with runc (crun refuses this host's cgroups), debootstrap, Prometheus
+need=()
+command -v podman >/dev/null || need+=(podman)
+command -v runc >/dev/null || need+=(runc)
+command -v debootstrap >/dev/null || need+=(debootstrap)
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v curl >/dev/null || need+=(curl)
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "container-test: missing ${need[*]}; run: sudo apt-get install -y ${need[*]}" >&2
+        exit 1
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null || exit 1
+fi
+PODMAN=(podman)
+RUNC=(--runtime runc)
+
+# --- the base image, made once with debootstrap from the machine's own Debian mirror
+if ! "${PODMAN[@]}" image exists "$BASE_IMAGE"; then
+    mirror=$(grep -hoE 'https?://[^ ]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null |
+        grep -v security | head -n 1)
+    mirror=${mirror:-http://deb.debian.org/debian}
+    echo "container-test: making $BASE_IMAGE with debootstrap from $mirror"
+    rootfs="$WORK/rootfs"
+    debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1 ||
+        { tail -n 20 "$WORK/debootstrap.log"; bad "debootstrap base image"; exit 1; }
+    tar -C "$rootfs" -c . | "${PODMAN[@]}" import - "$BASE_IMAGE" >/dev/null ||
+        { bad "podman import base image"; exit 1; }
+    rm -rf "$rootfs"
+fi
+
+# --- build: --network=host so apt inside RUN reaches the mirror; docker format keeps
+# HEALTHCHECK.
+t0=$(date +%s)
+if "${PODMAN[@]}" build "${RUNC[@]}" --format docker --network=host -q \
+    -f docker/Dockerfile.cpu --build-arg BASE="$BASE_IMAGE" -t "$IMAGE" . >"$WORK/build.log" 2>&1; then
+    ok "image builds ($(($(date +%s) - t0)) s, $("${PODMAN[@]}" image inspect "$IMAGE" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}'))"
+else
+    tail -n 30 "$WORK/build.log"
+    bad "image builds"
+    exit 1
+fi
+
+# --- run on a free loopback port
+PORT=$(free_port)
+hard=$(ulimit -Hn)
+"${PODMAN[@]}" run -d "${RUNC[@]}" --name "$NAME" --network=host \
+    --ulimit "nofile=$hard:$hard" --ulimit nproc=32768:32768 \
+    -e BALSA_PORT="$PORT" -e BALSA_HOST=127.0.0.1 -e BALSA_DRAIN_DELAY_MS=500 \
+    "$IMAGE" >/dev/null || { bad "container starts"; exit 1; }
+URL="http://127.0.0.1:$PORT"
+
+ready=0
+for _ in $(seq 1 100); do
+    if curl -sf "$URL/readyz" >/dev/null; then ready=1; break; fi
+    sleep 0.1
+done
+if [ $ready -eq 1 ]; then ok "readyz turns 200"; else
+    "${PODMAN[@]}" logs "$NAME" | tail -n 20
+    bad "readyz turns 200"
+    exit 1
+fi
+
+# --- real /infer requests: shapes and values that make sense for the demo model
+infer_ok() {
+    local body out
+    body='{"inputs": [[12, 7, 99], [5]]}'
+    out=$(curl -sf "$URL/infer" -d "$body") || return 1
+    python3 - "$out" <<'PY'
+import json, math, sys
+r = json.loads(sys.argv[1])
+outs = r["outputs"]
+assert len(outs) == 2, "two sequences in, two outputs out"
+for o in outs:
+    assert len(o) > 1 and all(math.isfinite(v) for v in o)
+    assert abs(sum(o) - 1.0) < 1e-3, "softmax head sums to 1"
+PY
+}
+check "/infer answers two sequences with softmax vectors" infer_ok
+infer_same() { # the same sequence alone and in a batch gives the same numbers
+    local a b
+    a=$(curl -sf "$URL/infer" -d '{"inputs": [[3, 1, 4, 1, 5]], "top_k": 3}') || return 1
+    b=$(curl -sf "$URL/infer" -d '{"inputs": [[2, 7], [3, 1, 4, 1, 5]], "top_k": 3}') || return 1
+    python3 - "$a" "$b" <<'PY'
+import json, sys
+a = json.loads(sys.argv[1])["outputs"][0]
+b = json.loads(sys.argv[2])["outputs"][1]
+assert a["indices"] == b["indices"], (a, b)
+assert all(abs(x - y) < 1e-5 for x, y in zip(a["values"], b["values"]))
+PY
+}
+check "/infer top_k is the same alone and in a batch" infer_same
+bad_request() {
+    local code
+    code=$(curl -s -o "$WORK/err.json" -w '%{http_code}' "$URL/infer" -d '{"inputs": [[1, 2')
+    [ "$code" = 400 ] && grep -q '"error"' "$WORK/err.json"
+}
+check "malformed JSON gets 400 with an error body" bad_request
+
+# --- health check and user
+health() {
+    "${PODMAN[@]}" healthcheck run "$NAME" >/dev/null 2>&1 &&
+        [ "$("${PODMAN[@]}" inspect "$NAME" --format '{{.State.Health.Status}}')" = healthy ]
+}
+check "podman healthcheck run reports healthy" health
+nonroot() {
+    local uid
+    uid=$("${PODMAN[@]}" top "$NAME" huser | awk 'NR > 1 {print $1; exit}')
+    [ -n "$uid" ] && [ "$uid" != root ] && [ "$uid" != 0 ]
+}
+check "the server process runs as a non-root user" nonroot
+
+# --- a real Prometheus server scrapes it every second
+PROM_PORT=$(free_port)
+cat >"$WORK/prometheus.yml" <<YML
+global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: balsa
+    static_configs:
+      - targets: ["127.0.0.1:$PORT"]
+YML
+prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb" \
+    --web.listen-address="127.0.0.1:$PROM_PORT" >"$WORK/prometheus.log" 2>&1 &
+prom_pid=$!
+scraped() {
+    for _ in $(seq 1 60); do
+        if curl -s "http://127.0.0.1:$PROM_PORT/api/v1/query?query=balsa_requests_total" |
+            python3 -c 'import json,sys; r=json.load(sys.stdin); sys.exit(0 if r["status"]=="success" and any(float(x["value"][1])>0 for x in r["data"]["result"]) else 1)' 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.5
+    done
+    tail -n 5 "$WORK/prometheus.log"
+    return 1
+}
+check "Prometheus scrapes balsa_requests_total from the container" scraped
+
+# --- SIGTERM under load: every request gets an answer, admitted ones 200, exit code 0
+drain() {
+    local pids=() i codes
+    for i in $(seq 1 40); do
+        curl -s -o /dev/null -w '%{http_code}\n' "$URL/infer" \
+            -d '{"inputs": [[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]]}' \
+            >>"$WORK/codes" 2>/dev/null &
+        pids+=($!)
+    done
+    sleep 0.05
+    "${PODMAN[@]}" kill --signal TERM "$NAME" >/dev/null
+    wait "${pids[@]}"
+    local rc
+    rc=$("${PODMAN[@]}" wait "$NAME")
+    codes=$(sort "$WORK/codes" | uniq -c | tr '\n' ' ')
+    echo "  answers during drain: $codes; exit code $rc"
+    [ "$rc" = 0 ] && ! grep -qvE '^(200|503)$' "$WORK/codes" && grep -q '^200$' "$WORK/codes"
+}
+check "SIGTERM under load: exit 0, every request answered 200 or 503" drain
