@@ -457,6 +457,45 @@ TEST(tritonclient_against_balsa)
     CHECK_MSG(run_script(cmd) == 0, "tests/v2_clients.py failed (log %s)", srv.log);
 }
 
+/* GET /openapi.json serves server/openapi.json byte for byte, and it is OpenAPI 3. */
+TEST(openapi_document_served)
+{
+    FILE *f = fopen("server/openapi.json", "rb");
+    REQUIRE(f);
+    static char doc[1 << 17];
+    size_t n = fread(doc, 1, sizeof doc, f);
+    fclose(f);
+    su_resp r;
+    su_request(srv.port, "GET", "/openapi.json", NULL, 0, NULL, &r);
+    CHECK(r.code == 200 && !strcmp(r.ctype, "application/json"));
+    CHECK_MSG(r.len == n && memcmp(r.body, doc, n) == 0, "served %zu bytes, file %zu", r.len, n);
+    cJSON *j = cJSON_Parse(r.body);
+    const cJSON *paths = cJSON_GetObjectItem(j, "paths");
+    CHECK(j && !strncmp(cJSON_GetObjectItem(j, "openapi")->valuestring, "3.", 2));
+    static const char *const want[] = {"/infer", "/models", "/metrics", "/healthz", "/readyz",
+                                       "/openapi.json", "/v2", "/v2/health/ready",
+                                       "/v2/models/{model}/infer",
+                                       "/v2/models/{model}/versions/{version}/stats"};
+    for (size_t i = 0; i < sizeof want / sizeof *want; i++)
+        CHECK_MSG(cJSON_GetObjectItem(paths, want[i]) != NULL, "path %s not documented", want[i]);
+    cJSON_Delete(j);
+    free(r.body);
+}
+
+TEST(schemathesis_against_openapi)
+{
+    if (run_script("bash tests/py_deps.sh") != 0) {
+        CHECK_MSG(0, "tests/py_deps.sh failed: schemathesis comes from PyPI");
+        return;
+    }
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "bash tests/schemathesis.sh %d > /tmp/balsa_test_schemathesis.log 2>&1",
+             srv.port);
+    int rc = run_script(cmd);
+    run_script("tail -n 12 /tmp/balsa_test_schemathesis.log");
+    CHECK_MSG(rc == 0, "schemathesis found problems (exit %d): /tmp/balsa_test_schemathesis.log", rc);
+}
+
 int main(void)
 {
     su_init();
@@ -479,7 +518,9 @@ int main(void)
     if (su_start(&srv, extra) == 0) {
         RUN(http_metadata_config_ready);
         RUN(http_infer_same_as_native);
+        RUN(openapi_document_served);
         RUN(tritonclient_against_balsa);
+        RUN(schemathesis_against_openapi);
         int rc = su_stop(&srv, 20);
         CHECK_MSG(rc == 0, "server exit status %d (log %s)", rc, srv.log);
     } else {
