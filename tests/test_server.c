@@ -12,6 +12,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -206,6 +207,8 @@ static int start_server(server_proc *sp, const char *const *extra)
     if (pid < 0)
         return -1;
     if (pid == 0) {
+        /* The server dies with this test, even if the test is killed outright. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         int fd = open(sp->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fd >= 0) {
             dup2(fd, 2);
@@ -674,6 +677,26 @@ static void *long_main(void *p)
 }
 
 /* Waits until the named gauge in /metrics reaches want (at most 10 s). */
+static int wait_metric(int port, const char *series, double want);
+
+/* The steps the server's model has executed so far. */
+static double steps_done(int port)
+{
+    resp r;
+    req1(port, "GET", "/metrics", NULL, NULL, &r);
+    double v = metric_value(r.body, "balsa_batch_size_count{model=\"test\"}");
+    free(r.body);
+    return v;
+}
+
+/* Waits until a long request is running: the step count grows past what it was before
+ * (the in-flight gauge alone can still count a finished request whose completion has
+ * not been recorded yet). */
+static int wait_running(int port, double steps_before)
+{
+    return wait_metric(port, "balsa_batch_size_count{model=\"test\"}", steps_before + 200);
+}
+
 static int wait_metric(int port, const char *series, double want)
 {
     double t0 = now_s();
@@ -691,10 +714,11 @@ static int wait_metric(int port, const char *series, double want)
 
 TEST(short_request_overtakes_long_one)
 {
-    long_arg la = {main_srv.port, 20000, 0, 0, 0};
+    long_arg la = {main_srv.port, 60000, 0, 0, 0};
     pthread_t th;
+    double before = steps_done(main_srv.port);
     REQUIRE(pthread_create(&th, NULL, long_main, &la) == 0);
-    CHECK(wait_metric(main_srv.port, "balsa_requests_in_flight", 1));
+    CHECK(wait_running(main_srv.port, before));
     resp r;
     req1(main_srv.port, "POST", "/infer", "{\"inputs\": [[7, 8]]}", NULL, &r);
     CHECK(r.code == 200);
@@ -710,19 +734,31 @@ TEST(full_queue_and_deadline)
 {
     server_proc sp;
     const char *extra[] = {"--max-batch-size", "1", "--queue-capacity", "2", "--access-log",
-                           "false", NULL};
+                           "false", "--max-request-steps", "4000000", "--body-limit", "16000000",
+                           NULL};
     REQUIRE(start_server(&sp, extra) == 0);
+    /* "Long" must mean long on this machine and build (sanitizers, SIMD or not): time one
+     * request and size the long ones to take about 1.5 s. */
+    long_arg probe = {sp.port, 20000, 0, 0, 0};
+    double t0 = now_s();
+    long_main(&probe);
+    double t = now_s() - t0;
+    CHECK(probe.code == 200);
+    int len = t >= 1.5 ? 20000 : (int)(20000 * 1.5 / (t > 0.01 ? t : 0.01));
+    if (len > 2000000)
+        len = 2000000;
     long_arg la[3];
     pthread_t th[3];
     /* one long request runs, then two wait in the queue */
     for (int i = 0; i < 3; i++) {
-        la[i] = (long_arg){sp.port, 20000, 0, 0, 0};
+        la[i] = (long_arg){sp.port, len, 0, 0, 0};
+        double before = steps_done(sp.port);
         REQUIRE(pthread_create(&th[i], NULL, long_main, &la[i]) == 0);
         if (i == 0)
-            CHECK(wait_metric(sp.port, "balsa_requests_in_flight", 1));
+            CHECK(wait_running(sp.port, before));
     }
     CHECK(wait_metric(sp.port, "balsa_queue_depth{model=\"test\"}", 2));
-    double t0 = now_s();
+    t0 = now_s();
     resp r;
     req1(sp.port, "POST", "/infer", "{\"inputs\": [[1]]}", NULL, &r);
     double took = now_s() - t0;
@@ -734,9 +770,10 @@ TEST(full_queue_and_deadline)
         CHECK(la[i].code == 200);
     }
     /* a request that cannot start within its timeout gets 504 without running */
-    la[0] = (long_arg){sp.port, 20000, 0, 0, 0};
+    la[0] = (long_arg){sp.port, len, 0, 0, 0};
+    double before = steps_done(sp.port);
     REQUIRE(pthread_create(&th[0], NULL, long_main, &la[0]) == 0);
-    CHECK(wait_metric(sp.port, "balsa_requests_in_flight", 1));
+    CHECK(wait_running(sp.port, before));
     req1(sp.port, "POST", "/infer", "{\"inputs\": [[1]], \"timeout_ms\": 5}", NULL, &r);
     CHECK(r.code == 504 && error_is(&r, "timeout_ms: the deadline passed"));
     free(r.body);

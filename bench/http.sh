@@ -1,0 +1,227 @@
+#!/usr/bin/env bash
+# End-to-end HTTP benchmark of `balsa serve` with wrk on loopback, everything in one run
+# so the ratios compare like with like on this (shared, noisy) machine:
+#   1. POST /infer on the demo model at concurrency 1, 16, 64, 256: req/s, p50, p99;
+#   2. batching on (max_batch_size 32) vs off (max_batch_size 1) at concurrency 64;
+#   3. GET /healthz of balsa vs a bare libmicrohttpd server (bench/bare_mhd.c) answering
+#      the same fixed JSON, and vs nginx returning the same bytes (context only);
+#   4. resident memory after 10,000 and after 100,000 requests.
+# Usage: bench/http.sh   (env: DUR seconds per point, default 5; BUILD, default
+# build/cuda or build/cpu; PORT_BASE, default 18180; BODY, the /infer body)
+# Needs wrk (tools/deps.sh); nginx is optional (apt-get install nginx-light).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DUR=${DUR:-5}
+PORT_BASE=${PORT_BASE:-18180}
+if [ -z "${BUILD:-}" ]; then
+    BUILD=$( [ -x build/cuda/balsa ] && echo build/cuda || echo build/cpu )
+fi
+BALSA=$BUILD/balsa
+BARE=$BUILD/bench/bare_mhd
+MODEL=models/demo/demo.safetensors
+BODY=${BODY:-'{"model": "demo", "inputs": [[12, 7, 99, 5, 310, 42, 8, 77, 501, 3, 64, 19, 230, 11, 900, 1]], "top_k": 5}'}
+# The memory phase sends many small requests: it looks for leaks per request.
+MEMBODY=${MEMBODY:-'{"model": "demo", "inputs": [[12, 7]], "top_k": 5}'}
+command -v wrk >/dev/null || { echo "wrk is not installed (bash tools/deps.sh)"; exit 1; }
+[ -x "$BALSA" ] && [ -x "$BARE" ] || { echo "build first: make -j2 ($BALSA, $BARE)"; exit 1; }
+
+TMP=$(mktemp -d /tmp/balsa_http_bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+cat > "$TMP/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$BODY'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+cat > "$TMP/mem.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$MEMBODY'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+
+wait_http() { # url
+    for _ in $(seq 200); do
+        curl -sf -o /dev/null "$1" && return 0
+        sleep 0.05
+    done
+    echo "no answer from $1"; exit 1
+}
+
+start_balsa() { # port, extra args...
+    local port=$1; shift
+    "$BALSA" serve --host 127.0.0.1 --port "$port" --model "demo=$MODEL" --access-log false \
+        --drain-delay-ms 0 "$@" 2>"$TMP/balsa_$port.log" &
+    PIDS+=($!)
+    LAST_PID=$!
+    wait_http "http://127.0.0.1:$port/readyz"
+}
+
+stop_pid() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+to_ms() { # "1.23ms" / "456.00us" / "1.02s" -> milliseconds
+    awk -v v="$1" 'BEGIN { n = v + 0; if (v ~ /us$/) n /= 1000; else if (v ~ /ms$/) n += 0;
+                    else if (v ~ /s$/) n *= 1000; printf "%.3f", n }'
+}
+
+# CPU seconds (user + system) used so far by a process and its child processes.
+cpu_s() {
+    local t=0 p
+    for p in "$1" $(pgrep -P "$1" || true); do
+        t=$((t + $(awk '{ sub(/.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    awk -v t="$t" -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.3f", t / hz }'
+}
+
+# run_wrk URL CONC [SCRIPT] [SERVER_PID] -> "req/s p50_ms p99_ms cpu_us_per_request errors"
+# (cpu: the server's CPU time per request, less sensitive to other tenants than req/s)
+run_wrk() {
+    local url=$1 c=$2 script=${3:-} pid=${4:-} t=2
+    [ "$c" -lt 2 ] && t=1
+    local out c0=0 c1=0
+    [ -n "$pid" ] && c0=$(cpu_s "$pid")
+    out=$(wrk -t"$t" -c"$c" -d"${DUR}s" --latency ${script:+-s "$script"} "$url")
+    [ -n "$pid" ] && c1=$(cpu_s "$pid")
+    local rps p50 p99 errs n cpu
+    rps=$(echo "$out" | awk '/^Requests\/sec:/ { print $2 }')
+    n=$(echo "$out" | awk '/ requests in / { print $1 }')
+    p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" { print $2 }')")
+    p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" { print $2 }')")
+    cpu=$(awk -v a="$c0" -v b="$c1" -v n="$n" 'BEGIN { printf "%.1f", (n > 0 ? (b - a) * 1e6 / n : 0) }')
+    errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ { sub(/^ +/, ""); printf "%s; ", $0 }' | tr ' ' '_')
+    echo "$rps $p50 $p99 $cpu ${errs:-none}"
+}
+
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+echo "# balsa HTTP benchmark, $(date -u '+%Y-%m-%d %H:%M UTC')"
+echo "machine: $(nproc) CPUs, $(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)"
+echo "build: $BALSA; $("$BALSA" version | tail -n 1)"
+echo "body: $BODY"
+echo "wrk: ${DUR}s per point, -t2 (-t1 at concurrency 1), keep-alive"
+echo
+
+P1=$((PORT_BASE + 1)) P2=$((PORT_BASE + 2)) P4=$((PORT_BASE + 4)) P5=$((PORT_BASE + 5))
+ROUNDS=${ROUNDS:-3}
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+# Every server runs from the start (idle ones cost nothing); comparisons alternate
+# between them round by round and report medians, because this machine is shared.
+start_balsa "$P1" --max-batch-size 32
+BALSA_ON=$LAST_PID
+start_balsa "$P2" --max-batch-size 1
+BALSA_OFF=$LAST_PID
+"$BARE" "$P4" 2 2>"$TMP/bare.log" &
+PIDS+=($!)
+BARE_PID=$!
+wait_http "http://127.0.0.1:$P4/"
+HAVE_NGINX=0
+if command -v nginx >/dev/null; then
+    mkdir -p "$TMP/nginx"
+    cat > "$TMP/nginx/nginx.conf" <<NGX
+worker_processes 1;
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/body;
+    proxy_temp_path $TMP/nginx/proxy;
+    server {
+        listen 127.0.0.1:$P5;
+        location / { default_type application/json; return 200 '{"status":"ok"}\n'; }
+    }
+}
+NGX
+    nginx -p "$TMP/nginx" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" &
+    PIDS+=($!)
+    NGX_PID=$!
+    wait_http "http://127.0.0.1:$P5/"
+    HAVE_NGINX=1
+fi
+
+echo "## POST /infer, demo model, batching on (max_batch_size 32, max_queue_delay_us 1000)"
+echo "| concurrency | req/s | p50 ms | p99 ms | server CPU us/request | errors |"
+echo "|---|---|---|---|---|---|"
+for c in 1 16 64 256; do
+    read -r rps p50 p99 cpu errs <<<"$(run_wrk "http://127.0.0.1:$P1/infer" "$c" "$TMP/post.lua" "$BALSA_ON")"
+    echo "| $c | $rps | $p50 | $p99 | $cpu | $errs |"
+done
+batches=$(curl -s "http://127.0.0.1:$P1/metrics" | awk '/^balsa_batch_size_(sum|count)\{model="demo"\}/ { v[$1 ~ /_sum/ ? "s" : "c"] = $2 } END { if (v["c"] > 0) printf "%.1f", v["s"] / v["c"] }')
+echo
+echo "mean sequences per executed step over these runs: $batches"
+
+echo
+echo "## batching on (max_batch_size 32) vs off (max_batch_size 1), concurrency 64, $ROUNDS rounds"
+echo "| round | on: req/s (p50 / p99 ms, CPU us/req) | off: req/s (p50 / p99 ms, CPU us/req) |"
+echo "|---|---|---|"
+ON=() OFF=() ONC=() OFFC=()
+for r in $(seq "$ROUNDS"); do
+    read -r a a50 a99 ac _ <<<"$(run_wrk "http://127.0.0.1:$P1/infer" 64 "$TMP/post.lua" "$BALSA_ON")"
+    read -r b b50 b99 bc _ <<<"$(run_wrk "http://127.0.0.1:$P2/infer" 64 "$TMP/post.lua" "$BALSA_OFF")"
+    ON+=("$a") OFF+=("$b") ONC+=("$ac") OFFC+=("$bc")
+    echo "| $r | $a ($a50 / $a99, $ac) | $b ($b50 / $b99, $bc) |"
+done
+on=$(median "${ON[@]}") off=$(median "${OFF[@]}")
+onc=$(median "${ONC[@]}") offc=$(median "${OFFC[@]}")
+echo
+echo "batching on / off at concurrency 64, medians: req/s $on / $off = $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2fx", a / b }') (goal >= 3x); server CPU per request $offc / $onc us = $(awk -v a="$offc" -v b="$onc" 'BEGIN { printf "%.2fx", a / b }') less with batching"
+
+echo
+echo "## GET /healthz, concurrency 64, $ROUNDS rounds: balsa vs bare libmicrohttpd (same threading, same body) vs nginx"
+echo "| round | balsa: req/s (p50 / p99 ms, CPU us/req) | bare libmicrohttpd | nginx, 1 worker |"
+echo "|---|---|---|---|"
+BH=() MH=() NH=() BC=() MC=()
+for r in $(seq "$ROUNDS"); do
+    read -r x x50 x99 xc _ <<<"$(run_wrk "http://127.0.0.1:$P1/healthz" 64 "" "$BALSA_ON")"
+    read -r y y50 y99 yc _ <<<"$(run_wrk "http://127.0.0.1:$P4/healthz" 64 "" "$BARE_PID")"
+    BH+=("$x") MH+=("$y") BC+=("$xc") MC+=("$yc")
+    nrow="skipped: nginx not installed"
+    if [ "$HAVE_NGINX" = 1 ]; then
+        read -r z z50 z99 zc _ <<<"$(run_wrk "http://127.0.0.1:$P5/healthz" 64 "" "$NGX_PID")"
+        NH+=("$z")
+        nrow="$z ($z50 / $z99, $zc)"
+    fi
+    echo "| $r | $x ($x50 / $x99, $xc) | $y ($y50 / $y99, $yc) | $nrow |"
+done
+bh=$(median "${BH[@]}") mh=$(median "${MH[@]}") bc=$(median "${BC[@]}") mc=$(median "${MC[@]}")
+echo
+echo "balsa /healthz vs bare libmicrohttpd, medians: req/s $bh / $mh = $(awk -v a="$bh" -v b="$mh" 'BEGIN { printf "%.0f%%", 100 * a / b }') (goal >= 90%); server CPU per request $bc vs $mc us ($(awk -v a="$bc" -v b="$mc" 'BEGIN { printf "%.0f%%", 100 * b / a }') of balsa's throughput per CPU-second)"
+[ "$HAVE_NGINX" = 1 ] && echo "nginx median: $(median "${NH[@]}") req/s (context only)"
+stop_pid "$BALSA_ON"
+stop_pid "$BALSA_OFF"
+echo
+echo "## resident memory under load (POST /infer $MEMBODY, concurrency 64)"
+P3=$((PORT_BASE + 3))
+start_balsa "$P3"
+MEM_PID=$LAST_PID
+rss0=$(rss_kb "$MEM_PID")
+answered() { curl -s "http://127.0.0.1:$P3/metrics" | awk '/^balsa_inference_requests_total\{model="demo",code="200"\}/ { print $2 }'; }
+load_until() { # keep wrk going in 2 s pieces until the server has answered $1 requests
+    while [ "$(answered)" -lt "$1" ]; do
+        wrk -t2 -c64 -d2s -s "$TMP/mem.lua" "http://127.0.0.1:$P3/infer" >/dev/null
+    done
+}
+load_until 10000
+n1=$(answered)
+rss1=$(rss_kb "$MEM_PID")
+load_until 100000
+n2=$(answered)
+rss2=$(rss_kb "$MEM_PID")
+stop_pid "$MEM_PID"
+echo "| after | requests answered | VmRSS KiB |"
+echo "|---|---|---|"
+echo "| start | 0 | $rss0 |"
+echo "| ~10,000 | $n1 | $rss1 |"
+echo "| ~100,000 | $n2 | $rss2 |"
+echo
+echo "RSS growth from 10k to 100k requests: $(awk -v a="$rss1" -v b="$rss2" 'BEGIN { printf "%+.1f%%", 100 * (b - a) / a }') (goal within 10%)"
+echo
+echo "rerun: bash bench/http.sh   (DUR=$DUR)"
