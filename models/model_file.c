@@ -365,7 +365,7 @@ static balsa_status read_matrix(const st_file *f, char *used, const model_tensor
     memcpy(hm->sp.offsets, st_data(f, to), st_numel(to));
     char why[160];
     if (bsmat_validate(&hm->sp, why, sizeof why) != BALSA_OK)
-        BAD("tensor %s: %s", strstr(why, "offset") ? oname : vname, why);
+        BAD("tensor %s: %s", strncmp(why, "offset", 6) == 0 ? oname : vname, why);
     return BALSA_OK;
 }
 

@@ -164,10 +164,17 @@ static int by_begin(const void *a, const void *b)
     return x->end < y->end ? -1 : x->end > y->end;
 }
 
-/* The data section must be covered exactly: sorted by offset, each tensor starts where
- * the previous ended, the last ends at the end of the file. */
+/* No name twice, and the data section covered exactly: sorted by offset, each tensor
+ * starts where the previous ended, the last ends at the end of the file. */
 static balsa_status check_layout(st_file *f, char *err, size_t errlen)
 {
+    for (int i = 1; i < f->ntensors; i++)
+        for (int j = 0; j < i; j++)
+            if (strcmp(f->tensors[i].name, f->tensors[j].name) == 0) {
+                snprintf(err, errlen, "tensor %s: named twice in the header",
+                         f->tensors[i].name);
+                return BALSA_ERR_FORMAT;
+            }
     qsort(f->tensors, f->ntensors, sizeof *f->tensors, by_begin);
     size_t at = 0;
     for (int i = 0; i < f->ntensors; i++) {
@@ -189,13 +196,6 @@ static balsa_status check_layout(st_file *f, char *err, size_t errlen)
                  "safetensors layout)", f->data_len - at);
         return BALSA_ERR_FORMAT;
     }
-    for (int i = 1; i < f->ntensors; i++)
-        for (int j = 0; j < i; j++)
-            if (strcmp(f->tensors[i].name, f->tensors[j].name) == 0) {
-                snprintf(err, errlen, "tensor %s: named twice in the header",
-                         f->tensors[i].name);
-                return BALSA_ERR_FORMAT;
-            }
     return BALSA_OK;
 }
 

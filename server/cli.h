@@ -7,5 +7,6 @@ int convert_main(int argc, char **argv); /* server/cmd_model.c */
 int inspect_main(int argc, char **argv); /* server/cmd_model.c */
 int serve_main(int argc, char **argv);   /* balsa serve: the HTTP server (server/serve.c) */
 int run_main(int argc, char **argv);     /* balsa run FILE: one request on stdin (server/run.c) */
+int bench_lstm_main(int argc, char **argv); /* server/bench_lstm.c */
 
 #endif

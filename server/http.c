@@ -76,16 +76,20 @@ static double secs(uint64_t a, uint64_t b)
     return b > a ? (double)(b - a) * 1e-9 : 0;
 }
 
-/* Queues body (malloc'd, ownership passes to MHD) with status code. */
-static enum MHD_Result send_body(http_req *x, int code, char *body, size_t len,
-                                 const char *ctype)
+/* Queues body with status code: a malloc'd body whose ownership passes to MHD, or, with
+ * is_static, a string constant that is not copied. */
+static enum MHD_Result send_response(http_req *x, int code, char *body, size_t len,
+                                     const char *ctype, int is_static)
 {
     server *s = x->srv;
     if (!body)
         return MHD_NO;
-    struct MHD_Response *r = MHD_create_response_from_buffer_with_free_callback(len, body, free);
+    struct MHD_Response *r =
+        is_static ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_PERSISTENT)
+                  : MHD_create_response_from_buffer_with_free_callback(len, body, free);
     if (!r) {
-        free(body);
+        if (!is_static)
+            free(body);
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
@@ -112,9 +116,20 @@ static enum MHD_Result send_body(http_req *x, int code, char *body, size_t len,
     return ret;
 }
 
+static enum MHD_Result send_body(http_req *x, int code, char *body, size_t len,
+                                 const char *ctype)
+{
+    return send_response(x, code, body, len, ctype, 0);
+}
+
 static enum MHD_Result send_json(http_req *x, int code, char *body, size_t len)
 {
     return send_body(x, code, body, len, "application/json");
+}
+
+static enum MHD_Result send_static_json(http_req *x, int code, const char *body)
+{
+    return send_response(x, code, (char *)body, strlen(body), "application/json", 1);
 }
 
 static enum MHD_Result send_error(http_req *x, int code, const char *msg)
@@ -405,10 +420,10 @@ static enum MHD_Result route(http_req *x, const char *method)
     case METRICS_H_METRICS:
         return handle_metrics(x);
     case METRICS_H_HEALTHZ:
-        return send_json(x, 200, strdup("{\"status\":\"ok\"}\n"), 16);
+        return send_static_json(x, 200, "{\"status\":\"ok\"}\n");
     case METRICS_H_READYZ:
         if (server_ready(s, why, sizeof why))
-            return send_json(x, 200, strdup("{\"status\":\"ready\"}\n"), 19);
+            return send_static_json(x, 200, "{\"status\":\"ready\"}\n");
         return send_error(x, 503, why);
     default:
         return send_error(x, 404, "no such path");
@@ -445,8 +460,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             }
         }
         /* A declared length over the limit is refused without buffering anything. */
-        const char *cl = MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                     MHD_HTTP_HEADER_CONTENT_LENGTH);
+        const char *cl = x->handler == METRICS_H_INFER
+                             ? MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                           MHD_HTTP_HEADER_CONTENT_LENGTH)
+                             : NULL;
         if (cl && strtoull(cl, NULL, 10) > (unsigned long long)s->cfg.body_limit)
             x->too_big = 1;
         *con_cls = x;

@@ -36,6 +36,7 @@ static const command commands[] = {
     {"inspect", NULL, inspect_main, "check a model file and print its network and sparsity"},
     {"serve", NULL, serve_main, "serve models over HTTP (balsa serve --help)"},
     {"run", NULL, run_main, "run one /infer request body from stdin through a model file"},
+    {"bench", "lstm", bench_lstm_main, "time a balanced-sparse LSTM against the dense path"},
 };
 
 static void usage(FILE *f)

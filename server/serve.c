@@ -156,7 +156,6 @@ static int drain(server *s, const sigset_t *sigs)
             sched_close(s->models[i].sched);
     long left = atomic_load(&s->suspended);
     fprintf(stderr, "balsa: stopped accepting; finishing %ld admitted request(s)\n", left);
-    int rc = 0;
     if (!wait_idle(s, s->cfg.drain_timeout_ms)) {
         fprintf(stderr, "balsa: drain timeout (%d ms): failing the queued requests with 503\n",
                 s->cfg.drain_timeout_ms);
@@ -169,11 +168,10 @@ static int drain(server *s, const sigset_t *sigs)
                     (long)atomic_load(&s->suspended));
             return 1;
         }
-        rc = 0;
     }
     http_stop(s);
     fprintf(stderr, "balsa: drained in %.3f s\n", (double)(queue_now_ns() - t0) * 1e-9);
-    return rc;
+    return 0;
 }
 
 static void server_free(server *s)
