@@ -460,7 +460,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             }
         }
         /* A declared length over the limit is refused without buffering anything. */
-        const char *cl = x->handler == METRICS_H_INFER
+        const char *cl = x->handler == METRICS_H_INFER || x->handler == METRICS_H_V2
                              ? MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                            MHD_HTTP_HEADER_CONTENT_LENGTH)
                              : NULL;
