@@ -426,6 +426,15 @@ TEST(http_infer_same_as_native)
     su_request(srv.port, "POST", "/v2/models/tok/infer", "{", 1, "Inference-Header-Content-Length: 9", &r);
     CHECK(r.code == 400 && strstr(r.body, "more than the body"));
     free(r.body);
+    /* a body over body_limit (1 MiB by default): 413, like POST /infer */
+    size_t big = (1u << 20) + 16;
+    char *huge = malloc(big);
+    REQUIRE(huge);
+    memset(huge, ' ', big);
+    su_request(srv.port, "POST", "/v2/models/tok/infer", huge, big, NULL, &r);
+    free(huge);
+    CHECK_MSG(r.code == 413 && strstr(r.body, "larger than the limit"), "%ld %s", r.code, r.body);
+    free(r.body);
     cJSON *st = get_json("/v2/models/tok/stats", 200);
     REQUIRE(st);
     const cJSON *ms = cJSON_GetArrayItem(cJSON_GetObjectItem(st, "model_stats"), 0);
