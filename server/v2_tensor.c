@@ -117,7 +117,7 @@ static int flatten(const cJSON *a, v2_in *t, long long *n, const char *name, cha
 /* Reads one element of "inputs" into ins[0] (the model's input) or ins[1] (lengths). */
 static int parse_input(const cJSON *in, int idx, const model_info *info, v2_in *ins,
                        const char *bin, size_t binlen, size_t *bin_used, int have_header,
-                       char *err, size_t errlen)
+                       size_t json_len, char *err, size_t errlen)
 {
     const char *main_name = info->input_kind == MODEL_INPUT_TOKENS ? "tokens" : "features";
     if (!cJSON_IsObject(in))
@@ -226,6 +226,17 @@ static int parse_input(const cJSON *in, int idx, const model_info *info, v2_in *
         }
     }
     size_t bytes = (size_t)t->count * dt_size[t->dtype];
+    /* Nothing is allocated for a shape the body cannot hold: raw data must be exactly
+     * `bytes` long, and JSON needs at least two characters ("0,") per element. */
+    if (bin_size >= 0 && (size_t)bin_size != bytes)
+        return fail(err, errlen, 400,
+                    "inputs.%s.parameters.binary_data_size: %lld bytes, but shape and "
+                    "datatype make %zu",
+                    nm, bin_size, bytes);
+    if (bin_size < 0 && (size_t)t->count > json_len / 2 + 1)
+        return fail(err, errlen, 400,
+                    "inputs.%s.shape: holds %lld elements, more than the request's data can",
+                    nm, t->count);
     if (t->dtype == DT_FP32)
         t->floats = malloc((size_t)t->count * sizeof *t->floats);
     else
@@ -240,11 +251,6 @@ static int parse_input(const cJSON *in, int idx, const model_info *info, v2_in *
                         nm);
         if (data)
             return fail(err, errlen, 400, "inputs.%s: give either data or binary_data_size", nm);
-        if ((size_t)bin_size != bytes)
-            return fail(err, errlen, 400,
-                        "inputs.%s.parameters.binary_data_size: %lld bytes, but shape and "
-                        "datatype make %zu",
-                        nm, bin_size, bytes);
         if (*bin_used + bytes > binlen)
             return fail(err, errlen, 400,
                         "inputs.%s: binary data runs past the end of the body (%zu bytes after "
@@ -352,7 +358,8 @@ static int parse_outputs(const cJSON *outputs, int binary_default, v2_request *v
     return 0;
 }
 
-static int parse_root(const cJSON *root, const char *bin, size_t binlen, int have_header,
+static int parse_root(const cJSON *root, size_t json_len, const char *bin, size_t binlen,
+                      int have_header,
                       const api_model *am, const api_limits *lim, api_request *r,
                       v2_request *v, v2_in *ins, char *err, size_t errlen)
 {
@@ -423,8 +430,8 @@ static int parse_root(const cJSON *root, const char *bin, size_t binlen, int hav
     const cJSON *in;
     cJSON_ArrayForEach(in, inputs)
     {
-        int code = parse_input(in, i++, info, ins, bin, binlen, &bin_used, have_header, err,
-                               errlen);
+        int code = parse_input(in, i++, info, ins, bin, binlen, &bin_used, have_header,
+                               json_len, err, errlen);
         if (code)
             return code;
     }
@@ -553,8 +560,8 @@ int v2_parse_infer(const char *body, size_t len, long header_len, const api_mode
                     header_len < 0 ? " (binary data needs Inference-Header-Content-Length)"
                                    : "");
     else
-        code = parse_root(root, body + jlen, len - jlen, header_len >= 0, &models[model], lim, r,
-                          v, ins, err, errlen);
+        code = parse_root(root, jlen, body + jlen, len - jlen, header_len >= 0, &models[model],
+                          lim, r, v, ins, err, errlen);
     cJSON_Delete(root);
     for (int k = 0; k < 2; k++) {
         free(ins[k].ints);

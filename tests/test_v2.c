@@ -189,7 +189,11 @@ TEST(codec_refusals)
          400, "outputs[0].name: \"logits\" is not an output"},
         {0, "{\"inputs\":[{\"name\":\"tokens\",\"shape\":[1,1000],\"datatype\":\"INT32\",\"data\":[1]},"
             "{\"name\":\"lengths\",\"shape\":[1],\"datatype\":\"INT32\",\"data\":[1]}]}",
-         400, "inputs.tokens.data: 1 elements, but the shape holds 1000"},
+         400, "inputs.tokens.shape: holds 1000 elements, more than the request's data can"},
+        {0, "{\"inputs\":[{\"name\":\"tokens\",\"shape\":[2,3],\"datatype\":\"INT32\",\"data\":[1,2,3,4,5]}]}",
+         400, "inputs.tokens.data: 5 elements, but the shape holds 6"},
+        {0, "{\"inputs\":[{\"name\":\"tokens\",\"shape\":[16384,16384],\"datatype\":\"INT64\",\"data\":[1]}]}",
+         400, "inputs.tokens.shape: holds 268435456 elements, more than"},
         {1, "{\"inputs\":[{\"name\":\"features\",\"shape\":[1,1,5],\"datatype\":\"FP32\",\"data\":[1,2,3,4,5]}]}",
          400, "inputs.features.shape[2]: must be the input size 6"},
         {1, "{\"inputs\":[{\"name\":\"features\",\"shape\":[1,1,6],\"datatype\":\"FP32\",\"data\":[1,2,3,4,5,1e39]}]}",
