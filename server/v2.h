@@ -5,7 +5,8 @@
  * through the same queue and scheduler as POST /infer, with v2_tensor.h's codec.
  *
  * Versions: balsa serves one version of each model, "1"; the /versions/{v} forms accept
- * "1" and answer 404 for any other version. */
+ * "1" and answer 404 for any other version. As in Triton, GET /v2/models/stats is every
+ * model's statistics, so a model named "stats" has no metadata route of its own. */
 #ifndef BALSA_V2_H
 #define BALSA_V2_H
 

@@ -439,6 +439,12 @@ TEST(http_infer_same_as_native)
     free(huge);
     CHECK_MSG(r.code == 413 && strstr(r.body, "larger than the limit"), "%ld %s", r.code, r.body);
     free(r.body);
+    /* v2 requests are in the Prometheus metrics, by handler and per model */
+    su_request(srv.port, "GET", "/metrics", NULL, 0, NULL, &r);
+    CHECK(strstr(r.body, "balsa_http_requests_total{handler=\"/v2\",code=\"200\"}") != NULL);
+    CHECK(strstr(r.body, "balsa_http_requests_total{handler=\"/v2\",code=\"400\"}") != NULL);
+    CHECK(strstr(r.body, "balsa_inference_requests_total{model=\"tok\",code=\"400\"}") != NULL);
+    free(r.body);
     cJSON *st = get_json("/v2/models/tok/stats", 200);
     REQUIRE(st);
     const cJSON *ms = cJSON_GetArrayItem(cJSON_GetObjectItem(st, "model_stats"), 0);
