@@ -71,6 +71,14 @@ static const struct {
 };
 #define NROUTES (int)(sizeof routes / sizeof *routes)
 
+/* Copies the NUL-terminated src into dst[0..n), truncating (a hot path: no printf). */
+static void copy_str(char *dst, size_t n, const char *src)
+{
+    size_t len = strnlen(src, n - 1);
+    memcpy(dst, src, len);
+    dst[len] = 0;
+}
+
 static double secs(uint64_t a, uint64_t b)
 {
     return b > a ? (double)(b - a) * 1e-9 : 0;
@@ -443,10 +451,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
             return MHD_NO;
         x->srv = s;
         x->conn = conn;
-        x->t0 = queue_now_ns();
         x->model = -1;
-        snprintf(x->method, sizeof x->method, "%s", method);
-        snprintf(x->path, sizeof x->path, "%s", url);
+        copy_str(x->method, sizeof x->method, method);
+        copy_str(x->path, sizeof x->path, url);
         x->handler = METRICS_H_OTHER;
         for (int i = 0; i < NROUTES; i++)
             if (!strcmp(url, routes[i].path))
@@ -459,6 +466,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 return MHD_NO;
             }
         }
+        /* Times are needed for /infer and v2 (deadline, metrics, statistics) and for the
+         * access log only. */
+        if (x->handler == METRICS_H_INFER || x->handler == METRICS_H_V2 || s->cfg.access_log)
+            x->t0 = queue_now_ns();
         /* A declared length over the limit is refused without buffering anything. */
         const char *cl = x->handler == METRICS_H_INFER || x->handler == METRICS_H_V2
                              ? MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
@@ -513,7 +524,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (!x)
         return;
     *con_cls = NULL;
-    uint64_t t1 = queue_now_ns();
+    uint64_t t1 = x->t0 ? queue_now_ns() : 0;
     int code = x->code ? x->code : 500;
     metrics_http(s->metrics, x->handler, code);
     if (x->model >= 0)
