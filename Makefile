@@ -92,6 +92,9 @@ $(B)/%.o: %.cu
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
+# server/openapi.c embeds this file with .incbin, which -MMD cannot see.
+$(B)/server/openapi.o: server/openapi.json
+
 $(B)/balsa: $(B)/server/main.o $(B)/libbalsa.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(if $(filter 1,$(USE_CUDA)),-lstdc++)
 

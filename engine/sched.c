@@ -151,7 +151,10 @@ static void *sched_main(void *arg)
             if (s->slots[i].used && s->slots[i].req->batch_max < active)
                 s->slots[i].req->batch_max = active;
         int ndone = 0;
+        uint64_t t_step = queue_now_ns();
         balsa_status st = model_stream_step(s->stream, s->done, &ndone);
+        if (s->cfg.on_executed)
+            s->cfg.on_executed(s->ctx, active, queue_now_ns() - t_step);
         for (int i = 0; i < ndone; i++) {
             slot_rec *slot = s->done[i];
             sched_request *r = slot->req;

@@ -42,6 +42,9 @@ typedef struct {
     int max_batch_size;     /* slots of the model_stream */
     int max_queue_delay_us;
     int queue_capacity;     /* requests */
+    /* Optional (NULL: none): called from the scheduler thread after every step with the
+     * number of sequences it ran and its duration, with sched_create's ctx. */
+    void (*on_executed)(void *ctx, int batch, uint64_t step_ns);
 } sched_config;
 
 typedef struct sched sched;

@@ -23,6 +23,9 @@
 #include "api.h"
 #include "jsonw.h"
 #include "server.h"
+#include "v2.h"
+#include "v2_stats.h"
+#include "v2_tensor.h"
 
 #ifndef BALSA_VERSION
 #define BALSA_VERSION "0.1.0"
@@ -47,6 +50,14 @@ typedef struct {
     char err[256];     /* message for a 503 decided before the scheduler ran */
     api_request req;
     sched_request sreq;
+    /* KServe v2 (v2.c): the full URL, the request's v2 part, the Allow header of a 405,
+     * the JSON length of a binary-extension answer, and the times the statistics need. */
+    char *url;
+    int v2;
+    v2_request v2req;
+    const char *allow;
+    size_t infer_header_len;
+    uint64_t t_submit, t_out0, t_out1;
 } http_req;
 
 static const struct {
@@ -92,7 +103,14 @@ static enum MHD_Result send_response(http_req *x, int code, char *body, size_t l
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     if (code == 503)
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
-    if (code == 405) {
+    if (code == 405 && x->allow)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, x->allow);
+    if (x->infer_header_len) {
+        char hl[24];
+        snprintf(hl, sizeof hl, "%zu", x->infer_header_len);
+        MHD_add_response_header(r, "Inference-Header-Content-Length", hl);
+    }
+    if (code == 405 && !x->allow) {
         for (int i = 0; i < NROUTES; i++)
             if (routes[i].handler == x->handler)
                 MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, routes[i].allow);
@@ -206,6 +224,8 @@ static int json_content_type(const char *ct)
            (n == 33 && strncasecmp(ct, "application/x-www-form-urlencoded", 33) == 0);
 }
 
+static enum MHD_Result submit_infer(http_req *x);
+
 static enum MHD_Result handle_infer(http_req *x)
 {
     server *s = x->srv;
@@ -233,6 +253,15 @@ static enum MHD_Result handle_infer(http_req *x)
             metrics_reject(s->metrics, METRICS_R_NOT_READY);
         return send_error(x, code, err);
     }
+    return submit_infer(x);
+}
+
+/* Runs a parsed request (x->req, x->model) through the model's queue and scheduler: the
+ * connection is suspended until on_sched_done; answer_infer answers it. Shared by
+ * POST /infer and the v2 infer path. */
+static enum MHD_Result submit_infer(http_req *x)
+{
+    server *s = x->srv;
     server_model *sm = &s->models[x->model];
     if (api_alloc_outputs(&x->req, sm->info))
         return send_error(x, 500, "out of memory for the outputs");
@@ -261,6 +290,7 @@ static enum MHD_Result handle_infer(http_req *x)
     x->suspended = 1;
     metrics_inflight_add(s->metrics, 1);
     x->phase = PHASE_WAITING;
+    x->t_submit = queue_now_ns();
     MHD_suspend_connection(x->conn);
     balsa_status st = sched_submit(sm->sched, r);
     if (st != BALSA_OK) {
@@ -288,9 +318,17 @@ static enum MHD_Result answer_infer(http_req *x)
         metrics_queue_compute(s->metrics, x->model, secs(r->enqueued_ns, r->started_ns),
                               secs(r->started_ns, r->finished_ns));
         size_t len;
-        char *body = api_render_response(&x->req, sm->cfg->name, sm->info, &len);
+        x->t_out0 = queue_now_ns();
+        char *body = x->v2 ? v2_render_infer(&x->req, &x->v2req, sm->cfg->name, sm->info, &len,
+                                             &x->infer_header_len)
+                           : api_render_response(&x->req, sm->cfg->name, sm->info, &len);
+        x->t_out1 = queue_now_ns();
         if (!body)
             return send_error(x, 500, "out of memory rendering the response");
+        if (x->infer_header_len == len)
+            x->infer_header_len = 0; /* all JSON: no Inference-Header-Content-Length */
+        if (x->infer_header_len)
+            return send_body(x, 200, body, len, "application/octet-stream");
         return send_json(x, 200, body, len);
     }
     char msg[256];
@@ -310,6 +348,47 @@ static enum MHD_Result answer_infer(http_req *x)
     return send_error(x, 500, msg);
 }
 
+/* KServe v2 paths and /openapi.json (v2.c); v2 inference runs like POST /infer. */
+static enum MHD_Result route_v2(http_req *x, const char *method)
+{
+    server *s = x->srv;
+    v2_reply rep;
+    int model;
+    if (v2_route(s, method, x->url, &rep, &model) == V2_ANSWERED) {
+        x->allow = rep.allow;
+        return send_body(x, rep.code, rep.body, rep.len, rep.ctype);
+    }
+    if (atomic_load(&s->stage) == SERVER_REFUSING) {
+        metrics_reject(s->metrics, METRICS_R_DRAINING);
+        return send_error(x, 503, "server is shutting down; retry on another instance");
+    }
+    const char *hl = MHD_lookup_connection_value(x->conn, MHD_HEADER_KIND,
+                                                 "Inference-Header-Content-Length");
+    long header_len = -1;
+    if (hl) {
+        char *end;
+        header_len = strtol(hl, &end, 10);
+        if (end == hl || *end || header_len < 0)
+            return send_error(x, 400, "Inference-Header-Content-Length: must be a byte count");
+    }
+    api_model am[CONFIG_MAX_MODELS];
+    api_models(s, am);
+    api_limits lim = {s->cfg.max_request_steps, s->cfg.max_output_values};
+    char err[512];
+    x->model = model;
+    x->v2 = 1;
+    int code = v2_parse_infer(x->body ? x->body : "", x->len, header_len, am, model, &lim,
+                              &x->req, &x->v2req, err, sizeof err);
+    if (code) {
+        if (code == 503)
+            metrics_reject(s->metrics, METRICS_R_NOT_READY);
+        return send_error(x, code, err);
+    }
+    free(x->body);
+    x->body = NULL;
+    return submit_infer(x);
+}
+
 static enum MHD_Result route(http_req *x, const char *method)
 {
     server *s = x->srv;
@@ -319,6 +398,8 @@ static enum MHD_Result route(http_req *x, const char *method)
         metrics_reject(s->metrics, METRICS_R_BODY_TOO_LARGE);
         return send_error(x, 413, msg);
     }
+    if (x->url)
+        return route_v2(x, method);
     int i;
     for (i = 0; i < NROUTES; i++)
         if (routes[i].handler == x->handler)
@@ -326,7 +407,8 @@ static enum MHD_Result route(http_req *x, const char *method)
     if (i == NROUTES) {
         char msg[256];
         snprintf(msg, sizeof msg,
-                 "no such path: %s (paths: /infer, /models, /metrics, /healthz, /readyz)",
+                 "no such path: %s (paths: /infer, /models, /metrics, /healthz, /readyz, "
+                 "/openapi.json, /v2...)",
                  x->path);
         return send_error(x, 404, msg);
     }
@@ -376,11 +458,20 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         for (int i = 0; i < NROUTES; i++)
             if (!strcmp(url, routes[i].path))
                 x->handler = routes[i].handler;
-        /* Times are needed for /infer (deadline, metrics) and for the access log only. */
-        if (x->handler == METRICS_H_INFER || s->cfg.access_log)
+        if (v2_owns_path(url)) {
+            x->handler = METRICS_H_V2;
+            x->url = strdup(url);
+            if (!x->url) {
+                free(x);
+                return MHD_NO;
+            }
+        }
+        /* Times are needed for /infer and v2 (deadline, metrics, statistics) and for the
+         * access log only. */
+        if (x->handler == METRICS_H_INFER || x->handler == METRICS_H_V2 || s->cfg.access_log)
             x->t0 = queue_now_ns();
         /* A declared length over the limit is refused without buffering anything. */
-        const char *cl = x->handler == METRICS_H_INFER
+        const char *cl = x->handler == METRICS_H_INFER || x->handler == METRICS_H_V2
                              ? MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                            MHD_HTTP_HEADER_CONTENT_LENGTH)
                              : NULL;
@@ -398,7 +489,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
          * oversized body and answer 413 on the final call. */
         size_t n = *upload_size;
         *upload_size = 0;
-        if (x->too_big || x->handler != METRICS_H_INFER)
+        if (x->too_big || (x->handler != METRICS_H_INFER && x->handler != METRICS_H_V2))
             return MHD_YES;
         if (x->len + n > (size_t)s->cfg.body_limit) {
             x->too_big = 1;
@@ -438,6 +529,14 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     metrics_http(s->metrics, x->handler, code);
     if (x->model >= 0)
         metrics_infer(s->metrics, x->model, code, secs(x->t0, t1));
+    if (x->model >= 0 && code == 200) {
+        const sched_request *r = &x->sreq;
+        v2_stats_times t = {t1 - x->t0, x->t_submit - x->t0, r->started_ns - r->enqueued_ns,
+                            r->finished_ns - r->started_ns, x->t_out1 - x->t_out0};
+        v2_stats_success(s->v2stats, x->model, x->req.nseqs, &t);
+    } else if (x->model >= 0) {
+        v2_stats_fail(s->v2stats, x->model, t1 - x->t0);
+    }
     if (s->cfg.access_log) {
         char line[400];
         const sched_request *r = &x->sreq;
@@ -460,6 +559,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     }
     api_request_free(&x->req);
     free(x->body);
+    free(x->url);
     free(x);
 }
 

@@ -16,7 +16,8 @@ static const int codes[] = {200, 400, 404, 405, 413, 415, 500, 503, 504};
 #define NCODES (int)(sizeof codes / sizeof *codes)
 
 static const char *handler_names[METRICS_NHANDLERS] = {"/infer",  "/models", "/metrics",
-                                                       "/healthz", "/readyz", "other"};
+                                                       "/healthz", "/readyz", "/v2",
+                                                       "other"};
 static const char *reason_names[METRICS_NREASONS] = {"queue_full", "draining",
                                                      "deadline_exceeded", "body_too_large",
                                                      "not_ready"};

@@ -14,6 +14,7 @@ typedef enum {
     METRICS_H_METRICS,
     METRICS_H_HEALTHZ,
     METRICS_H_READYZ,
+    METRICS_H_V2, /* every /v2 path and /openapi.json */
     METRICS_H_OTHER,
     METRICS_NHANDLERS
 } metrics_handler;

@@ -12,6 +12,7 @@
 
 #include "cli.h"
 #include "server.h"
+#include "v2_stats.h"
 
 #ifndef BALSA_VERSION
 #define BALSA_VERSION "0.1.0"
@@ -32,6 +33,7 @@ static void sleep_ms(int ms)
 /* Called by each scheduler before every step: the executed-batch-size histogram. */
 typedef struct {
     metrics *m;
+    v2_stats *st;
     int model;
 } step_ctx;
 
@@ -39,6 +41,13 @@ static void on_step(void *ctx, int batch)
 {
     step_ctx *c = ctx;
     metrics_batch(c->m, c->model, batch);
+}
+
+/* Called by each scheduler after every step: the statistics extension's batch_stats. */
+static void on_executed(void *ctx, int batch, uint64_t step_ns)
+{
+    step_ctx *c = ctx;
+    v2_stats_execution(c->st, c->model, batch, step_ns);
 }
 
 /* Loads model i, runs one warm-up batch with model_run and starts its scheduler. */
@@ -95,9 +104,10 @@ static int load_model(server *s, int i, step_ctx *ctx, char *err, size_t errlen)
         return -1;
     }
     ctx->m = s->metrics;
+    ctx->st = s->v2stats;
     ctx->model = i;
     sched_config sc = {sm->cfg->batching.max_batch_size, sm->cfg->batching.max_queue_delay_us,
-                       sm->cfg->batching.queue_capacity};
+                       sm->cfg->batching.queue_capacity, on_executed};
     st = sched_create(sm->model, &sc, on_step, ctx, &sm->sched);
     if (st != BALSA_OK) {
         snprintf(err, errlen, "model %s: scheduler: %s", sm->cfg->name, balsa_status_str(st));
@@ -175,6 +185,7 @@ static void server_free(server *s)
             sm->be->ops->destroy(sm->be);
     }
     metrics_free(s->metrics);
+    v2_stats_free(s->v2stats);
 }
 
 int serve_main(int argc, char **argv)
@@ -232,7 +243,11 @@ int serve_main(int argc, char **argv)
     probe->ops->destroy(probe);
 
     s->metrics = metrics_create(c->nmodels, names, BALSA_VERSION, backend_name);
-    if (!s->metrics) {
+    int max_batch[CONFIG_MAX_MODELS];
+    for (int i = 0; i < c->nmodels; i++)
+        max_batch[i] = c->models[i].batching.max_batch_size;
+    s->v2stats = v2_stats_create(c->nmodels, max_batch);
+    if (!s->metrics || !s->v2stats) {
         fprintf(stderr, "balsa serve: out of memory\n");
         return 1;
     }

@@ -32,6 +32,7 @@ typedef struct server {
     int nmodels;
     server_model models[CONFIG_MAX_MODELS];
     metrics *metrics;
+    struct v2_stats *v2stats;    /* Triton-style statistics (v2_stats.h) */
     struct MHD_Daemon *daemon;
     int listen_fd;               /* after http_quiesce, until http_stop */
     int port;                    /* the bound port */

@@ -1,0 +1,241 @@
+/* Helpers for tests that run `balsa serve` (env BALSA_BIN) as a child process on a free
+ * loopback port and talk to it with libcurl: start and wait for /readyz, stop with
+ * SIGTERM, kill every child on every path (also on a crash of the test), and one-shot
+ * requests that capture the status, body and the headers tests look at. */
+#ifndef BALSA_TESTS_SERVER_UTIL_H
+#define BALSA_TESTS_SERVER_UTIL_H
+
+#include <curl/curl.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+typedef struct {
+    pid_t pid;
+    int port;
+    char log[256];
+} su_server;
+
+static pid_t su_children[8];
+static int su_nchildren;
+
+static inline double su_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static inline void su_kill_children(void)
+{
+    for (int i = 0; i < su_nchildren; i++)
+        if (su_children[i] > 0) {
+            kill(su_children[i], SIGKILL);
+            waitpid(su_children[i], NULL, 0);
+            su_children[i] = 0;
+        }
+}
+
+static inline void su_on_fatal_signal(int sig)
+{
+    su_kill_children();
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+/* Installs the handlers that kill the children when the test crashes. */
+static inline void su_init(void)
+{
+    signal(SIGSEGV, su_on_fatal_signal);
+    signal(SIGABRT, su_on_fatal_signal);
+    signal(SIGPIPE, SIG_IGN);
+    curl_global_init(CURL_GLOBAL_ALL);
+}
+
+static inline int su_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a;
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    if (bind(fd, (struct sockaddr *)&a, sizeof a) || getsockname(fd, (struct sockaddr *)&a, &len)) {
+        close(fd);
+        return -1;
+    }
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+typedef struct {
+    CURLcode cc;
+    long code;
+    char *body; /* NUL-terminated (binary bodies too: use len) */
+    size_t len;
+    char ctype[96], allow[64], header_len[24];
+} su_resp;
+
+static inline size_t su_on_body(char *p, size_t sz, size_t n, void *u)
+{
+    su_resp *r = u;
+    char *b = realloc(r->body, r->len + sz * n + 1);
+    if (!b)
+        return 0;
+    memcpy(b + r->len, p, sz * n);
+    r->body = b;
+    r->len += sz * n;
+    r->body[r->len] = 0;
+    return sz * n;
+}
+
+static inline void su_header_value(const char *line, size_t n, const char *name, char *out,
+                                   size_t outlen)
+{
+    size_t k = strlen(name);
+    if (n <= k + 1 || strncasecmp(line, name, k) != 0 || line[k] != ':')
+        return;
+    const char *v = line + k + 1;
+    while (*v == ' ')
+        v++;
+    size_t m = (size_t)(line + n - v);
+    while (m && (v[m - 1] == '\r' || v[m - 1] == '\n'))
+        m--;
+    snprintf(out, outlen, "%.*s", (int)m, v);
+}
+
+static inline size_t su_on_header(char *p, size_t sz, size_t n, void *u)
+{
+    su_resp *r = u;
+    su_header_value(p, sz * n, "Content-Type", r->ctype, sizeof r->ctype);
+    su_header_value(p, sz * n, "Allow", r->allow, sizeof r->allow);
+    su_header_value(p, sz * n, "Inference-Header-Content-Length", r->header_len,
+                    sizeof r->header_len);
+    return sz * n;
+}
+
+/* One request; body may hold NUL bytes (blen). extra_header: one "Name: value" line or
+ * NULL. The caller frees r->body. */
+static inline void su_request(int port, const char *method, const char *path, const char *body,
+                              size_t blen, const char *extra_header, su_resp *r)
+{
+    memset(r, 0, sizeof *r);
+    CURL *h = curl_easy_init();
+    char url[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, su_on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, su_on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 60L);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    struct curl_slist *hdrs = curl_slist_append(NULL, "Expect:");
+    hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+    if (extra_header)
+        hdrs = curl_slist_append(hdrs, extra_header);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
+    if (body) {
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+    }
+    r->cc = curl_easy_perform(h);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->code);
+    curl_slist_free_all(hdrs);
+    curl_easy_cleanup(h);
+    if (!r->body)
+        r->body = calloc(1, 1);
+}
+
+/* Starts `balsa serve --host 127.0.0.1 --port P --threads 1` plus extra (NULL-ended) with
+ * its output in /tmp, and waits up to 30 s for /readyz. 0, or -1 (child gone). */
+static inline int su_start(su_server *sp, const char *const *extra)
+{
+    const char *bin = getenv("BALSA_BIN");
+    if (!bin) {
+        printf("  BALSA_BIN is not set\n");
+        return -1;
+    }
+    sp->port = su_free_port();
+    snprintf(sp->log, sizeof sp->log, "/tmp/balsa_test_%d.log", sp->port);
+    char port[16];
+    snprintf(port, sizeof port, "%d", sp->port);
+    const char *argv[40] = {bin, "serve", "--host", "127.0.0.1", "--port", port, "--threads", "1"};
+    int argc = 8;
+    for (int i = 0; extra && extra[i] && argc < 38; i++)
+        argv[argc++] = extra[i];
+    argv[argc] = NULL;
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int fd = open(sp->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        if (fd >= 0) {
+            dup2(fd, 2);
+            dup2(fd, 1);
+        }
+        execv(bin, (char *const *)argv);
+        _exit(127);
+    }
+    sp->pid = pid;
+    su_children[su_nchildren++] = pid;
+    double t0 = su_now();
+    while (su_now() - t0 < 30) {
+        int st;
+        if (waitpid(pid, &st, WNOHANG) == pid) {
+            printf("  server exited during startup (status %d); log %s\n", st, sp->log);
+            for (int i = 0; i < su_nchildren; i++)
+                if (su_children[i] == pid)
+                    su_children[i] = 0;
+            return -1;
+        }
+        su_resp r;
+        su_request(sp->port, "GET", "/readyz", NULL, 0, NULL, &r);
+        free(r.body);
+        if (r.cc == CURLE_OK && r.code == 200)
+            return 0;
+        usleep(20000);
+    }
+    printf("  server not ready after 30 s; log %s\n", sp->log);
+    return -1;
+}
+
+/* SIGTERM, then waits up to timeout_s; the exit status, or -1 (killed, or a signal). */
+static inline int su_stop(su_server *sp, double timeout_s)
+{
+    if (sp->pid <= 0)
+        return -1;
+    kill(sp->pid, SIGTERM);
+    double t0 = su_now();
+    int st = 0, rc = -1;
+    for (;;) {
+        pid_t w = waitpid(sp->pid, &st, WNOHANG);
+        if (w == sp->pid) {
+            rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+            break;
+        }
+        if (su_now() - t0 > timeout_s) {
+            kill(sp->pid, SIGKILL);
+            waitpid(sp->pid, NULL, 0);
+            break;
+        }
+        usleep(5000);
+    }
+    for (int i = 0; i < su_nchildren; i++)
+        if (su_children[i] == sp->pid)
+            su_children[i] = 0;
+    sp->pid = 0;
+    return rc;
+}
+
+#endif
