@@ -280,6 +280,39 @@ TEST(spmm_scalar_packed) { spmm_isa_test(CPU_ISA_SCALAR); }
 TEST(spmm_avx2_path) { spmm_isa_test(CPU_ISA_AVX2); }
 TEST(spmm_avx512_path) { spmm_isa_test(CPU_ISA_AVX512); }
 
+/* Batches past 16 that are not a multiple of it: the transposed kernels end on a
+ * narrower chunk (35 = 16 + 16 + 4 with 3 used, as in a 35-step input projection), with
+ * every kernel, 1 and 2 threads, bias, accumulate and an activation. */
+TEST(spmm_batch_remainders)
+{
+    static const int batches[] = {17, 20, 24, 33, 35, 40};
+    int failures = 0, cases = 0;
+    for (int isa = CPU_ISA_SCALAR; isa <= CPU_ISA_AVX512; isa++) {
+        if (!cpu_isa_supported((cpu_isa)isa))
+            continue;
+        balsa_backend *be1 = NULL, *be2 = NULL;
+        REQUIRE(cpu_backend_create_isa(1, (cpu_isa)isa, &be1) == BALSA_OK);
+        REQUIRE(cpu_backend_create_isa(2, (cpu_isa)isa, &be2) == BALSA_OK);
+        for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
+            int n = batches[bi];
+            spmm_case c = {203, 333, 32, 3, n, 335, 205, (int)bi % 2, 1,
+                           (balsa_act)(bi % 4)};
+            spmm_fixture f;
+            REQUIRE(fixture_init(&f, c, 1234567u + (unsigned)bi));
+            float *y = malloc(sizeof(float) * f.ylen);
+            if (!run_backend(&f, be1, be2, y, cpu_isa_str((cpu_isa)isa)))
+                failures++;
+            cases++;
+            free(y);
+            fixture_free(&f);
+        }
+        be1->ops->destroy(be1);
+        be2->ops->destroy(be2);
+    }
+    CHECK_MSG(failures == 0, "%d of %d cases failed", failures, cases);
+    CHECK(cases >= 6);
+}
+
 /* A product big enough to be split across threads gives bit-identical results with 1 and
  * 2 threads (each row is computed by the same code either way), for every ISA here. */
 TEST(threads_split_identical)
@@ -499,6 +532,7 @@ int main(void)
     RUN(spmm_scalar_packed);
     RUN(spmm_avx2_path);
     RUN(spmm_avx512_path);
+    RUN(spmm_batch_remainders);
     RUN(threads_split_identical);
     RUN(lstm_scalar);
     RUN(lstm_avx2_path);
