@@ -19,6 +19,7 @@ typedef struct {
     int hidden[8], nhidden;
     int batch[8], nbatch;
     int steps, layers, bank, threads;
+    int dense; /* 0: time the sparse model only (profiling) */
     double sparsity, min_time;
     const char *backend;
 } bench_opts;
@@ -136,14 +137,15 @@ static void usage(FILE *f)
 {
     fprintf(f, "usage: balsa bench lstm [--hidden 1500,650] [--batch 1,16] [--steps 35]\n"
                "         [--layers 2] [--sparsity 0.9] [--bank 32] [--threads N]\n"
-               "         [--backend auto|cpu|cuda] [--min-time SECONDS]\n"
+               "         [--backend auto|cpu|cuda] [--min-time SECONDS] [--no-dense]\n"
                "  Times a stacked LSTM through the engine, balanced-sparse against the same\n"
-               "  engine with dense weights (OpenBLAS on the CPU), in one run.\n");
+               "  engine with dense weights (OpenBLAS on the CPU), in one run. --no-dense\n"
+               "  times the sparse model alone (for profiling; no ratio).\n");
 }
 
 int bench_lstm_main(int argc, char **argv)
 {
-    bench_opts o = {{1500, 650}, 2, {1, 16}, 2, 35, 2, 32, 0, 0.9, 1.0, "auto"};
+    bench_opts o = {{1500, 650}, 2, {1, 16}, 2, 35, 2, 32, 0, 1, 0.9, 1.0, "auto"};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int ok = v != NULL;
@@ -165,6 +167,10 @@ int bench_lstm_main(int argc, char **argv)
             ok = (o.bank = atoi(v)) >= BSMAT_MIN_BANK && o.bank <= BSMAT_MAX_BANK;
         } else if (ok && strcmp(a, "--threads") == 0) {
             ok = (o.threads = atoi(v)) >= 0;
+        } else if (strcmp(a, "--no-dense") == 0) {
+            o.dense = 0;
+            ok = 1;
+            i--; /* takes no value: undo the skip below */
         } else if (ok && strcmp(a, "--backend") == 0) {
             o.backend = v;
         } else if (ok && strcmp(a, "--min-time") == 0) {
@@ -201,7 +207,7 @@ int bench_lstm_main(int argc, char **argv)
         balsa_model *sp = NULL, *dn = NULL;
         char err[256];
         if (make_model(&o, H, k, be, &sp, err, sizeof err) != BALSA_OK ||
-            make_model(&o, H, 0, be, &dn, err, sizeof err) != BALSA_OK) {
+            (o.dense && make_model(&o, H, 0, be, &dn, err, sizeof err) != BALSA_OK)) {
             fprintf(stderr, "balsa bench lstm: hidden %d: %s\n", H, err);
             model_free(sp);
             rc = 1;
@@ -224,10 +230,14 @@ int bench_lstm_main(int argc, char **argv)
                 }
             }
             double ts = rc ? -1 : time_run(sp, q, B, outs, o.min_time);
-            double td = rc ? -1 : time_run(dn, q, B, outs, o.min_time);
-            if (ts <= 0 || td <= 0) {
+            double td = rc || !dn ? -1 : time_run(dn, q, B, outs, o.min_time);
+            if (ts <= 0 || (dn && td <= 0)) {
                 fprintf(stderr, "balsa bench lstm: hidden %d batch %d: run failed\n", H, B);
                 rc = 1;
+            } else if (!dn) {
+                double tok = (double)B * o.steps;
+                printf("%-7d %-6d %12.3f %12s %8s %14.0f %14s\n", H, B, ts * 1e3, "-", "-",
+                       tok / ts, "-");
             } else {
                 double tok = (double)B * o.steps;
                 printf("%-7d %-6d %12.3f %12.3f %7.2fx %14.0f %14.0f\n", H, B, ts * 1e3,

@@ -280,6 +280,39 @@ TEST(spmm_scalar_packed) { spmm_isa_test(CPU_ISA_SCALAR); }
 TEST(spmm_avx2_path) { spmm_isa_test(CPU_ISA_AVX2); }
 TEST(spmm_avx512_path) { spmm_isa_test(CPU_ISA_AVX512); }
 
+/* Batches past 16 that are not a multiple of it: the transposed kernels end on a
+ * narrower chunk (35 = 16 + 16 + 4 with 3 used, as in a 35-step input projection), with
+ * every kernel, 1 and 2 threads, bias, accumulate and an activation. */
+TEST(spmm_batch_remainders)
+{
+    static const int batches[] = {17, 20, 24, 33, 35, 40};
+    int failures = 0, cases = 0;
+    for (int isa = CPU_ISA_SCALAR; isa <= CPU_ISA_AVX512; isa++) {
+        if (!cpu_isa_supported((cpu_isa)isa))
+            continue;
+        balsa_backend *be1 = NULL, *be2 = NULL;
+        REQUIRE(cpu_backend_create_isa(1, (cpu_isa)isa, &be1) == BALSA_OK);
+        REQUIRE(cpu_backend_create_isa(2, (cpu_isa)isa, &be2) == BALSA_OK);
+        for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
+            int n = batches[bi];
+            spmm_case c = {203, 333, 32, 3, n, 335, 205, (int)bi % 2, 1,
+                           (balsa_act)(bi % 4)};
+            spmm_fixture f;
+            REQUIRE(fixture_init(&f, c, 1234567u + (unsigned)bi));
+            float *y = malloc(sizeof(float) * f.ylen);
+            if (!run_backend(&f, be1, be2, y, cpu_isa_str((cpu_isa)isa)))
+                failures++;
+            cases++;
+            free(y);
+            fixture_free(&f);
+        }
+        be1->ops->destroy(be1);
+        be2->ops->destroy(be2);
+    }
+    CHECK_MSG(failures == 0, "%d of %d cases failed", failures, cases);
+    CHECK(cases >= 6);
+}
+
 /* A product big enough to be split across threads gives bit-identical results with 1 and
  * 2 threads (each row is computed by the same code either way), for every ISA here. */
 TEST(threads_split_identical)
@@ -372,6 +405,78 @@ static void lstm_isa_test(cpu_isa isa)
 TEST(lstm_scalar) { lstm_isa_test(CPU_ISA_SCALAR); }
 TEST(lstm_avx2_path) { lstm_isa_test(CPU_ISA_AVX2); }
 TEST(lstm_avx512_path) { lstm_isa_test(CPU_ISA_AVX512); }
+
+/* Cells enough to be split across the pool (rows x hidden >= 16384): 2 threads give the
+ * same bits as 1 thread, within 1e-5 of the reference, and leave h's stride gap alone;
+ * row counts that do and do not divide evenly, and more threads than rows. */
+TEST(lstm_cell_threaded)
+{
+    static const int shapes[][2] = {{16, 1500}, {5, 4000}, {3, 9000}, {1, 20000}};
+    for (int isa = CPU_ISA_SCALAR; isa <= CPU_ISA_AVX512; isa++) {
+        if (!cpu_isa_supported((cpu_isa)isa))
+            continue;
+        balsa_backend *be1 = NULL, *be2 = NULL, *be3 = NULL;
+        REQUIRE(cpu_backend_create_isa(1, (cpu_isa)isa, &be1) == BALSA_OK);
+        REQUIRE(cpu_backend_create_isa(2, (cpu_isa)isa, &be2) == BALSA_OK);
+        REQUIRE(cpu_backend_create_isa(7, (cpu_isa)isa, &be3) == BALSA_OK);
+        balsa_backend *bes[3] = {be1, be2, be3};
+        unsigned long long s = 1001;
+        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+            int n = shapes[si][0], hid = shapes[si][1], ldg = 4 * hid + 3, ldh = hid + 5;
+            float *g = malloc(sizeof(float) * n * ldg), *c0 = malloc(sizeof(float) * n * hid);
+            float *h0 = malloc(sizeof(float) * n * ldh);
+            float *c[3], *h[3];
+            for (int i = 0; i < n * ldg; i++)
+                g[i] = h_rand_f(&s) * 8.0f;
+            for (int i = 0; i < n * hid; i++)
+                c0[i] = h_rand_f(&s) * 2.0f;
+            for (int t = 0; t < 3; t++) {
+                c[t] = malloc(sizeof(float) * n * hid);
+                h[t] = malloc(sizeof(float) * n * ldh);
+                memcpy(c[t], c0, sizeof(float) * n * hid);
+                for (int i = 0; i < n * ldh; i++)
+                    h[t][i] = SENTINEL;
+                CHECK(bes[t]->ops->lstm_cell(bes[t], g, ldg, c[t], h[t], ldh, n, hid) ==
+                      BALSA_OK);
+            }
+            for (int i = 0; i < n * ldh; i++)
+                h0[i] = SENTINEL;
+            float *cin = malloc(sizeof(float) * n * hid);
+            memcpy(cin, c0, sizeof(float) * n * hid);
+            lstm_cell_ref(g, ldg, c0, h0, ldh, n, hid);
+            /* Errors over the scale of the terms, 1 + |c_old| (|f c_old| + |i g| is at
+             * most that, and h = o tanh(c) is 1-Lipschitz in c): c = f c_old + i g can
+             * cancel to near zero, where a relative error says nothing of the kernel. */
+            double worst = 0;
+            for (int r = 0; r < n; r++)
+                for (int j = 0; j < ldh; j++) {
+                    float a = h[1][r * ldh + j], b = h0[r * ldh + j];
+                    worst = fmax(worst, j < hid ? fabs(a - b) / (1.0 + fabs(cin[r * hid + j]))
+                                                : (a == SENTINEL ? 0.0 : 1.0));
+                }
+            for (int i = 0; i < n * hid; i++)
+                worst = fmax(worst, fabs(c[1][i] - c0[i]) / (1.0 + fabs(cin[i])));
+            free(cin);
+            CHECK_MSG(worst < 1e-5, "%s %dx%d: 2 threads vs reference %.3g",
+                      cpu_isa_str((cpu_isa)isa), n, hid, worst);
+            for (int t = 1; t < 3; t++)
+                CHECK_MSG(memcmp(h[t], h[0], sizeof(float) * n * ldh) == 0 &&
+                              memcmp(c[t], c[0], sizeof(float) * n * hid) == 0,
+                          "%s %dx%d: %d threads differ from 1", cpu_isa_str((cpu_isa)isa), n,
+                          hid, t == 1 ? 2 : 7);
+            for (int t = 0; t < 3; t++) {
+                free(c[t]);
+                free(h[t]);
+            }
+            free(g);
+            free(c0);
+            free(h0);
+        }
+        be1->ops->destroy(be1);
+        be2->ops->destroy(be2);
+        be3->ops->destroy(be3);
+    }
+}
 
 /* The default backend (what engine/ gets) through its ops: sparse and dense matrices,
  * backend memory, invalid arguments refused. */
@@ -499,10 +604,12 @@ int main(void)
     RUN(spmm_scalar_packed);
     RUN(spmm_avx2_path);
     RUN(spmm_avx512_path);
+    RUN(spmm_batch_remainders);
     RUN(threads_split_identical);
     RUN(lstm_scalar);
     RUN(lstm_avx2_path);
     RUN(lstm_avx512_path);
+    RUN(lstm_cell_threaded);
     RUN(backend_ops_default);
     RUN(isa_from_environment);
     RUN(threadpool_runs_each_task_once);

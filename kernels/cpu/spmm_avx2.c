@@ -247,6 +247,13 @@ static void spmm_permute_avx2(const cpu_spmm_args *a, int g0, int g1)
  * where a 256-bit one is two, so small batches do not pay for empty lanes. */
 static int xt_width(int n) { return n <= 4 ? 4 : n <= 8 ? 8 : 16; }
 
+/* The width of the chunk that starts at batch column i0: 16 while at least 16 columns
+ * are left, then the narrowest width that holds the rest. The LSTM input projection of
+ * 35 steps at batch 1 is 16 + 16 + 3 columns: a last chunk of 4 rather than 16 saves a
+ * quarter of its work. Every chunk before the last is 16 wide, so chunk i0 starts at
+ * float i0 * xt_rows in the scratch. */
+static int xt_chunk_width(int n, int i0) { return xt_width(n - i0); }
+
 /* Rows of xt per chunk: every column of every bank, the last bank's padding included, so
  * that padding offsets read zeros and the kernel needs no bounds test. */
 static size_t xt_rows(const cpu_packed *w) { return (size_t)w->nbanks * w->bank; }
@@ -255,21 +262,22 @@ size_t spmm_avx2_xt_floats(const cpu_packed *w, int n)
 {
     if (n < XT_MIN_BATCH)
         return 0;
-    int nc = xt_width(n);
-    return (size_t)((n + nc - 1) / nc) * xt_rows(w) * nc;
+    int full = (n - 1) / 16 * 16; /* columns in chunks before the last */
+    return ((size_t)full + (size_t)xt_chunk_width(n, full)) * xt_rows(w);
 }
 
 void spmm_avx2_prepare(const cpu_spmm_args *a)
 {
     if (a->n < XT_MIN_BATCH)
         return;
-    const int nc = xt_width(a->n), cols = a->w->cols;
+    const int cols = a->w->cols;
     const size_t rows = xt_rows(a->w);
-    for (int ch = 0; ch * nc < a->n; ch++) {
-        float *t = a->xt + (size_t)ch * rows * nc;
+    for (int i0 = 0, nc; i0 < a->n; i0 += nc) {
+        nc = xt_chunk_width(a->n, i0);
+        float *t = a->xt + (size_t)i0 * rows;
         /* Column-outer: each xt row is written whole, the n input rows are read as
          * n sequential streams. Unused batch lanes and the padding rows hold zeros. */
-        const int i0 = ch * nc, cnt = a->n - i0 < nc ? a->n - i0 : nc;
+        const int cnt = a->n - i0 < nc ? a->n - i0 : nc;
         const float *x = a->x + (size_t)i0 * a->ldx;
         for (int c = 0; c < cols; c++) {
             float *tr = t + (size_t)c * nc;
@@ -366,12 +374,12 @@ static void group_xt4_avx2(const cpu_packed *w, int g, const float *xt, float ou
 
 static void spmm_xt_avx2(const cpu_spmm_args *a, int g0, int g1)
 {
-    const int nc = xt_width(a->n);
     const size_t rows = xt_rows(a->w);
     float out[8][16];
-    for (int ch = 0; ch * nc < a->n; ch++) {
-        const float *xt = a->xt + (size_t)ch * rows * nc;
-        const int i0 = ch * nc, i1 = a->n < i0 + nc ? a->n : i0 + nc;
+    for (int i0 = 0, nc; i0 < a->n; i0 += nc) {
+        nc = xt_chunk_width(a->n, i0);
+        const float *xt = a->xt + (size_t)i0 * rows;
+        const int i1 = a->n < i0 + nc ? a->n : i0 + nc;
         for (int g = g0; g < g1; g++) {
             if (nc == 16)
                 group_xt_avx2(a->w, g, xt, 2, out);
