@@ -6,6 +6,7 @@
 #   make run                  serve the demo model on port 8080
 #   make bench                the kernel benchmark against OpenBLAS
 #   make deps                 install the Debian packages balsa needs (as root) or print the command
+#   make train                the pruning study (models/train, about an hour on one core) -> models/train/RESULTS.md
 
 CC      ?= cc
 NVCC    ?= $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
@@ -107,6 +108,10 @@ bench: deps all
 
 deps:
 	@bash tools/deps.sh
+
+.PHONY: train
+train: deps
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 nice -n 19 /usr/bin/python3 models/train/study.py --out models/train/results --report models/train/RESULTS.md
 
 clean:
 	rm -rf build
