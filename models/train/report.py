@@ -60,7 +60,6 @@ def _plot(out, got, png_path):
             continue
         dat = os.path.join(out, f"plot_{run}.dat")
         with open(dat, "w") as f:
-            f.write(f"0 {dense}\n")
             for lv in got[run][0]["levels"]:
                 f.write(f"{100 * lv['target_sparsity']} {lv['test']['bpc']}\n")
         plots.append(f"'{dat}' using 1:2 with linespoints lw 2 title '{RUN_LABELS[run]}'")
@@ -71,7 +70,7 @@ def _plot(out, got, png_path):
         "set title 'Character LSTM on Debian fortunes: test bits per character after pruning'",
         "set xlabel 'sparsity of LSTM and output weights (%)'",
         "set ylabel 'test bits per character (lower is better)'",
-        "set key top left", "set grid", "set xrange [0:100]",
+        "set key top left", "set grid", "set xrange [45:97]",
         "plot " + ", ".join(plots), ""])
     subprocess.run([gnuplot], input=script.encode(), check=True)
     for run in PATTERNS:
