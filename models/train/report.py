@@ -2,7 +2,7 @@
 results folder. Runs that have not finished are read from their .json.partial file and
 marked as partial.
 
-    /usr/bin/python3 models/train/report.py [results-folder [RESULTS.md path]]
+    /usr/bin/python3 models/train/report.py [results-folder [RESULTS.md path [follow-up folders]]]
 
 The paper's claims are checked on per-character perplexity (2^BPC), the quantity the paper's
 "perplexity" corresponds to: balanced within 2% of dense at 80% and within 5% at 90%, and
@@ -97,9 +97,98 @@ def _structure_ok(run, lv):
     return True
 
 
-def write(out, runs, md_path):
+def _tables(got, st, dense):
+    """The test and validation tables (and the dense-ft control line) of one study."""
+    L = []
+    for split, title in (("test", "Test"), ("valid", "Validation")):
+        L.append(f"{title} bits per character (per-character perplexity in brackets):\n")
+        cols = [r for r in PATTERNS if r in got]
+        L.append("| sparsity (nominal -> actual) | " + " | ".join(RUN_LABELS[r] for r in cols) + " |")
+        L.append("|---" * (len(cols) + 1) + "|")
+        d = dense[split]
+        L.append("| 0% (dense) | " + " | ".join(f"{d['bpc']:.4f} ({d['ppl']:.3f})" for _ in cols) + " |")
+        for i, v in enumerate(st["levels"]):
+            cells = []
+            actual = None
+            for r in cols:
+                lvs = got[r][0]["levels"]
+                if i < len(lvs):
+                    actual = lvs[i]["target_sparsity"]
+                    cells.append(f"{lvs[i][split]['bpc']:.4f} ({lvs[i][split]['ppl']:.3f})")
+                else:
+                    cells.append("—")
+            head = _fmt_level(v) + (f" -> {_fmt_level(actual)}" if actual is not None else "")
+            L.append(f"| {head} | " + " | ".join(cells) + " |")
+        L.append("")
+    if "dense-ft" in got:
+        c = got["dense-ft"][0]["levels"][0]
+        L.append(f"Control dense-ft (dense + {st['ft_steps']} more steps, unpruned): test "
+                 f"{c['test']['bpc']:.4f} BPC, validation {c['valid']['bpc']:.4f} BPC.\n")
+
+    return L
+
+
+def _claims(got, st, dense):
+    """The paper's three claims checked on one study's balanced and unstructured runs."""
+    L = []
+    bal = got.get("balanced", ({"levels": []}, False))[0]["levels"]
+    uns = got.get("unstructured", ({"levels": []}, False))[0]["levels"]
+    for level, bound in ((0.8, 2.0), (0.9, 5.0)):
+        i = st["levels"].index(level) if level in st["levels"] else None
+        if i is None or i >= len(bal):
+            L.append(f"- Balanced within {bound:g}% of dense at {_fmt_level(level)}: not measured.")
+            continue
+        rt = _rel(bal[i]["test"]["ppl"], dense["test"]["ppl"])
+        rv = _rel(bal[i]["valid"]["ppl"], dense["valid"]["ppl"])
+        ok = "holds" if rt <= bound and rv <= bound else "does NOT hold"
+        L.append(f"- Balanced within {bound:g}% of dense at {_fmt_level(level)} (actual "
+                 f"{_fmt_level(bal[i]['target_sparsity'])}): {rt:+.2f}% / {rv:+.2f}% -> {ok}.")
+    worst = []
+    for i in range(min(len(bal), len(uns))):
+        worst.append((_rel(bal[i]["test"]["ppl"], uns[i]["test"]["ppl"]),
+                      _rel(bal[i]["valid"]["ppl"], uns[i]["valid"]["ppl"]), st["levels"][i]))
+    if worst:
+        diffs = ", ".join(f"{_fmt_level(v)}: {t:+.2f}% / {va:+.2f}%" for t, va, v in worst)
+        ok = "holds" if all(t <= 2.0 and va <= 2.0 for t, va, _ in worst) else "does NOT hold"
+        L.append(f"- Balanced no more than 2% worse than unstructured at any level: {diffs} -> {ok}.")
+    L.append("")
+
+    return L
+
+
+def _extra(folder, runs, main_st):
+    """The section of a follow-up study in `folder` (study.py --dense-from: the same dense
+    model, other fine-tuning settings), or a line saying it is missing."""
+    got = load(folder, runs)
+    name = os.path.relpath(folder, os.path.join(HERE, "..", ".."))
+    if "dense" not in got:
+        return [f"Follow-up study {name}: no results.\n"]
+    st = got["dense"][0]["settings"]
+    dense = got["dense"][0]["levels"][0]
+    pats = [r for r in PATTERNS if r in got]
+    partial = [r for r in pats if got[r][1]]
+    L = [f"## Follow-up: {st['ft_steps']} fine-tuning steps per level\n",
+         f"Why the gaps: is it the fine-tuning budget? The same dense model, patterns "
+         f"{', '.join(pats)}, levels {', '.join(_fmt_level(v) for v in st['levels'])} in this order, "
+         f"{st['ft_steps']} fine-tuning steps per level ({st['ft_steps'] / main_st['ft_steps']:g}x "
+         f"the main study's), everything else as above. Results in `{name}/`; rerun with "
+         f"`nice -n 19 /usr/bin/python3 models/train/study.py --out {name} --dense-from "
+         f"models/train/results --ft-steps {st['ft_steps']} --levels "
+         f"{','.join(f'{v:g}' for v in st['levels'])} --patterns {','.join(pats)} --no-report` "
+         f"and then `/usr/bin/python3 models/train/report.py models/train/results "
+         f"models/train/RESULTS.md {name}`.\n"]
+    if partial:
+        L.append(f"**Partial**: {', '.join(partial)} did not finish.\n")
+    L += _tables(got, st, dense)
+    L.append("Claims on this follow-up (per-character perplexity, test / validation):\n")
+    L += _claims(got, st, dense)
+    return L
+
+
+def write(out, runs, md_path, extra=()):
     """Writes the report to md_path, and its plot to bpc.png beside it, from the runs' JSON
-    files in `out`. Raises RuntimeError when there is no dense run."""
+    files in `out`, with one section per follow-up results folder in `extra`. Raises
+    RuntimeError when there is no dense run."""
     got = load(out, runs)
     if "dense" not in got:
         raise RuntimeError(f"no dense.json in {out}: run study.py first")
@@ -166,54 +255,11 @@ def write(out, runs, md_path):
     L.append("## Results\n")
     if png:
         L.append(f"![test BPC against sparsity]({png})\n")
-    for split, title in (("test", "Test"), ("valid", "Validation")):
-        L.append(f"{title} bits per character (per-character perplexity in brackets):\n")
-        cols = [r for r in PATTERNS if r in got]
-        L.append("| sparsity (nominal -> actual) | " + " | ".join(RUN_LABELS[r] for r in cols) + " |")
-        L.append("|---" * (len(cols) + 1) + "|")
-        d = dense[split]
-        L.append("| 0% (dense) | " + " | ".join(f"{d['bpc']:.4f} ({d['ppl']:.3f})" for _ in cols) + " |")
-        for i, v in enumerate(st["levels"]):
-            cells = []
-            actual = None
-            for r in cols:
-                lvs = got[r][0]["levels"]
-                if i < len(lvs):
-                    actual = lvs[i]["target_sparsity"]
-                    cells.append(f"{lvs[i][split]['bpc']:.4f} ({lvs[i][split]['ppl']:.3f})")
-                else:
-                    cells.append("—")
-            head = _fmt_level(v) + (f" -> {_fmt_level(actual)}" if actual is not None else "")
-            L.append(f"| {head} | " + " | ".join(cells) + " |")
-        L.append("")
-    if "dense-ft" in got:
-        c = got["dense-ft"][0]["levels"][0]
-        L.append(f"Control dense-ft (dense + {st['ft_steps']} more steps, unpruned): test "
-                 f"{c['test']['bpc']:.4f} BPC, validation {c['valid']['bpc']:.4f} BPC.\n")
-
+    L += _tables(got, st, dense)
     L.append("## The paper's claims, checked (per-character perplexity, test / validation)\n")
-    bal = got.get("balanced", ({"levels": []}, False))[0]["levels"]
-    uns = got.get("unstructured", ({"levels": []}, False))[0]["levels"]
-    for level, bound in ((0.8, 2.0), (0.9, 5.0)):
-        i = st["levels"].index(level) if level in st["levels"] else None
-        if i is None or i >= len(bal):
-            L.append(f"- Balanced within {bound:g}% of dense at {_fmt_level(level)}: not measured.")
-            continue
-        rt = _rel(bal[i]["test"]["ppl"], dense["test"]["ppl"])
-        rv = _rel(bal[i]["valid"]["ppl"], dense["valid"]["ppl"])
-        ok = "holds" if rt <= bound and rv <= bound else "does NOT hold"
-        L.append(f"- Balanced within {bound:g}% of dense at {_fmt_level(level)} (actual "
-                 f"{_fmt_level(bal[i]['target_sparsity'])}): {rt:+.2f}% / {rv:+.2f}% -> {ok}.")
-    worst = []
-    for i in range(min(len(bal), len(uns))):
-        worst.append((_rel(bal[i]["test"]["ppl"], uns[i]["test"]["ppl"]),
-                      _rel(bal[i]["valid"]["ppl"], uns[i]["valid"]["ppl"]), st["levels"][i]))
-    if worst:
-        diffs = ", ".join(f"{_fmt_level(v)}: {t:+.2f}% / {va:+.2f}%" for t, va, v in worst)
-        ok = "holds" if all(t <= 2.0 and va <= 2.0 for t, va, _ in worst) else "does NOT hold"
-        L.append(f"- Balanced no more than 2% worse than unstructured at any level: {diffs} -> {ok}.")
-    L.append("")
-
+    L += _claims(got, st, dense)
+    for folder in extra:
+        L += _extra(folder, runs, st)
     L.append("## Structure check\n")
     L.append("Measured from the saved weights after each level's fine-tuning (JSON `matrices`): ")
     checks = []
@@ -234,4 +280,4 @@ def write(out, runs, md_path):
 if __name__ == "__main__":
     folder = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "results")
     md = sys.argv[2] if len(sys.argv) > 2 else os.path.join(HERE, "RESULTS.md")
-    write(folder, ["dense", "dense-ft", *PATTERNS], md)
+    write(folder, ["dense", "dense-ft", *PATTERNS], md, sys.argv[3:])

@@ -166,14 +166,22 @@ def write_json(path, obj):
     os.replace(tmp, path)
 
 
-def load_done(path, settings, levels):
-    """The stored run at `path` when it is complete for these settings, else None."""
+# Settings that only the pruning runs use: a dense model trained under other values of
+# these is the same dense model.
+PRUNING_ONLY = ("ft_steps", "ft_lr", "levels")
+
+
+def load_done(path, settings, levels, ignore=()):
+    """The stored run at `path` when it is complete for these settings (keys in `ignore`
+    not compared), else None."""
     try:
         with open(path) as f:
             r = json.load(f)
     except (OSError, ValueError):
         return None
-    if r.get("settings") != settings or len(r.get("levels", [])) != len(levels):
+    stored = r.get("settings") or {}
+    if any(stored.get(k) != v for k, v in settings.items() if k not in ignore) or \
+            set(stored) != set(settings) or len(r.get("levels", [])) != len(levels):
         return None
     return r
 
@@ -200,6 +208,8 @@ def main(argv=None):
     ap.add_argument("--eval-streams", type=int, default=64)
     ap.add_argument("--eval-chars", type=int, default=0, help="0: whole split")
     ap.add_argument("--train-chars", type=int, default=0, help="0: whole split")
+    ap.add_argument("--dense-from", help="reuse the dense model of this results folder "
+                    "(trained with the same settings but for --ft-steps, --ft-lr, --levels)")
     ap.add_argument("--report", help="where RESULTS.md goes (bpc.png beside it); default <out>/RESULTS.md")
     ap.add_argument("--no-report", action="store_true")
     args = ap.parse_args(argv)
@@ -247,13 +257,18 @@ def main(argv=None):
         return CharLM(len(corpus.VOCAB), args.emb, args.hidden, args.layers)
 
     # Dense baseline.
-    dense_ckpt = os.path.join(args.out, "ckpt", "dense.pt")
+    dense_dir = args.dense_from or args.out
+    dense_ckpt = os.path.join(dense_dir, "ckpt", "dense.pt")
     dense_json = os.path.join(args.out, "dense.json")
-    done = load_done(dense_json, settings, [0.0])
+    done = load_done(os.path.join(dense_dir, "dense.json"), settings, [0.0], PRUNING_ONLY)
     model = new_model()
     if done and os.path.exists(dense_ckpt):
         model.load_state_dict(torch.load(dense_ckpt))
         log("dense: reusing " + dense_ckpt)
+        if dense_dir != args.out:
+            write_json(dense_json, {**done, "settings": settings, "dense_from": dense_dir})
+    elif args.dense_from:
+        ap.error(f"--dense-from {args.dense_from}: no dense model there for these settings")
     else:
         log(f"dense: training {args.dense_steps} steps")
         t0 = time.time()
