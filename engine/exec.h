@@ -38,7 +38,8 @@ struct balsa_model {
     host_buf hx, hxr, hy, hhr, hlast, hout;
 };
 
-/* Makes b hold at least n floats; BALSA_ERR_OOM when the backend has no memory. */
+/* Make b hold at least n floats (BALSA_ERR_OOM when there is no memory; b is then
+ * empty); release frees b and leaves it empty. */
 balsa_status dev_buf_reserve(balsa_backend *be, dev_buf *b, size_t n);
 void dev_buf_release(balsa_backend *be, dev_buf *b);
 balsa_status host_buf_reserve(host_buf *b, size_t n);

@@ -13,7 +13,9 @@
  * its position len_i - 1 - s; the running ones are again the first batch_sizes[s]). Its
  * rows do not line up with the forward packing when lengths differ, so the layer input is
  * reordered on the host before and the reverse h after (one download and upload per
- * bidirectional layer); the backend interface has no row gather.
+ * bidirectional layer); the backend interface has no row gather. When all lengths are
+ * equal (a single sequence, for one) reverse step s is forward step T-1-s for every
+ * sequence, and the reverse pass works in place on the forward packing instead.
  *
  * Output "last" of a bidirectional model is [forward h at position len-1, reverse h at
  * position 0]: both directions after reading the whole sequence, what PyTorch returns as
@@ -390,6 +392,7 @@ balsa_status model_fc_head(balsa_model *m, const float *in, int ld, int n, dev_b
     if (st != BALSA_OK)
         return st;
     /* With no FC layer the input is the LSTM output itself, whose stride is O. */
+    BALSA_ASSERT(s->n_fc > 0 || ldc == O);
     st = be->ops->to_host(be, out, cur, (size_t)n * O * sizeof(float));
     if (st == BALSA_OK)
         st = be->ops->synchronize(be);
@@ -509,6 +512,31 @@ static balsa_status run_reverse(balsa_model *m, const lstm_dir_w *w, const packi
     return be->ops->to_device(be, y, m->hy.p, R * 2 * H * sizeof(float));
 }
 
+/* The reverse direction when every sequence has the same length: reverse step s is then
+ * forward step T-1-s for all of them, so it reads the forward packing's projection rows
+ * and writes h straight into columns H..2H of y, with no reordering. */
+static balsa_status run_reverse_aligned(balsa_model *m, const lstm_dir_w *w, const packing *p,
+                                        const float *in, int ld_in, float *y)
+{
+    balsa_backend *be = m->be;
+    int H = m->spec.hidden_size, ldy = 2 * H;
+    size_t R = p->offs[p->T];
+    balsa_status st = be->ops->matmul(be, w->w_ih, in, ld_in, (int)R, w->bias, 0,
+                                      BALSA_ACT_NONE, m->g.p, 4 * H);
+    if (st == BALSA_OK)
+        st = dev_zero(be, m->c.p, (size_t)p->n * H);
+    for (int t = p->T - 1; t >= 0 && st == BALSA_OK; t--) {
+        float *gt = m->g.p + p->offs[t] * 4 * H;
+        if (t < p->T - 1)
+            st = be->ops->matmul(be, w->w_hh, y + p->offs[t + 1] * ldy + H, ldy, p->n, NULL, 1,
+                                 BALSA_ACT_NONE, gt, 4 * H);
+        if (st == BALSA_OK)
+            st = be->ops->lstm_cell(be, gt, 4 * H, m->c.p, y + p->offs[t] * ldy + H, ldy, p->n,
+                                    H);
+    }
+    return st;
+}
+
 static balsa_status reserve_run(balsa_model *m, const packing *p)
 {
     const model_spec *s = &m->spec;
@@ -517,6 +545,7 @@ static balsa_status reserve_run(balsa_model *m, const packing *p)
     int H = s->hidden_size, ndir = s->bidirectional ? 2 : 1, I = s->input_size;
     int wide = I > H * ndir ? I : H * ndir;
     int O = m->info.output_size;
+    int aligned = p->len[0] == p->len[p->n - 1];
     balsa_status st = host_buf_reserve(&m->hx, R * I);
     if (st == BALSA_OK)
         st = host_buf_reserve(&m->hout, R * O);
@@ -536,7 +565,7 @@ static balsa_status reserve_run(balsa_model *m, const packing *p)
         if (st == BALSA_OK && s->num_layers > 1)
             st = dev_buf_reserve(be, &m->yb, R * H * ndir);
     }
-    if (ndir == 2) {
+    if (ndir == 2 && !aligned) {
         if (st == BALSA_OK)
             st = host_buf_reserve(&m->hxr, R * wide);
         if (st == BALSA_OK)
@@ -552,7 +581,7 @@ static balsa_status reserve_run(balsa_model *m, const packing *p)
 }
 
 /* The LSTM stack over the packed input in m->x; returns the top layer's output (backend,
- * forward packing, stride *ld). For bidirectional models m->hy holds a host copy. */
+ * forward packing, stride *ld). */
 static balsa_status run_lstm(balsa_model *m, const packing *p, float **top, int *ld)
 {
     const model_spec *s = &m->spec;
@@ -561,13 +590,17 @@ static balsa_status run_lstm(balsa_model *m, const packing *p, float **top, int 
     int ld_in = s->input_size;
     balsa_status st = BALSA_OK;
     float *y = NULL;
+    int aligned = p->len[0] == p->len[p->n - 1];
     for (int l = 0; l < s->num_layers && st == BALSA_OK; l++) {
         y = l % 2 ? m->yb.p : m->ya.p;
         st = run_direction(m, &m->lstm[l][0], p, in, ld_in, y, H * ndir);
-        /* The reverse pass reads its host input before it overwrites m->hy, so a deeper
-         * layer can pass the previous layer's output that m->hy still holds. */
-        if (st == BALSA_OK && ndir == 2)
-            st = run_reverse(m, &m->lstm[l][1], p, l == 0 ? m->hx.p : m->hy.p, ld_in, y);
+        if (st == BALSA_OK && ndir == 2) {
+            if (aligned)
+                st = run_reverse_aligned(m, &m->lstm[l][1], p, in, ld_in, y);
+            else /* run_reverse reads its host input before it overwrites m->hy, so a
+                  * deeper layer can pass the previous layer's output m->hy still holds */
+                st = run_reverse(m, &m->lstm[l][1], p, l == 0 ? m->hx.p : m->hy.p, ld_in, y);
+        }
         in = y;
         ld_in = H * ndir;
     }
@@ -628,13 +661,14 @@ balsa_status model_run(balsa_model *m, const engine_seq *seqs, int n, int all_st
         for (int i = 0; i < n && st == BALSA_OK; i++) {
             float *dst = m->hlast.p + (size_t)i * ld;
             size_t last = prow(&p, i, p.len[i] - 1);
-            if (!top)
+            if (!top) {
                 memcpy(dst, m->hx.p + last * I, sizeof(float) * I);
-            else if (s->bidirectional) {
-                memcpy(dst, m->hy.p + last * ld, sizeof(float) * H);
-                memcpy(dst + H, m->hy.p + prow(&p, i, 0) * ld + H, sizeof(float) * H);
-            } else
-                st = be->ops->to_host(be, dst, top + last * ld, sizeof(float) * ld);
+                continue;
+            }
+            st = be->ops->to_host(be, dst, top + last * ld, sizeof(float) * H);
+            if (st == BALSA_OK && s->bidirectional) /* reverse h after the whole sequence */
+                st = be->ops->to_host(be, dst + H, top + prow(&p, i, 0) * ld + H,
+                                      sizeof(float) * H);
         }
         if (st == BALSA_OK)
             st = be->ops->synchronize(be);
@@ -652,6 +686,9 @@ balsa_status model_run(balsa_model *m, const engine_seq *seqs, int n, int all_st
 
 /* ---------------------------------------------------------------- top-k */
 
+/* a ranks above b: larger, or a number where b is NaN (NaN ranks last). */
+static int topk_beats(float a, float b) { return a > b || (isnan(b) && !isnan(a)); }
+
 void engine_topk(const float *v, int n, int k, int *idx, float *val)
 {
     if (k > n)
@@ -662,10 +699,10 @@ void engine_topk(const float *v, int n, int k, int *idx, float *val)
     for (int i = 0; i < n; i++) {
         /* v[i] enters when the list has room or it beats the smallest kept value; an
          * equal value never beats an earlier index, so ties keep the lower index. */
-        if (have == k && !(v[i] > val[have - 1]))
+        if (have == k && !topk_beats(v[i], val[have - 1]))
             continue;
         int j = have < k ? have++ : k - 1;
-        while (j > 0 && v[i] > val[j - 1]) {
+        while (j > 0 && topk_beats(v[i], val[j - 1])) {
             val[j] = val[j - 1];
             idx[j] = idx[j - 1];
             j--;

@@ -93,6 +93,7 @@ typedef struct {
     float *fc_b[MODEL_MAX_FC];
 } model_host;
 
+/* Frees every array and matrix h holds and zeroes it; safe on a zeroed model_host. */
 void model_host_free(model_host *h);
 
 /* Where the tensor ref names lives in h: matrices (W_ih, W_hh, fc weights) in a

@@ -117,12 +117,12 @@ balsa_status model_stream_create(balsa_model *m, int max_slots, model_stream **o
     }
     if (!s->whole && st == BALSA_OK) {
         int fcw = m->max_fc_out > 0 ? m->max_fc_out : 1;
-        if (dev_buf_reserve(be, &s->g, n * 4 * H) || dev_buf_reserve(be, &s->xin, STREAM_CHUNK * (size_t)I) ||
-            dev_buf_reserve(be, &s->proj, STREAM_CHUNK * 4 * (size_t)H) ||
-            dev_buf_reserve(be, &s->fcin, n * H) || dev_buf_reserve(be, &s->fa, n * fcw) ||
-            dev_buf_reserve(be, &s->fb, n * fcw) || host_buf_reserve(&s->hx, STREAM_CHUNK * (size_t)I) ||
-            host_buf_reserve(&s->hg, n * 4 * H) || host_buf_reserve(&s->hrow, n * H) ||
-            host_buf_reserve(&s->hout, n * O))
+        size_t chunk = STREAM_CHUNK;
+        if (dev_buf_reserve(be, &s->g, n * 4 * H) || dev_buf_reserve(be, &s->xin, chunk * I) ||
+            dev_buf_reserve(be, &s->proj, chunk * 4 * H) || dev_buf_reserve(be, &s->fcin, n * H) ||
+            dev_buf_reserve(be, &s->fa, n * fcw) || dev_buf_reserve(be, &s->fb, n * fcw) ||
+            host_buf_reserve(&s->hx, chunk * I) || host_buf_reserve(&s->hg, n * 4 * H) ||
+            host_buf_reserve(&s->hrow, n * H) || host_buf_reserve(&s->hout, n * O))
             st = BALSA_ERR_OOM;
     }
     if (st != BALSA_OK) {

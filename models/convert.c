@@ -81,6 +81,16 @@ balsa_status model_convert(const char *in_path, const char *desc_json, const con
         return BALSA_ERR_INVALID;
     }
     st = model_desc_parse(desc_json, strlen(desc_json), 0, &s, NULL, err, errlen);
+    if (st == BALSA_OK && o->name)
+        snprintf(s.name, sizeof s.name, "%s", o->name);
+    if (st == BALSA_OK && o->head) {
+        int hd = model_head_parse(o->head);
+        if (hd < 0) {
+            snprintf(err, errlen, "--head %s: expected none, softmax or log_softmax", o->head);
+            st = BALSA_ERR_INVALID;
+        }
+        s.head = (model_head)hd;
+    }
     if (st != BALSA_OK) {
         st_close(&f);
         return st;

@@ -15,6 +15,8 @@ typedef struct {
     const char *const *keep_dense; /* names of matrices to keep dense */
     int nkeep_dense;
     FILE *progress;               /* one line per matrix while converting, or NULL */
+    const char *name;             /* replaces the description's name, when not NULL */
+    const char *head;             /* replaces its head (none/softmax/log_softmax), or NULL */
 } convert_opts;
 
 /* What the converter did with one tensor, for the summary. */

@@ -5,5 +5,6 @@
 
 int convert_main(int argc, char **argv); /* server/cmd_model.c */
 int inspect_main(int argc, char **argv); /* server/cmd_model.c */
+int bench_lstm_main(int argc, char **argv); /* server/bench_lstm.c */
 
 #endif

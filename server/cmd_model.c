@@ -21,6 +21,8 @@ static void convert_usage(FILE *f)
             "                    0 keeps every matrix dense)\n"
             "  --bank B          bank width, %d..%d (default %d)\n"
             "  --dense NAME      keep this weight matrix dense (repeatable), e.g. fc.1.weight\n"
+            "  --name NAME       the model's name (replaces the description's)\n"
+            "  --head HEAD       none, softmax or log_softmax (replaces the description's)\n"
             "  --quiet           no progress lines on stderr\n",
             BSMAT_MIN_BANK, BSMAT_MAX_BANK, BSMAT_DEFAULT_BANK);
 }
@@ -74,7 +76,7 @@ int convert_main(int argc, char **argv)
 {
     const char *in = NULL, *out = NULL, *desc_path = NULL;
     const char **dense = calloc((size_t)argc, sizeof *dense);
-    convert_opts o = {0.9, BSMAT_DEFAULT_BANK, NULL, 0, stderr};
+    convert_opts o = {0.9, BSMAT_DEFAULT_BANK, NULL, 0, stderr, NULL, NULL};
     int rc = 2;
     if (!dense)
         return 1;
@@ -107,6 +109,10 @@ int convert_main(int argc, char **argv)
             o.bank = (int)b;
         } else if (strcmp(a, "--dense") == 0 && has) {
             dense[o.nkeep_dense++] = argv[++i];
+        } else if (strcmp(a, "--name") == 0 && has) {
+            o.name = argv[++i];
+        } else if (strcmp(a, "--head") == 0 && has) {
+            o.head = argv[++i];
         } else if (strcmp(a, "--quiet") == 0) {
             o.progress = NULL;
         } else if (a[0] != '-' && !in) {

@@ -34,6 +34,7 @@ static const command commands[] = {
     {"version", NULL, version_main, "print the version and the backend this machine gets"},
     {"convert", NULL, convert_main, "prune dense PyTorch weights into a balsa model"},
     {"inspect", NULL, inspect_main, "check a model file and print its network and sparsity"},
+    {"bench", "lstm", bench_lstm_main, "time a balanced-sparse LSTM against the dense path"},
 };
 
 static void usage(FILE *f)

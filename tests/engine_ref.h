@@ -75,8 +75,8 @@ static inline void ref_matvec(const float *w, int rows, int cols, const double *
 }
 
 /* One sequence through the network: out gets (all ? len : 1) output vectors. */
-static inline void ref_forward(const model_spec *s, const model_host *h, const engine_seq *q, int all,
-                        double *out)
+static inline void ref_forward(const model_spec *s, const model_host *h, const engine_seq *q,
+                               int all, double *out)
 {
     int T = q->len, I = s->input_size, H = s->hidden_size, nd = s->bidirectional ? 2 : 1;
     int width = I;

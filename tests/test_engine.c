@@ -125,14 +125,14 @@ static const net_case cases[] = {
 
 /* Runs a random batch through the engine and the reference; returns the worst error. */
 static double run_vs_ref(balsa_model *m, const model_spec *s, const model_host *h, int n,
-                         int maxlen, int all, unsigned long long seed)
+                         int maxlen, int equal, int all, unsigned long long seed)
 {
     ref_seq rs[16];
     engine_seq q[16];
     float *outs[16];
     int O = model_spec_output_size(s);
     for (int i = 0; i < n; i++) {
-        ref_make_seq(s, &rs[i], 1 + (int)(h_rand_u64(&seed) % maxlen), &seed);
+        ref_make_seq(s, &rs[i], equal ? maxlen : 1 + (int)(h_rand_u64(&seed) % maxlen), &seed);
         q[i] = rs[i].seq;
         outs[i] = malloc(sizeof(float) * q[i].len * O);
     }
@@ -169,9 +169,10 @@ TEST(matches_reference)
             continue;
         }
         for (int all = 0; all < 2; all++)
-            for (int trial = 0; trial < 3; trial++) {
-                int n = 1 + trial * 4;
-                double e = run_vs_ref(m, &s, &h, n, 12, all, 7 * c + trial + 31 * all);
+            for (int trial = 0; trial < 4; trial++) {
+                /* batches of 1, 5 and 9 mixed lengths, and 6 of one length */
+                int n = trial < 3 ? 1 + trial * 4 : 6;
+                double e = run_vs_ref(m, &s, &h, n, 12, trial == 3, all, 7 * c + trial + 31 * all);
                 CHECK_MSG(e < 1e-4, "case %zu all %d batch %d: rel err %g", c, all, n, e);
             }
         model_free(m);
@@ -370,6 +371,9 @@ TEST(topk)
     idx[0] = -7;
     engine_topk(v, 7, 0, idx, val);
     CHECK(idx[0] == -7);
+    float w[4] = {NAN, 1.0f, NAN, -3.0f}; /* NaN ranks last, whatever the order */
+    engine_topk(w, 4, 3, idx, val);
+    CHECK(idx[0] == 1 && idx[1] == 3 && idx[2] == 0);
 }
 
 /* Feeds n random sequences through a stream of max_slots, adding a random number of them
@@ -522,6 +526,71 @@ TEST(stream_long_sequence)
     model_host_free(&h);
 }
 
+/* A backend whose matmul fails on demand: errors must come back as statuses, and a
+ * failed stream step must hand back every active tag and leave the stream usable. */
+static balsa_backend_ops failing_ops;
+static int fail_countdown = -1;
+
+static balsa_status failing_matmul(balsa_backend *b, const balsa_mat *w, const float *x, int ldx,
+                                   int n, const float *bias, int acc, balsa_act act, float *y,
+                                   int ldy)
+{
+    if (fail_countdown >= 0 && fail_countdown-- == 0)
+        return BALSA_ERR_DEVICE;
+    return be->ops->matmul(b, w, x, ldx, n, bias, acc, act, y, ldy);
+}
+
+TEST(errors_reach_the_caller)
+{
+    failing_ops = *be->ops;
+    failing_ops.matmul = failing_matmul;
+    balsa_backend fb = *be;
+    fb.ops = &failing_ops;
+    model_spec s = spec_of(&cases[1]);
+    model_host h;
+    ref_random_host(&s, &h, 8, 3, 0.5f, 8);
+    balsa_model *m;
+    char err[256];
+    REQUIRE(model_build(&s, &h, &fb, &m, err, sizeof err) == BALSA_OK);
+    unsigned long long rng = 3;
+    ref_seq r[3];
+    float out[3][25 * 16];
+    for (int i = 0; i < 3; i++)
+        ref_make_seq(&s, &r[i], 5 + 5 * i, &rng);
+    float *outs[1] = {out[0]};
+    fail_countdown = 3;
+    CHECK(model_run(m, &r[0].seq, 1, 1, outs) == BALSA_ERR_DEVICE);
+    CHECK(model_run(m, &r[0].seq, 1, 1, outs) == BALSA_OK);
+
+    model_stream *st;
+    REQUIRE(model_stream_create(m, 4, &st) == BALSA_OK);
+    void *done[4];
+    int nd;
+    for (int i = 0; i < 3; i++)
+        CHECK(model_stream_add(st, &r[i].seq, i % 2, out[i], &r[i]) == BALSA_OK);
+    CHECK(model_stream_step(st, done, &nd) == BALSA_OK && nd == 0);
+    fail_countdown = 2;
+    CHECK(model_stream_step(st, done, &nd) == BALSA_ERR_DEVICE);
+    CHECK(nd == 3 && model_stream_active(st) == 0 && model_stream_free_slots(st) == 4);
+    int seen = 0;
+    for (int i = 0; i < nd; i++)
+        for (int j = 0; j < 3; j++)
+            seen |= (done[i] == &r[j]) << j;
+    CHECK(seen == 7);
+    CHECK(model_stream_add(st, &r[0].seq, 0, out[0], &r[0]) == BALSA_OK);
+    int steps = 0;
+    nd = 0;
+    while (nd == 0 && steps++ < 10)
+        CHECK(model_stream_step(st, done, &nd) == BALSA_OK);
+    CHECK(nd == 1 && done[0] == &r[0] && steps == 5);
+    model_stream_free(st);
+    for (int i = 0; i < 3; i++)
+        ref_free_seq(&r[i]);
+    model_free(m);
+    model_host_free(&h);
+    fail_countdown = -1;
+}
+
 int main(void)
 {
     if (balsa_backend_cpu_create(1, &be) != BALSA_OK)
@@ -537,6 +606,7 @@ int main(void)
     RUN(topk);
     RUN(stream_matches_run);
     RUN(stream_long_sequence);
+    RUN(errors_reach_the_caller);
     be->ops->destroy(be);
     HARNESS_END();
 }

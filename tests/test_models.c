@@ -495,10 +495,11 @@ TEST(convert_prunes_and_keeps_dense)
     /* a dense "PyTorch" file: the model written all dense, tensors named like PyTorch's */
     REQUIRE(model_file_write(path_of("dense.safetensors"), &s, &h, err, sizeof err) == BALSA_OK);
     const char *keep[1] = {"lstm.weight_hh_l1"};
-    convert_opts o = {0.75, 8, keep, 1, NULL};
+    convert_opts o = {0.75, 8, keep, 1, NULL, NULL, NULL};
     convert_entry rep[MODEL_MAX_TENSORS];
     int nrep = 0;
-    balsa_status st = model_convert(path_of("dense.safetensors"), NULL, &o, path_of("out.safetensors"),
+    balsa_status st = model_convert(path_of("dense.safetensors"), NULL, &o,
+                                    path_of("out.safetensors"),
                                     rep, &nrep, err, sizeof err);
     CHECK_MSG(st == BALSA_OK, "%s", err);
     model_spec s2;
@@ -547,16 +548,21 @@ TEST(convert_and_inspect_commands)
     char err[256];
     REQUIRE(st_write(path_of("f16.safetensors"), outs, 2, NULL, 0, err, sizeof err) == BALSA_OK);
     FILE *f = fopen(path_of("desc.json"), "w");
-    fputs("{\"name\": \"lin\", \"input\": \"vectors\", \"input_size\": 4,\n"
-          " \"fc\": [{\"out\": 3, \"activation\": \"relu\"}], \"head\": \"none\"}\n", f);
+    fputs("{\"name\": \"replaced by --name\", \"input\": \"vectors\", \"input_size\": 4,\n"
+          " \"fc\": [{\"out\": 3, \"activation\": \"relu\"}], \"head\": \"softmax\"}\n", f);
     fclose(f);
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "%s convert %s -o %s --desc %s --sparsity 0.5 --bank 4 >%s 2>&1", bin,
+    snprintf(cmd, sizeof cmd,
+             "%s convert %s -o %s --desc %s --sparsity 0.5 --bank 4 --name lin --head none "
+             ">%s 2>&1",
+             bin,
              path_of("f16.safetensors"), path_of("lin.safetensors"), path_of("desc.json"),
              path_of("convert.txt"));
     CHECK(system(cmd) == 0);
     balsa_model *m;
     REQUIRE(model_load(path_of("lin.safetensors"), be, &m, err, sizeof err) == BALSA_OK);
+    CHECK(strcmp(model_get_info(m)->name, "lin") == 0);
+    CHECK(model_get_info(m)->head == MODEL_HEAD_NONE);
     float x[4] = {1, 1, 1, 1}, out[3];
     float *outs_[1] = {out};
     engine_seq q = {NULL, x, 1};
