@@ -6,7 +6,7 @@
 #   make run                  serve the demo model on port 8080
 #   make bench                the kernel benchmark against OpenBLAS
 #   make deps                 install the Debian packages balsa needs (as root) or print the command
-#   make train                the pruning study (models/train, about an hour on one core) -> models/train/RESULTS.md
+#   make train                the pruning study (models/train, about 1.5 hours on one core) -> models/train/RESULTS.md
 
 CC      ?= cc
 NVCC    ?= $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
@@ -111,7 +111,10 @@ deps:
 
 .PHONY: train
 train: deps
-	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 nice -n 19 /usr/bin/python3 models/train/study.py --out models/train/results --report models/train/RESULTS.md
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 nice -n 19 /usr/bin/python3 models/train/study.py --out models/train/results --no-report
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 nice -n 19 /usr/bin/python3 models/train/study.py --out models/train/results-ft600 \
+	    --dense-from models/train/results --ft-steps 600 --levels 0.5,0.8,0.9 --patterns balanced,unstructured --no-report
+	/usr/bin/python3 models/train/report.py models/train/results models/train/RESULTS.md models/train/results-ft600
 
 clean:
 	rm -rf build

@@ -285,8 +285,11 @@ def write(out, runs, md_path, extra=()):
     L.append("Written by `models/train/report.py` from the JSON files in this folder "
              f"({datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, {platform.node() or 'host'}, "
              f"Python {platform.python_version()}).\n")
-    L.append("Reproduce: `make train` (= `nice -n 19 /usr/bin/python3 models/train/study.py "
-             "--out models/train/results`, one thread).\n")
+    L.append("Reproduce: `make train` (the main study, `nice -n 19 /usr/bin/python3 "
+             "models/train/study.py --out models/train/results`, then the follow-up study and "
+             "this report; one thread; a restart skips the runs already complete). The 90% balanced model of this study is "
+             "balsa's trained example model, models/fortunes/ (balsa's output equals PyTorch's "
+             "on it: tests/test_fortunes.c, models/train/balsa_check.py).\n")
     missing = [r for r in ["dense-ft", *PATTERNS] if r not in got]
     partial = [r for r, (_, p) in got.items() if p]
     if missing or partial:
@@ -341,6 +344,8 @@ def write(out, runs, md_path, extra=()):
         L.append(f"![test BPC against sparsity]({png})\n")
     L += _tables(got, st, dense)
     L.append("## The paper's claims, checked (per-character perplexity, test / validation)\n")
+    L.append("Relative change of per-character perplexity 2^BPC (a 2% change is 0.029 BPC), "
+             "against the dense baseline.\n")
     L += _claims(got, st, dense)
     for folder in extra:
         L += _extra(folder, runs, st)
