@@ -1,8 +1,9 @@
 """Makes balsa's trained demo model from the pruning study: the balanced run's weights at one
-level (default 90%: k = 3 of every 32), exported by study.py, converted by `balsa convert`
-to balanced-sparse storage, with the character vocabulary added to the description.
+level (default 90%: k = 3 of every 32) of the follow-up study (600 fine-tuning steps per
+level, the better model), exported by study.py, converted by `balsa convert` to
+balanced-sparse storage, with the character vocabulary added to the description.
 
-    /usr/bin/python3 models/train/make_fortunes_model.py [--results models/train/results]
+    /usr/bin/python3 models/train/make_fortunes_model.py [--results models/train/results-ft600]
         [--level 0.9] [--balsa build/cpu/balsa] [--out models/fortunes/fortunes-b90.safetensors]
 
 Checks before writing: `balsa convert` kept exactly the weights the study kept (the dense
@@ -64,7 +65,7 @@ def balsa_dense_weights(tensors, desc):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--results", default=os.path.join(HERE, "results"))
+    ap.add_argument("--results", default=os.path.join(HERE, "results-ft600"))
     ap.add_argument("--level", type=float, default=0.9)
     ap.add_argument("--bank", type=int, default=32)
     ap.add_argument("--balsa", default=find_balsa())

@@ -287,9 +287,10 @@ def write(out, runs, md_path, extra=()):
              f"Python {platform.python_version()}).\n")
     L.append("Reproduce: `make train` (the main study, `nice -n 19 /usr/bin/python3 "
              "models/train/study.py --out models/train/results`, then the follow-up study and "
-             "this report; one thread; a restart skips the runs already complete). The 90% balanced model of this study is "
-             "balsa's trained example model, models/fortunes/ (balsa's output equals PyTorch's "
-             "on it: tests/test_fortunes.c, models/train/balsa_check.py).\n")
+             "this report; one thread; a restart skips the runs already complete). The 90% "
+             "balanced model of the follow-up study is balsa's trained example model, "
+             "models/fortunes/ (balsa's output equals PyTorch's on it: tests/test_fortunes.c, "
+             "models/train/balsa_check.py).\n")
     missing = [r for r in ["dense-ft", *PATTERNS] if r not in got]
     partial = [r for r, (_, p) in got.items() if p]
     if missing or partial:
