@@ -261,10 +261,18 @@ def _discussion(got, st, dense_run, extra_got):
             if v in st["levels"] and st["levels"].index(v) < len(bal):
                 pairs.append(f"{_fmt_level(v)}: {bal[st['levels'].index(v)]['test']['bpc']:.3f} -> "
                              f"{b2[i]['test']['bpc']:.3f}")
+        u2 = g.get("unstructured", ({"levels": []}, False))[0]["levels"]
+        diffs = [(s2["levels"][i], b2[i]["test"]["bpc"] - u2[i]["test"]["bpc"])
+                 for i in range(min(len(b2), len(u2)))]
+        lead = [f"{_fmt_level(v)}: {d:+.3f}" for v, d in diffs]
+        why = ("unstructured pruning recovers from its emptied rows with longer fine-tuning"
+               if diffs and all(d > 0 for _, d in diffs) else "compare with the main study")
         if pairs:
-            L.append(f"- **More fine-tuning narrows the gap.** Balanced test BPC with "
+            L.append(f"- **More fine-tuning narrows the gap to dense.** Balanced test BPC with "
                      f"{st['ft_steps']} -> {s2['ft_steps']} steps per level: {'; '.join(pairs)} "
-                     f"(dense {dense['test']['bpc']:.3f}; follow-up section above).")
+                     f"(dense {dense['test']['bpc']:.3f}; follow-up section above)."
+                     + (f" With that budget, balanced minus unstructured test BPC is "
+                        f"{'; '.join(lead)}: {why}." if lead else ""))
     L.append("")
     return L
 
