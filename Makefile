@@ -6,6 +6,7 @@
 #   make run                  serve the demo model on port 8080
 #   make bench                the kernel benchmark against OpenBLAS
 #   make deps                 install the Debian packages balsa needs (as root) or print the command
+#   make train                the pruning study (models/train, about 1.5 hours on one core) -> models/train/RESULTS.md
 
 CC      ?= cc
 NVCC    ?= $(firstword $(wildcard /usr/local/cuda/bin/nvcc) $(shell command -v nvcc 2>/dev/null))
@@ -70,7 +71,7 @@ BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(B)/bench/%)
 $(B)/%_avx2.o: CFLAGS = $(CFLAGS_BASE) -mavx2 -mfma
 $(B)/%_avx512.o: CFLAGS = $(CFLAGS_BASE) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mavx2
 
-.PHONY: all announce balsa test run bench deps clean gpu-check-bins container-test
+.PHONY: all announce balsa test run bench deps clean gpu-check-bins container-test train
 .SECONDARY:
 all: announce $(B)/balsa $(TEST_BINS) $(BENCH_BINS)
 
@@ -140,6 +141,13 @@ deps:
 # Builds the CPU image with podman from a debootstrap base, runs it and checks it for real.
 container-test:
 	@bash tests/container/test.sh
+
+
+train: deps
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 nice -n 19 /usr/bin/python3 models/train/study.py --out models/train/results --no-report
+	OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 nice -n 19 /usr/bin/python3 models/train/study.py --out models/train/results-ft600 \
+	    --dense-from models/train/results --ft-steps 600 --levels 0.5,0.8,0.9 --patterns balanced,unstructured --no-report
+	/usr/bin/python3 models/train/report.py models/train/results models/train/RESULTS.md models/train/results-ft600
 
 clean:
 	rm -rf build
