@@ -92,7 +92,7 @@ static void model_metadata(server_model *sm, v2_reply *rep)
         jsonw_printf(&w, "{\"name\":\"features\",\"datatype\":\"FP32\",\"shape\":[-1,-1,%d]}",
                      in->input_size);
     jsonw_printf(&w,
-                 ",{\"name\":\"lengths\",\"datatype\":\"INT32\",\"shape\":[-1]}],\"outputs\":["
+                 ",{\"name\":\"lengths\",\"datatype\":\"INT32\",\"shape\":[-1,1]}],\"outputs\":["
                  "{\"name\":\"output\",\"datatype\":\"FP32\",\"shape\":[-1,%d]},"
                  "{\"name\":\"top_k_indices\",\"datatype\":\"INT32\",\"shape\":[-1,-1]},"
                  "{\"name\":\"top_k_values\",\"datatype\":\"FP32\",\"shape\":[-1,-1]}]}\n",
@@ -119,7 +119,7 @@ static void model_config(server_model *sm, v2_reply *rep)
                      in->input_size);
     jsonw_printf(&w,
                  ",{\"name\":\"lengths\",\"data_type\":\"TYPE_INT32\",\"dims\":[1],"
-                 "\"reshape\":{\"shape\":[]},\"optional\":true}],\"output\":["
+                 "\"optional\":true}],\"output\":["
                  "{\"name\":\"output\",\"data_type\":\"TYPE_FP32\",\"dims\":[%d]},"
                  "{\"name\":\"top_k_indices\",\"data_type\":\"TYPE_INT32\",\"dims\":[-1]},"
                  "{\"name\":\"top_k_values\",\"data_type\":\"TYPE_FP32\",\"dims\":[-1]}],"
