@@ -6,7 +6,7 @@
  * How balsa's variable-length sequences map to v2 tensors (docs in server/openapi.json):
  *   inputs   tokens   INT32 or INT64 [batch, steps]              token models
  *            features FP32 [batch, steps, input_size]            vector models
- *            lengths  INT32 or INT64 [batch] (or [batch, 1])     optional; sequence i is
+ *            lengths  INT32 or INT64 [batch, 1] (or [batch])     optional; sequence i is
  *                     the first lengths[i] steps of row i (1 <= lengths[i] <= steps); without
  *                     it every sequence is `steps` long
  *   params   output "last" (default) | "all"; top_k (integer); timeout_ms (integer);

@@ -330,6 +330,13 @@ TEST(http_metadata_config_ready)
     CHECK(!strcmp(cJSON_GetObjectItem(in, "name")->valuestring, "tokens"));
     const cJSON *out = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "outputs"), 0);
     CHECK(cJSON_GetArrayItem(cJSON_GetObjectItem(out, "shape"), 1)->valueint == OUT);
+    /* lengths is [batch, 1], as its config dims [1] say: perf_analyzer strips the batch
+     * dimension from metadata shapes and refuses an input left with none. */
+    const cJSON *len = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "inputs"), 1);
+    const cJSON *lshape = cJSON_GetObjectItem(len, "shape");
+    CHECK(!strcmp(cJSON_GetObjectItem(len, "name")->valuestring, "lengths") &&
+          cJSON_GetArraySize(lshape) == 2 && cJSON_GetArrayItem(lshape, 0)->valueint == -1 &&
+          cJSON_GetArrayItem(lshape, 1)->valueint == 1);
     cJSON_Delete(j);
     j = get_json("/v2/models/vec", 200);
     REQUIRE(j);
