@@ -7,7 +7,9 @@
 #      the same fixed JSON, and vs nginx returning the same bytes (context only);
 #   4. resident memory after 10,000 and after 100,000 requests.
 # Usage: bench/http.sh   (env: DUR seconds per point, default 5; BUILD, default
-# build/cuda or build/cpu; PORT_BASE, default 18180; BODY, the /infer body)
+# build/cuda or build/cpu; PORT_BASE, default 18180; BODY, the /infer body; PHASES, the
+# parts to run, default "sweep batching healthz memory"; SERVE_ARGS, extra flags for every
+# `balsa serve`, e.g. "--threads 1")
 # Needs wrk (tools/deps.sh); nginx is optional (apt-get install nginx-light).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,7 +59,7 @@ wait_http() { # url
 start_balsa() { # port, extra args...
     local port=$1; shift
     "$BALSA" serve --host 127.0.0.1 --port "$port" --model "demo=$MODEL" --access-log false \
-        --drain-delay-ms 0 "$@" 2>"$TMP/balsa_$port.log" &
+        --drain-delay-ms 0 ${SERVE_ARGS:-} "$@" 2>"$TMP/balsa_$port.log" &
     PIDS+=($!)
     LAST_PID=$!
     wait_http "http://127.0.0.1:$port/readyz"
@@ -109,6 +111,8 @@ echo
 
 P1=$((PORT_BASE + 1)) P2=$((PORT_BASE + 2)) P4=$((PORT_BASE + 4)) P5=$((PORT_BASE + 5))
 ROUNDS=${ROUNDS:-3}
+PHASES=${PHASES:-sweep batching healthz memory}
+phase() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 # Every server runs from the start (idle ones cost nothing); comparisons alternate
@@ -147,6 +151,7 @@ NGX
     HAVE_NGINX=1
 fi
 
+if phase sweep; then
 echo "## POST /infer, demo model, batching on (max_batch_size 32, max_queue_delay_us 1000)"
 echo "| concurrency | req/s | p50 ms | p99 ms | server CPU us/request | errors |"
 echo "|---|---|---|---|---|---|"
@@ -157,7 +162,9 @@ done
 batches=$(curl -s "http://127.0.0.1:$P1/metrics" | awk '/^balsa_batch_size_(sum|count)\{model="demo"\}/ { v[$1 ~ /_sum/ ? "s" : "c"] = $2 } END { if (v["c"] > 0) printf "%.1f", v["s"] / v["c"] }')
 echo
 echo "mean sequences per executed step over these runs: $batches"
+fi
 
+if phase batching; then
 echo
 echo "## batching on (max_batch_size 32) vs off (max_batch_size 1), concurrency 64, $ROUNDS rounds"
 echo "| round | on: req/s (p50 / p99 ms, CPU us/req) | off: req/s (p50 / p99 ms, CPU us/req) |"
@@ -173,7 +180,9 @@ on=$(median "${ON[@]}") off=$(median "${OFF[@]}")
 onc=$(median "${ONC[@]}") offc=$(median "${OFFC[@]}")
 echo
 echo "batching on / off at concurrency 64, medians: req/s $on / $off = $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2fx", a / b }') (goal >= 3x); server CPU per request $offc / $onc us = $(awk -v a="$offc" -v b="$onc" 'BEGIN { printf "%.2fx", a / b }') less with batching"
+fi
 
+if phase healthz; then
 echo
 echo "## GET /healthz, concurrency 64, $ROUNDS rounds: balsa vs bare libmicrohttpd (same threading, same body) vs nginx"
 echo "| round | balsa: req/s (p50 / p99 ms, CPU us/req) | bare libmicrohttpd | nginx, 1 worker |"
@@ -194,9 +203,11 @@ done
 bh=$(median "${BH[@]}") mh=$(median "${MH[@]}") bc=$(median "${BC[@]}") mc=$(median "${MC[@]}")
 echo
 echo "balsa /healthz vs bare libmicrohttpd, medians: req/s $bh / $mh = $(awk -v a="$bh" -v b="$mh" 'BEGIN { printf "%.0f%%", 100 * a / b }') (goal >= 90%); server CPU per request $bc vs $mc us ($(awk -v a="$bc" -v b="$mc" 'BEGIN { printf "%.0f%%", 100 * b / a }') of balsa's throughput per CPU-second)"
-[ "$HAVE_NGINX" = 1 ] && echo "nginx median: $(median "${NH[@]}") req/s (context only)"
+if [ "$HAVE_NGINX" = 1 ]; then echo "nginx median: $(median "${NH[@]}") req/s (context only)"; fi
+fi
 stop_pid "$BALSA_ON"
 stop_pid "$BALSA_OFF"
+if phase memory; then
 echo
 echo "## resident memory under load (POST /infer $MEMBODY, concurrency 64)"
 P3=$((PORT_BASE + 3))
@@ -223,5 +234,6 @@ echo "| ~10,000 | $n1 | $rss1 |"
 echo "| ~100,000 | $n2 | $rss2 |"
 echo
 echo "RSS growth from 10k to 100k requests: $(awk -v a="$rss1" -v b="$rss2" 'BEGIN { printf "%+.1f%%", 100 * (b - a) / a }') (goal within 10%)"
+fi
 echo
-echo "rerun: bash bench/http.sh   (DUR=$DUR)"
+echo "rerun: DUR=$DUR ROUNDS=$ROUNDS PHASES=\"$PHASES\" SERVE_ARGS=\"${SERVE_ARGS:-}\" bash bench/http.sh"

@@ -31,6 +31,7 @@ typedef struct {
     int len, pos;         /* pos: next step to run */
     int32_t *tokens;      /* the caller's input, copied */
     float *features;
+    size_t in_cap;        /* capacity of tokens or features, in elements */
     float *proj;          /* host, STREAM_CHUNK x 4H: projection of steps proj_from.. */
     int proj_from, proj_n;
 } stream_slot;
@@ -55,12 +56,39 @@ static engine_seq slot_seq(const stream_slot *sl)
     return (engine_seq){sl->tokens, sl->features, sl->len};
 }
 
+/* Empties a slot for the next sequence but keeps its buffers: the scheduler thread then
+ * allocates nothing per sequence once every slot has been used. A fresh 128 KiB
+ * projection buffer per sequence cost page faults (and at first an mmap and munmap) on
+ * every request, most of all with max_batch_size 1. */
 static void slot_clear(stream_slot *sl)
+{
+    stream_slot keep = {0};
+    keep.tokens = sl->tokens;
+    keep.features = sl->features;
+    keep.in_cap = sl->in_cap;
+    keep.proj = sl->proj;
+    *sl = keep;
+}
+
+static void slot_release(stream_slot *sl)
 {
     free(sl->tokens);
     free(sl->features);
     free(sl->proj);
     memset(sl, 0, sizeof *sl);
+}
+
+/* Returns buf grown to hold at least n elements of elem bytes (*cap, in elements, is its
+ * capacity and is updated): buf itself when large enough, NULL when out of memory (buf
+ * then still belongs to the caller). */
+static void *input_reserve(void *buf, size_t *cap, size_t n, size_t elem)
+{
+    if (buf && *cap >= n)
+        return buf;
+    void *p = realloc(buf, n * elem);
+    if (p)
+        *cap = n;
+    return p;
 }
 
 void model_stream_free(model_stream *s)
@@ -69,7 +97,7 @@ void model_stream_free(model_stream *s)
         return;
     balsa_backend *be = s->m->be;
     for (int i = 0; s->slots && i < s->max_slots; i++)
-        slot_clear(&s->slots[i]);
+        slot_release(&s->slots[i]);
     for (int l = 0; l < MODEL_MAX_LAYERS; l++) {
         if (s->c[l])
             be->ops->free(be, s->c[l]);
@@ -174,21 +202,30 @@ balsa_status model_stream_add(model_stream *s, const engine_seq *seq, int all_st
     stream_slot *sl = &s->slots[idx];
     const model_spec *sp = &s->m->spec;
     sl->len = seq->len;
+    int ok;
     if (sp->input_kind == MODEL_INPUT_TOKENS) {
-        sl->tokens = malloc(sizeof(int32_t) * seq->len);
-        if (sl->tokens)
-            memcpy(sl->tokens, seq->tokens, sizeof(int32_t) * seq->len);
+        int32_t *p = input_reserve(sl->tokens, &sl->in_cap, (size_t)seq->len, sizeof *p);
+        ok = p != NULL;
+        if (ok) {
+            sl->tokens = p;
+            memcpy(p, seq->tokens, sizeof(int32_t) * seq->len);
+        }
     } else {
-        sl->features = malloc(sizeof(float) * seq->len * sp->input_size);
-        if (sl->features)
-            memcpy(sl->features, seq->features, sizeof(float) * seq->len * sp->input_size);
+        size_t nf = (size_t)seq->len * sp->input_size;
+        float *p = input_reserve(sl->features, &sl->in_cap, nf, sizeof *p);
+        ok = p != NULL;
+        if (ok) {
+            sl->features = p;
+            memcpy(p, seq->features, sizeof(float) * nf);
+        }
     }
-    if (!sl->tokens && !sl->features) {
+    if (!ok) {
         slot_clear(sl);
         return BALSA_ERR_OOM;
     }
     if (!s->whole) {
-        sl->proj = malloc(sizeof(float) * STREAM_CHUNK * 4 * sp->hidden_size);
+        if (!sl->proj)
+            sl->proj = malloc(sizeof(float) * STREAM_CHUNK * 4 * sp->hidden_size);
         balsa_status st = sl->proj ? slot_project(s, sl, 0) : BALSA_ERR_OOM;
         if (st != BALSA_OK) {
             slot_clear(sl);

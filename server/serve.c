@@ -4,6 +4,9 @@
  * then the daemon stops accepting, refuses new work, finishes every admitted request
  * (failing the queued ones with 503 if drain_timeout_ms runs out) and exits 0. */
 #include <errno.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -216,6 +219,15 @@ int serve_main(int argc, char **argv)
         return 1;
     }
 
+#ifdef __GLIBC__
+    /* One malloc arena for every thread. With glibc's default (an arena per thread, up to
+     * 8 per core) the resident size kept creeping under steady load: +12% to +16% from
+     * 10k to 100k identical requests, and not a leak (LeakSanitizer finds none); capped
+     * at one arena it stays within 1% (bench/http.sh, memory phase; 2 arenas still crept),
+     * so it is fragmentation spread over the arenas of the HTTP threads and the scheduler.
+     * Throughput did not change measurably: the threads allocate little per request. */
+    mallopt(M_ARENA_MAX, 1);
+#endif
     /* Signals are taken by sigwait in this thread only: block them before any thread
      * starts, so every thread inherits the mask. */
     sigset_t sigs;

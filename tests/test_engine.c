@@ -526,6 +526,51 @@ TEST(stream_long_sequence)
     model_host_free(&h);
 }
 
+/* One slot reused by sequences of 3, 100 (past the 64-step projection chunk, so the
+ * slot's kept input copy must grow) and 2 steps: the stream keeps a slot's buffers
+ * between sequences, and each answer must still match model_run's. */
+TEST(stream_reuses_slot_buffers)
+{
+    model_spec s = spec_of(&cases[1]);
+    model_host h;
+    ref_random_host(&s, &h, 8, 3, 0.5f, 31);
+    balsa_model *m;
+    char err[256];
+    REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
+    model_stream *st;
+    REQUIRE(model_stream_create(m, 1, &st) == BALSA_OK);
+    int O = model_spec_output_size(&s);
+    const int lens[3] = {3, 100, 2};
+    unsigned long long rng = 9;
+    for (int i = 0; i < 3; i++) {
+        ref_seq q;
+        ref_make_seq(&s, &q, lens[i], &rng);
+        float *got = calloc((size_t)O, sizeof(float)), *want = calloc((size_t)O, sizeof(float));
+        double *ref = malloc(sizeof(double) * O);
+        REQUIRE(got && want && ref);
+        CHECK(model_run(m, &q.seq, 1, 0, &want) == BALSA_OK);
+        CHECK(model_stream_add(st, &q.seq, 0, got, &q) == BALSA_OK);
+        void *done[1];
+        int nd = 0, steps = 0, finished = 0;
+        while (model_stream_active(st) > 0 && steps < 200) {
+            CHECK(model_stream_step(st, done, &nd) == BALSA_OK);
+            steps++;
+            finished += nd == 1 && done[0] == &q;
+        }
+        CHECK(finished == 1 && steps == lens[i]);
+        for (int j = 0; j < O; j++)
+            ref[j] = want[j];
+        CHECK_MSG(h_max_rel_err(got, ref, O, 1) <= 1e-5, "sequence %d (%d steps)", i, lens[i]);
+        free(got);
+        free(want);
+        free(ref);
+        ref_free_seq(&q);
+    }
+    model_stream_free(st);
+    model_free(m);
+    model_host_free(&h);
+}
+
 /* Test backends that wrap the CPU one: every op forwards to `be` (a backend keeps private
  * state behind its public struct, so the wrapper passes `be`, never itself), and a test
  * replaces the ops it wants to watch or break. */
@@ -717,6 +762,7 @@ int main(void)
     RUN(topk);
     RUN(stream_matches_run);
     RUN(stream_long_sequence);
+    RUN(stream_reuses_slot_buffers);
     RUN(errors_reach_the_caller);
     RUN(fused_lstm_step_is_used);
     be->ops->destroy(be);
