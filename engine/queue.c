@@ -120,6 +120,19 @@ uint64_t queue_oldest_ns(request_queue *q)
     return t;
 }
 
+uint64_t queue_min_deadline_ns(request_queue *q)
+{
+    pthread_mutex_lock(&q->mu);
+    uint64_t t = 0;
+    for (int i = 0; i < q->count; i++) {
+        uint64_t d = q->ring[(q->head + i) % q->capacity].deadline_ns;
+        if (d && (t == 0 || d < t))
+            t = d;
+    }
+    pthread_mutex_unlock(&q->mu);
+    return t;
+}
+
 int queue_depth(request_queue *q)
 {
     pthread_mutex_lock(&q->mu);

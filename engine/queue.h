@@ -52,6 +52,9 @@ int queue_take_expired(request_queue *q, uint64_t now_ns, queue_item *out, int m
 
 /* Enqueue time of the oldest item, 0 when empty. */
 uint64_t queue_oldest_ns(request_queue *q);
+
+/* The earliest deadline among the queued items, 0 when none has one. */
+uint64_t queue_min_deadline_ns(request_queue *q);
 int queue_depth(request_queue *q);
 
 /* Refuses further pushes and wakes the waiter; queued items stay to be popped. */

@@ -135,11 +135,15 @@ static void *sched_main(void *arg)
                     break;
                 continue;
             }
-            /* Idle: give the batch a moment to fill, counted from the oldest arrival. */
+            /* Idle: give the batch a moment to fill, counted from the oldest arrival, but
+             * never past a queued request's deadline: waiting for company must not turn a
+             * request that could run now into a 504. */
             uint64_t oldest = queue_oldest_ns(&s->q);
-            if (s->cfg.max_queue_delay_us > 0 && oldest && !atomic_load(&s->abort))
-                queue_wait(&s->q, model_stream_free_slots(s->stream),
-                           oldest + (uint64_t)s->cfg.max_queue_delay_us * 1000u);
+            uint64_t until = oldest + (uint64_t)s->cfg.max_queue_delay_us * 1000u;
+            uint64_t deadline = queue_min_deadline_ns(&s->q);
+            if (s->cfg.max_queue_delay_us > 0 && oldest && !atomic_load(&s->abort) &&
+                (deadline == 0 || deadline > until))
+                queue_wait(&s->q, model_stream_free_slots(s->stream), until);
         }
         cur = admit(s, cur);
         int active = model_stream_active(s->stream);

@@ -71,6 +71,25 @@ TEST(expiry_keeps_order)
     queue_free(&q);
 }
 
+TEST(min_deadline)
+{
+    request_queue q;
+    REQUIRE(queue_init(&q, 4) == BALSA_OK);
+    int v[3];
+    CHECK(queue_min_deadline_ns(&q) == 0);
+    CHECK(queue_push(&q, &v[0], 1, 0) == BALSA_OK);
+    CHECK(queue_min_deadline_ns(&q) == 0); /* no deadline at all */
+    CHECK(queue_push(&q, &v[1], 1, 900) == BALSA_OK);
+    CHECK(queue_push(&q, &v[2], 1, 700) == BALSA_OK);
+    CHECK(queue_min_deadline_ns(&q) == 700);
+    queue_item it;
+    REQUIRE(queue_pop(&q, &it) && queue_pop(&q, &it));
+    CHECK(queue_min_deadline_ns(&q) == 700);
+    REQUIRE(queue_pop(&q, &it));
+    CHECK(queue_min_deadline_ns(&q) == 0);
+    queue_free(&q);
+}
+
 TEST(wait_times_out)
 {
     request_queue q;
@@ -113,6 +132,7 @@ int main(void)
     RUN(fifo_and_capacity);
     RUN(close_refuses_but_drains);
     RUN(expiry_keeps_order);
+    RUN(min_deadline);
     RUN(wait_times_out);
     RUN(wait_wakes_on_push);
     HARNESS_END();

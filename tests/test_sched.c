@@ -1,0 +1,100 @@
+/* Tests of the batching scheduler (engine/sched.c) driven directly, without HTTP: a
+ * request runs and matches model_run, and an idle scheduler does not hold a request past
+ * its deadline while it waits for company (max_queue_delay_us). */
+#include <pthread.h>
+
+#include "engine/queue.h"
+#include "engine/sched.h"
+#include "engine_ref.h"
+
+static balsa_backend *be;
+
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+} waiter;
+
+static void on_done(sched_request *r)
+{
+    waiter *w = r->user;
+    pthread_mutex_lock(&w->mu);
+    w->done = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static balsa_model *small_model(model_spec *s, model_host *h)
+{
+    memset(s, 0, sizeof *s);
+    snprintf(s->name, sizeof s->name, "t");
+    s->input_kind = MODEL_INPUT_TOKENS;
+    s->vocab_size = 20;
+    s->input_size = 8;
+    s->hidden_size = 16;
+    s->num_layers = 1;
+    s->lstm_bias = 1;
+    s->n_fc = 1;
+    s->fc[0] = (model_fc_spec){20, BALSA_ACT_NONE, 1};
+    s->head = MODEL_HEAD_SOFTMAX;
+    ref_random_host(s, h, 8, 2, 0.5f, 5);
+    balsa_model *m = NULL;
+    char err[256];
+    BALSA_ASSERT(model_build(s, h, be, &m, err, sizeof err) == BALSA_OK);
+    return m;
+}
+
+/* A batching delay of 2 s and a request due in 0.3 s: the idle scheduler must start it
+ * at once (status OK, well before the delay), not wait out the delay and answer 504. */
+TEST(deadline_cuts_the_batching_delay)
+{
+    model_spec s;
+    model_host h;
+    balsa_model *m = small_model(&s, &h);
+    ref_seq q;
+    unsigned long long rng = 9;
+    ref_make_seq(&s, &q, 5, &rng);
+    float out[20], want[20];
+    float *wp[1] = {want};
+    REQUIRE(model_run(m, &q.seq, 1, 0, wp) == BALSA_OK);
+
+    sched_config cfg = {.max_batch_size = 4, .max_queue_delay_us = 2000000, .queue_capacity = 8};
+    sched *sc;
+    REQUIRE(sched_create(m, &cfg, NULL, NULL, &sc) == BALSA_OK);
+    waiter w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
+    float *op[1] = {out};
+    sched_request r;
+    memset(&r, 0, sizeof r);
+    r.seqs = &q.seq;
+    r.nseqs = 1;
+    r.outputs = op;
+    uint64_t t0 = queue_now_ns();
+    r.deadline_ns = t0 + 300000000u;
+    r.done = on_done;
+    r.user = &w;
+    REQUIRE(sched_submit(sc, &r) == BALSA_OK);
+    pthread_mutex_lock(&w.mu);
+    while (!w.done)
+        pthread_cond_wait(&w.cv, &w.mu);
+    pthread_mutex_unlock(&w.mu);
+    double waited_s = (double)(queue_now_ns() - t0) / 1e9;
+    CHECK_MSG(r.status == BALSA_OK, "status %s", balsa_status_str(r.status));
+    CHECK_MSG(waited_s < 1.5, "answered after %.3f s: it waited out the 2 s delay", waited_s);
+    double err = 0;
+    for (int i = 0; i < 20; i++)
+        err = fabs(out[i] - want[i]) > err ? fabs(out[i] - want[i]) : err;
+    CHECK_MSG(r.status != BALSA_OK || err < 1e-6, "differs from model_run by %g", err);
+    sched_free(sc);
+    model_free(m);
+    model_host_free(&h);
+    ref_free_seq(&q);
+}
+
+int main(void)
+{
+    if (balsa_backend_cpu_create(1, &be) != BALSA_OK)
+        return 1;
+    RUN(deadline_cuts_the_batching_delay);
+    be->ops->destroy(be);
+    HARNESS_END();
+}
