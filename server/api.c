@@ -265,16 +265,15 @@ static int parse_root(const cJSON *root, const api_model *models, int nmodels,
     return 0;
 }
 
-int api_parse_request(const char *body, size_t len, const api_model *models, int nmodels,
-                      const api_limits *lim, api_request *r, char *err, size_t errlen)
+int api_parse_json(const char *body, size_t len, cJSON **root, size_t *after, char *err,
+                   size_t errlen)
 {
-    memset(r, 0, sizeof *r);
-    r->model = -1;
+    *root = NULL;
     if (len == 0)
         return fail(err, errlen, 400, "body: empty (expected a JSON object)");
     const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
-    if (!root) {
+    *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    if (!*root) {
         size_t off = end && end >= body && end <= body + len ? (size_t)(end - body) : 0;
         return fail(err, errlen, 400, "body: malformed JSON at byte %zu", off);
     }
@@ -282,7 +281,20 @@ int api_parse_request(const char *body, size_t len, const api_model *models, int
     while (off < len && (body[off] == ' ' || body[off] == '\n' || body[off] == '\r' ||
                          body[off] == '\t'))
         off++;
-    int code;
+    *after = off;
+    return 0;
+}
+
+int api_parse_request(const char *body, size_t len, const api_model *models, int nmodels,
+                      const api_limits *lim, api_request *r, char *err, size_t errlen)
+{
+    memset(r, 0, sizeof *r);
+    r->model = -1;
+    cJSON *root;
+    size_t off;
+    int code = api_parse_json(body, len, &root, &off, err, errlen);
+    if (code)
+        return code;
     if (off != len)
         code = fail(err, errlen, 400, "body: unexpected text after the JSON value at byte %zu",
                     off);

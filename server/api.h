@@ -36,6 +36,15 @@ typedef struct {
     float *out_storage;
 } api_request;
 
+struct cJSON;
+
+/* Parses body[0..len) (not NUL-terminated) as one JSON value: *root receives it (the caller
+ * cJSON_Deletes it) and *after the offset of the first byte past it that is not
+ * whitespace (len when the value fills the body). Returns 0, or 400 with "body: empty" or
+ * "body: malformed JSON at byte N" in err and *root NULL. Shared by /infer and v2. */
+int api_parse_json(const char *body, size_t len, struct cJSON **root, size_t *after, char *err,
+                   size_t errlen);
+
 /* Parses and validates body[0..len) (not NUL-terminated) against the models table.
  * Returns 0 and fills r (free with api_request_free), or an HTTP status with a message
  * in err and r left empty: 400 for a malformed body or a broken rule, 404 for an unknown

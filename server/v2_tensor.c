@@ -540,21 +540,13 @@ int v2_parse_infer(const char *body, size_t len, long header_len, const api_mode
                     "Inference-Header-Content-Length: %ld is more than the body's %zu bytes",
                     header_len, len);
     size_t jlen = header_len >= 0 ? (size_t)header_len : len;
-    if (jlen == 0)
-        return fail(err, errlen, 400, "body: empty (expected a JSON object)");
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, jlen, &end, 0);
-    if (!root) {
-        size_t off = end && end >= body && end <= body + jlen ? (size_t)(end - body) : 0;
-        return fail(err, errlen, 400, "body: malformed JSON at byte %zu", off);
-    }
-    size_t off = (size_t)(end - body);
-    while (off < jlen && (body[off] == ' ' || body[off] == '\n' || body[off] == '\r' ||
-                          body[off] == '\t'))
-        off++;
+    cJSON *root;
+    size_t off;
+    int code = api_parse_json(body, jlen, &root, &off, err, errlen);
+    if (code)
+        return code;
     v2_in ins[2];
     memset(ins, 0, sizeof ins);
-    int code;
     if (off != jlen)
         code = fail(err, errlen, 400, "body: unexpected bytes after the JSON at byte %zu%s", off,
                     header_len < 0 ? " (binary data needs Inference-Header-Content-Length)"
