@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Concurrency sweep (1, 2, 4, ... 64 requests outstanding) of KServe v2 inference against
-# `balsa serve` with the demo model (config/balsa.json batching), on a free loopback port.
+# `balsa serve` with the random-weight benchmark model models/demo/demo.safetensors as `demo`
+# (config/balsa.json batching), on a free loopback port.
 # Runs NVIDIA's perf_analyzer, unmodified: the one on PATH, else the one that
 # bench/get_perf_analyzer.sh fetches from PyPI's tritonclient 2.41.1 wheel; one run per
 # level with the statistics extension's server-side breakdown. When neither can be had,
@@ -16,8 +17,8 @@ pid=
 cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$work"; }
 trap cleanup EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$bin" serve --config config/balsa.json --port "$port" --access-log false --drain-delay-ms 0 \
-    2> "$work/serve.log" &
+"$bin" serve --config config/balsa.json --model demo=models/demo/demo.safetensors \
+    --port "$port" --access-log false --drain-delay-ms 0 2> "$work/serve.log" &
 pid=$!
 for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$port/v2/health/ready" > /dev/null && break

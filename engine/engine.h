@@ -29,6 +29,8 @@ typedef struct {
     long long params_dense;      /* weights the dense model would hold */
     long long params_stored;     /* weights actually stored (non-zeros of sparse ones) */
     size_t weight_bytes;         /* bytes of weights in the canonical layouts */
+    int has_vocabulary;          /* token models: 1 when the file names every token's text */
+    int can_generate;            /* 1: model_stream_add_gen accepts it (see there) */
 } model_info;
 
 typedef struct balsa_model balsa_model;
@@ -53,6 +55,17 @@ const model_info *model_get_info(const balsa_model *m);
 balsa_status model_check_seq(const balsa_model *m, const engine_seq *s, char *err,
                              size_t errlen);
 
+/* The text of token id (NUL-terminated, owned by the model), or NULL when the model has no
+ * vocabulary or id is out of range. */
+const char *model_token_str(const balsa_model *m, int id);
+
+/* Splits text[0..len) into token ids by the model's vocabulary, longest token first at
+ * each position. ids needs room for len entries (a token is at least one byte); *n gets
+ * the count. Returns BALSA_ERR_INVALID with a message (the byte offset and the character
+ * that no token matches; "empty" for len 0; "no vocabulary" for a model without one). */
+balsa_status model_encode_text(const balsa_model *m, const char *text, size_t len,
+                               int32_t *ids, int *n, char *err, size_t errlen);
+
 /* Runs n checked sequences together. outputs[i] receives (all_steps ? len : 1) vectors of
  * output_size floats (host memory, caller-owned). Not thread-safe per model. */
 balsa_status model_run(balsa_model *m, const engine_seq *seqs, int n, int all_steps,
@@ -71,6 +84,32 @@ int model_stream_active(const model_stream *s);
  * released once this returns. tag comes back from model_stream_step when it is done. */
 balsa_status model_stream_add(model_stream *s, const engine_seq *seq, int all_steps,
                               float *out, void *tag);
+/* Text generation: after its own steps a sequence goes on with max_new tokens, each chosen
+ * from the output of the step before it (the model's next-token scores: logits, softmax
+ * or log_softmax, output_size == vocab_size) and fed back as the next input. */
+typedef struct {
+    int max_new;       /* tokens to generate, >= 1 */
+    float temperature; /* 0: greedy (highest score, lower id on ties); > 0: sample from
+                        * softmax(log-probabilities / temperature) */
+    uint64_t seed;     /* the sampler's seed (the same seed gives the same tokens) */
+} model_gen_opts;
+
+/* As model_stream_add, for a sequence that generates (model_info.can_generate: a token
+ * model with a unidirectional LSTM whose output size is its vocabulary size; otherwise
+ * BALSA_ERR_INVALID, as for opts out of range). gen_out (room for opts->max_new) receives
+ * the generated ids and *gen_n their count (max_new once the tag comes back done); out
+ * may be NULL, or receives the output vector of the last step run (the scores the last
+ * generated token was drawn from). */
+balsa_status model_stream_add_gen(model_stream *s, const engine_seq *seq,
+                                  const model_gen_opts *opts, int32_t *gen_out, int *gen_n,
+                                  float *out, void *tag);
+
+/* Generates for one checked sequence without a scheduler (a one-slot model_stream): the
+ * same tokens as model_stream_add_gen gives it in any batch. Returns the engine's status
+ * (BALSA_ERR_INVALID as there). */
+balsa_status model_generate(balsa_model *m, const engine_seq *seq, const model_gen_opts *opts,
+                            int32_t *gen_out, int *gen_n);
+
 /* Advances every active sequence by one step (or more, where the model cannot go step by
  * step); writes the tags of the sequences that completed to done (room for max_slots)
  * and their count to *ndone. On error every active sequence is dropped and its tag

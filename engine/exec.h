@@ -33,6 +33,7 @@ struct balsa_model {
     float *fc_b[MODEL_MAX_FC]; /* backend memory, or NULL */
     int fc_in[MODEL_MAX_FC];
     int max_fc_out;
+    model_vocab vocab; /* empty when the file names no tokens */
     /* model_run's scratch, kept between calls */
     dev_buf x, xr, g, ya, yb, hr, c, lastv, fa, fb;
     host_buf hx, hxr, hy, hhr, hlast, hout;

@@ -120,6 +120,7 @@ void model_free(balsa_model *m)
     for (size_t i = 0; i < sizeof hosts / sizeof *hosts; i++)
         host_buf_release(hosts[i]);
     free(m->embedding);
+    model_vocab_free(&m->vocab);
     free(m);
 }
 
@@ -283,7 +284,17 @@ balsa_status model_build(const model_spec *s, const model_host *h, balsa_backend
     }
     m->spec = *s;
     m->be = be;
-    st = build_weights(m, h, err, errlen);
+    if (h->vocab.n && (s->input_kind != MODEL_INPUT_TOKENS || h->vocab.n != s->vocab_size)) {
+        snprintf(err, errlen, "vocabulary: %d entries, expected %d (one per token id)",
+                 h->vocab.n, s->input_kind == MODEL_INPUT_TOKENS ? s->vocab_size : 0);
+        free(m);
+        return BALSA_ERR_FORMAT;
+    }
+    st = model_vocab_copy(&m->vocab, &h->vocab);
+    if (st != BALSA_OK)
+        snprintf(err, errlen, "out of memory for the vocabulary");
+    else
+        st = build_weights(m, h, err, errlen);
     if (st != BALSA_OK) {
         model_free(m);
         return st;
@@ -305,8 +316,22 @@ balsa_status model_build(const model_spec *s, const model_host *h, balsa_backend
     info->num_layers = s->num_layers;
     info->bidirectional = s->bidirectional;
     info->head = s->head;
+    info->has_vocabulary = m->vocab.n > 0;
+    info->can_generate = s->input_kind == MODEL_INPUT_TOKENS && s->hidden_size > 0 &&
+                         !s->bidirectional && info->output_size == s->vocab_size;
     *out = m;
     return BALSA_OK;
+}
+
+const char *model_token_str(const balsa_model *m, int id)
+{
+    return id >= 0 && id < m->vocab.n ? m->vocab.tok[id] : NULL;
+}
+
+balsa_status model_encode_text(const balsa_model *m, const char *text, size_t len,
+                               int32_t *ids, int *n, char *err, size_t errlen)
+{
+    return model_vocab_encode(&m->vocab, text, len, ids, n, err, errlen);
 }
 
 balsa_status model_check_seq(const balsa_model *m, const engine_seq *s, char *err,

@@ -75,6 +75,35 @@ typedef struct {
  * (embedding, LSTM layer by layer and direction, FC layers); returns their count. */
 int model_tensor_list(const model_spec *s, model_tensor_ref *out);
 
+/* The longest token text a vocabulary may hold, in bytes. */
+#define MODEL_MAX_TOKEN_BYTES 256
+
+/* A token model's vocabulary: the text of every token id, NUL-terminated UTF-8, with an
+ * index sorted by text for encoding (engine/vocab.c). n == 0: none. */
+typedef struct {
+    int n;
+    char **tok;    /* n strings, pointing into blob */
+    int *len;      /* their lengths in bytes */
+    int *sorted;   /* ids ordered by text (memcmp, shorter first on a common prefix) */
+    int max_len;
+    int byte_tok[256]; /* the id whose text is that one byte, or -1 */
+    char *blob;
+} model_vocab;
+
+/* Makes v hold a copy of tokens[0..n) after checking them: every text non-empty, at most
+ * MODEL_MAX_TOKEN_BYTES bytes, valid UTF-8 without NUL, and no two alike. Returns
+ * BALSA_ERR_FORMAT naming the first bad entry ("vocabulary[i]: ...") and leaves v empty, or
+ * BALSA_ERR_OOM. v must be empty (zeroed) on entry. */
+balsa_status model_vocab_set(model_vocab *v, const char *const *tokens, int n, char *err,
+                             size_t errlen);
+/* Copies src into the empty dst (an empty src gives an empty dst); BALSA_ERR_OOM. */
+balsa_status model_vocab_copy(model_vocab *dst, const model_vocab *src);
+/* Frees v's memory and zeroes it; safe on a zeroed model_vocab. */
+void model_vocab_free(model_vocab *v);
+/* Encodes text[0..len) as in model_encode_text (engine.h). */
+balsa_status model_vocab_encode(const model_vocab *v, const char *text, size_t len,
+                                int32_t *ids, int *n, char *err, size_t errlen);
+
 /* A weight matrix on the host: balanced-sparse (sp) or dense (rows x cols, row-major). */
 typedef struct {
     int sparse;
@@ -91,6 +120,7 @@ typedef struct {
     float *b_ih[MODEL_MAX_LAYERS][2], *b_hh[MODEL_MAX_LAYERS][2];
     model_host_mat fc_w[MODEL_MAX_FC];
     float *fc_b[MODEL_MAX_FC];
+    model_vocab vocab; /* token models: empty, or vocab_size entries */
 } model_host;
 
 /* Frees every array and matrix h holds and zeroes it; safe on a zeroed model_host. */
@@ -103,7 +133,7 @@ model_host_mat *model_host_mat_slot(model_host *h, const model_tensor_ref *ref);
 float **model_host_array_slot(model_host *h, const model_tensor_ref *ref);
 
 /* Checks h against s (every needed tensor present with the right shape; sparse
- * matrices valid) and uploads it to be. The model copies what it keeps; h stays the
+ * matrices valid; a vocabulary, if any, of vocab_size entries) and uploads it to be. The model copies what it keeps; h stays the
  * caller's. Returns BALSA_ERR_FORMAT naming the tensor when h does not fit s, or the
  * backend's status; nothing is leaked on failure. */
 balsa_status model_build(const model_spec *s, const model_host *h, balsa_backend *be,

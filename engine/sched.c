@@ -107,8 +107,17 @@ static sched_request *admit(sched *s, sched_request *cur)
         BALSA_ASSERT(slot);
         slot->req = cur;
         int i = cur->next_seq;
-        balsa_status st = model_stream_add(s->stream, &cur->seqs[i], cur->all_steps,
-                                           cur->outputs[i], slot);
+        balsa_status st;
+        if (cur->gen) {
+            model_gen_opts g = *cur->gen;
+            g.seed += (uint64_t)i; /* the sequences of one request draw differently */
+            st = model_stream_add_gen(s->stream, &cur->seqs[i], &g, cur->gen_tokens[i],
+                                      &cur->gen_counts[i],
+                                      cur->outputs ? cur->outputs[i] : NULL, slot);
+        } else {
+            st = model_stream_add(s->stream, &cur->seqs[i], cur->all_steps, cur->outputs[i],
+                                  slot);
+        }
         if (st != BALSA_OK) {
             slot->used = 0;
             cut_short(cur, st);

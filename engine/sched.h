@@ -21,7 +21,14 @@ struct sched_request {
     const engine_seq *seqs;    /* checked sequences (model_check_seq) */
     int nseqs;                 /* >= 1 */
     int all_steps;             /* as in model_run */
-    float *const *outputs;     /* one buffer per sequence, sized as in model_run */
+    float *const *outputs;     /* one buffer per sequence, sized as in model_run (may be
+                                * NULL with gen) */
+    /* Generation (model_stream_add_gen): NULL, or the options for every sequence, whose
+     * seed the scheduler offsets by the sequence's index; then gen_tokens[i] (room for
+     * max_new) and gen_counts[i] receive sequence i's tokens. */
+    const model_gen_opts *gen;
+    int32_t *const *gen_tokens;
+    int *gen_counts;
     uint64_t deadline_ns;      /* queue_now_ns() clock; 0: none */
     /* Called once, from the scheduler thread, after a successful sched_submit; the
      * scheduler does not touch the request after it returns. */

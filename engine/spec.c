@@ -159,6 +159,7 @@ void model_host_free(model_host *h)
         host_mat_free(&h->fc_w[i]);
         free(h->fc_b[i]);
     }
+    model_vocab_free(&h->vocab);
     memset(h, 0, sizeof *h);
 }
 

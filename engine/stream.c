@@ -13,9 +13,16 @@
  * layers project per step. The arithmetic per row is the same as model_run's, in the same
  * order, so the numbers agree with it.
  *
+ * A generating sequence (model_stream_add_gen) grows by one token at each of its steps
+ * from its last input on: the token is picked from that step's output (step_outputs) and
+ * appended to the slot's input copy, which was sized for it when the sequence was added,
+ * so the sequence simply runs on. Its first-layer projection is then made one step at a
+ * time, as each token becomes known.
+ *
  * Bidirectional models (whose reverse direction needs the whole sequence first) and
  * models without an LSTM cannot go step by step: model_stream_step runs every active
  * sequence whole through model_run and completes them all in that call. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -34,6 +41,12 @@ typedef struct {
     size_t in_cap;        /* capacity of tokens or features, in elements */
     float *proj;          /* host, STREAM_CHUNK x 4H: projection of steps proj_from.. */
     int proj_from, proj_n;
+    int gen_max;          /* tokens to generate; 0: not a generating sequence */
+    int gen_count;
+    float temperature;
+    uint64_t rng;         /* sampler state (xorshift64*) */
+    int32_t *gen_out;
+    int *gen_n;
 } stream_slot;
 
 struct model_stream {
@@ -188,11 +201,14 @@ static balsa_status slot_project(model_stream *s, stream_slot *sl, int from)
     return st;
 }
 
-balsa_status model_stream_add(model_stream *s, const engine_seq *seq, int all_steps,
-                              float *out, void *tag)
+/* Takes a checked sequence into a free slot; gen is NULL or its generation options (the
+ * input copy then gets room for the tokens it will be fed). */
+static balsa_status stream_add(model_stream *s, const engine_seq *seq, int all_steps,
+                               const model_gen_opts *gen, float *out, void *tag,
+                               stream_slot **added)
 {
     char err[128];
-    if (!out || model_check_seq(s->m, seq, err, sizeof err) != BALSA_OK)
+    if (model_check_seq(s->m, seq, err, sizeof err) != BALSA_OK)
         return BALSA_ERR_INVALID;
     if (model_stream_free_slots(s) == 0)
         return BALSA_ERR_FULL;
@@ -204,7 +220,9 @@ balsa_status model_stream_add(model_stream *s, const engine_seq *seq, int all_st
     sl->len = seq->len;
     int ok;
     if (sp->input_kind == MODEL_INPUT_TOKENS) {
-        int32_t *p = input_reserve(sl->tokens, &sl->in_cap, (size_t)seq->len, sizeof *p);
+        /* The last generated token is only reported, never fed back. */
+        size_t room = (size_t)seq->len + (gen ? (size_t)gen->max_new - 1 : 0);
+        int32_t *p = input_reserve(sl->tokens, &sl->in_cap, room, sizeof *p);
         ok = p != NULL;
         if (ok) {
             sl->tokens = p;
@@ -237,8 +255,119 @@ balsa_status model_stream_add(model_stream *s, const engine_seq *seq, int all_st
     sl->out = out;
     sl->all_steps = all_steps;
     s->pending[s->npending++] = idx;
+    *added = sl;
     return BALSA_OK;
 }
+
+balsa_status model_stream_add(model_stream *s, const engine_seq *seq, int all_steps,
+                              float *out, void *tag)
+{
+    stream_slot *sl;
+    return out ? stream_add(s, seq, all_steps, NULL, out, tag, &sl) : BALSA_ERR_INVALID;
+}
+
+/* splitmix64: spreads a seed (0, 1, 2... are typical) over the state's bits. */
+static uint64_t seed_mix(uint64_t x)
+{
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    x ^= x >> 31;
+    return x ? x : 1; /* xorshift's state must not be 0 */
+}
+
+balsa_status model_stream_add_gen(model_stream *s, const engine_seq *seq,
+                                  const model_gen_opts *opts, int32_t *gen_out, int *gen_n,
+                                  float *out, void *tag)
+{
+    const model_info *info = &s->m->info;
+    if (!info->can_generate || !opts || !gen_out || !gen_n || opts->max_new < 1 ||
+        opts->max_new > MODEL_MAX_SEQ_LEN || seq->len > MODEL_MAX_SEQ_LEN - opts->max_new ||
+        !(opts->temperature >= 0) || !isfinite(opts->temperature))
+        return BALSA_ERR_INVALID;
+    stream_slot *sl;
+    balsa_status st = stream_add(s, seq, 0, opts, out, tag, &sl);
+    if (st != BALSA_OK)
+        return st;
+    sl->gen_max = opts->max_new;
+    sl->temperature = opts->temperature;
+    sl->rng = seed_mix(opts->seed);
+    sl->gen_out = gen_out;
+    sl->gen_n = gen_n;
+    *gen_n = 0;
+    return BALSA_OK;
+}
+
+/* xorshift64*: the next 53 random bits as a double in [0, 1). */
+static double rng_unit(uint64_t *st)
+{
+    uint64_t x = *st;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *st = x;
+    return (double)((x * 0x2545F4914F6CDD1Dull) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* The log-probability (up to a constant) that output value v stands for under head. */
+static double score_log(float v, model_head head)
+{
+    return head == MODEL_HEAD_SOFTMAX ? log((double)v) : (double)v;
+}
+
+/* Picks the next token from one output vector v of n scores under the model's head:
+ * greedy takes the highest (the lower id on ties); otherwise token i is drawn with
+ * probability proportional to exp(log p_i / temperature), log p_i being the output
+ * itself (log_softmax), its log (softmax) or the logits (none), shifted by the maximum so
+ * that exp never overflows. */
+static int pick_token(const float *v, int n, model_head head, float temperature,
+                      uint64_t *rng)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[best])
+            best = i;
+    if (temperature == 0)
+        return best;
+    double top = score_log(v[best], head), sum = 0;
+    for (int i = 0; i < n; i++)
+        sum += exp((score_log(v[i], head) - top) / temperature);
+    double u = rng_unit(rng) * sum, acc = 0;
+    for (int i = 0; i < n; i++) {
+        acc += exp((score_log(v[i], head) - top) / temperature);
+        if (u < acc)
+            return i;
+    }
+    return best; /* u fell past the sum by rounding */
+}
+
+/* A generating row's step output: records the picked token and, while more are wanted,
+ * appends it to the input so that the row runs on. */
+static void gen_advance(stream_slot *sl, const float *v, const balsa_model *m)
+{
+    int t = pick_token(v, m->info.output_size, m->spec.head, sl->temperature, &sl->rng);
+    sl->gen_out[sl->gen_count++] = t;
+    *sl->gen_n = sl->gen_count;
+    if (sl->gen_count < sl->gen_max)
+        sl->tokens[sl->len++] = t;
+}
+
+balsa_status model_generate(balsa_model *m, const engine_seq *seq, const model_gen_opts *opts,
+                            int32_t *gen_out, int *gen_n)
+{
+    model_stream *s;
+    balsa_status st = model_stream_create(m, 1, &s);
+    if (st != BALSA_OK)
+        return st;
+    st = model_stream_add_gen(s, seq, opts, gen_out, gen_n, NULL, NULL);
+    void *done[1];
+    int ndone = 0;
+    while (st == BALSA_OK && model_stream_active(s) > 0)
+        st = model_stream_step(s, done, &ndone);
+    model_stream_free(s);
+    return st;
+}
+
 
 /* Drops every sequence, reporting each tag (after an error). */
 static void drop_all(model_stream *s, void **done, int *ndone)
@@ -333,9 +462,12 @@ static balsa_status step_outputs(model_stream *s)
     if (st == BALSA_OK)
         st = model_fc_head(m, in, H, n, &s->fa, &s->fb, s->hout.p);
     for (int i = 0; i < n && st == BALSA_OK; i++) {
-        const stream_slot *sl = &s->slots[s->row_slot[s->outrows[i]]];
-        float *dst = sl->out + (sl->all_steps ? (size_t)sl->pos * O : 0);
-        memcpy(dst, s->hout.p + (size_t)i * O, sizeof(float) * O);
+        stream_slot *sl = &s->slots[s->row_slot[s->outrows[i]]];
+        const float *v = s->hout.p + (size_t)i * O;
+        if (sl->out)
+            memcpy(sl->out + (sl->all_steps ? (size_t)sl->pos * O : 0), v, sizeof(float) * O);
+        if (sl->gen_max)
+            gen_advance(sl, v, m);
     }
     return st;
 }

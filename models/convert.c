@@ -72,6 +72,8 @@ balsa_status model_convert(const char *in_path, const char *desc_json, const con
     if (st != BALSA_OK)
         return st;
     model_spec s;
+    model_host h;
+    memset(&h, 0, sizeof h);
     if (!desc_json)
         desc_json = st_meta_get(&f, MODEL_META_KEY);
     if (!desc_json) {
@@ -80,7 +82,7 @@ balsa_status model_convert(const char *in_path, const char *desc_json, const con
         st_close(&f);
         return BALSA_ERR_INVALID;
     }
-    st = model_desc_parse(desc_json, strlen(desc_json), 0, &s, NULL, err, errlen);
+    st = model_desc_parse(desc_json, strlen(desc_json), 0, &s, NULL, &h.vocab, err, errlen);
     if (st == BALSA_OK && o->name)
         snprintf(s.name, sizeof s.name, "%s", o->name);
     if (st == BALSA_OK && o->head) {
@@ -92,6 +94,7 @@ balsa_status model_convert(const char *in_path, const char *desc_json, const con
         s.head = (model_head)hd;
     }
     if (st != BALSA_OK) {
+        model_host_free(&h);
         st_close(&f);
         return st;
     }
@@ -105,13 +108,12 @@ balsa_status model_convert(const char *in_path, const char *desc_json, const con
         if (!found) {
             snprintf(err, errlen, "--dense %s: not a weight matrix of this network",
                      o->keep_dense[i]);
+            model_host_free(&h);
             st_close(&f);
             return BALSA_ERR_INVALID;
         }
     }
     int k = bsmat_k_for_sparsity(o->bank, o->sparsity);
-    model_host h;
-    memset(&h, 0, sizeof h);
     for (int i = 0; i < n && st == BALSA_OK; i++) {
         const model_tensor_ref *r = &refs[i];
         float *v = NULL;

@@ -153,8 +153,43 @@ static balsa_status parse_layouts(const cJSON *mats, int need, const model_spec 
     return BALSA_OK;
 }
 
+/* Reads "vocabulary" (absent: none) into v: an array of vocab_size strings. */
+static balsa_status parse_vocab(const cJSON *a, const model_spec *s, model_vocab *v, char *err,
+                                size_t errlen)
+{
+    if (!a)
+        return BALSA_OK;
+    if (s->input_kind != MODEL_INPUT_TOKENS)
+        BAD("description: vocabulary is for token-input models only");
+    if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != s->vocab_size)
+        BAD("description: vocabulary must be an array of vocab_size (%d) strings, one per "
+            "token id", s->vocab_size);
+    const char **toks = malloc(sizeof *toks * (size_t)s->vocab_size);
+    if (!toks)
+        BAD("description: out of memory for the vocabulary");
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, a)
+    {
+        if (!cJSON_IsString(e)) {
+            free(toks);
+            BAD("description: vocabulary[%d] must be a string", i);
+        }
+        toks[i++] = e->valuestring;
+    }
+    char why[200];
+    balsa_status st = model_vocab_set(v, toks, i, why, sizeof why);
+    free(toks);
+    if (st == BALSA_ERR_OOM)
+        BAD("description: out of memory for the vocabulary");
+    if (st != BALSA_OK)
+        BAD("description: %s", why);
+    return BALSA_OK;
+}
+
 balsa_status model_desc_parse(const char *json, size_t len, int need_layouts, model_spec *s,
-                              model_layout *layouts, char *err, size_t errlen)
+                              model_layout *layouts, model_vocab *vocab, char *err,
+                              size_t errlen)
 {
     static const char *const known[] = {
         "format_version", "name", "input", "vocab_size", "input_size", "hidden_size",
@@ -221,7 +256,9 @@ balsa_status model_desc_parse(const char *json, size_t len, int need_layouts, mo
     if (parse_fc(cJSON_GetObjectItemCaseSensitive(o, "fc"), s, err, errlen) != BALSA_OK ||
         model_spec_check(s, err, errlen) != BALSA_OK ||
         parse_layouts(cJSON_GetObjectItemCaseSensitive(o, "matrices"), need_layouts, s,
-                      layouts, err, errlen) != BALSA_OK)
+                      layouts, err, errlen) != BALSA_OK ||
+        (vocab && parse_vocab(cJSON_GetObjectItemCaseSensitive(o, "vocabulary"), s, vocab, err,
+                              errlen) != BALSA_OK))
         goto out;
     st = BALSA_OK;
 out:
@@ -229,7 +266,8 @@ out:
     return st;
 }
 
-char *model_desc_print(const model_spec *s, const model_layout *layouts)
+char *model_desc_print(const model_spec *s, const model_layout *layouts,
+                       const model_vocab *vocab)
 {
     cJSON *o = cJSON_CreateObject();
     if (!o)
@@ -280,6 +318,11 @@ char *model_desc_print(const model_spec *s, const model_layout *layouts)
             cJSON_AddNumberToObject(m, "sparsity",
                                     1.0 - (double)layouts[i].k / layouts[i].bank);
         }
+    }
+    if (vocab && vocab->n) {
+        cJSON *voc = cJSON_AddArrayToObject(o, "vocabulary");
+        for (int i = 0; voc && i < vocab->n; i++)
+            cJSON_AddItemToArray(voc, cJSON_CreateString(vocab->tok[i]));
     }
     char *txt = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
@@ -420,7 +463,7 @@ balsa_status model_file_read(const char *path, model_spec *s, model_host *h,
                  MODEL_META_KEY);
         st = BALSA_ERR_FORMAT;
     } else {
-        st = model_desc_parse(meta, strlen(meta), 1, s, lay, err, errlen);
+        st = model_desc_parse(meta, strlen(meta), 1, s, lay, &h->vocab, err, errlen);
     }
     if (st == BALSA_OK)
         st = read_tensors(&f, s, lay, h, err, errlen);
@@ -481,7 +524,7 @@ balsa_status model_file_write(const char *path, const model_spec *s, const model
                             hm->sp.offsets};
         no++;
     }
-    char *desc = model_desc_print(s, lay);
+    char *desc = model_desc_print(s, lay, &h->vocab);
     if (!desc)
         BAD("out of memory");
     const char *meta[2] = {MODEL_META_KEY, desc};

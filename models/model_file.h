@@ -21,13 +21,17 @@ typedef struct {
  * "matrices" object must give every weight matrix's layout (model files); without it the
  * object may be missing (converter input) and layouts are left dense. layouts may be
  * NULL; otherwise it has room for MODEL_MAX_TENSORS, indexed like model_tensor_list.
- * Returns BALSA_ERR_FORMAT naming the field on any problem. */
+ * vocab, when not NULL (and empty), receives the "vocabulary" if there is one (the caller
+ * frees it with model_vocab_free, also after a failure). Returns BALSA_ERR_FORMAT naming
+ * the field on any problem. */
 balsa_status model_desc_parse(const char *json, size_t len, int need_layouts, model_spec *s,
-                              model_layout *layouts, char *err, size_t errlen);
+                              model_layout *layouts, model_vocab *vocab, char *err,
+                              size_t errlen);
 
-/* The description of s with the given layouts (indexed like model_tensor_list), as a
- * malloc'd JSON string; NULL when out of memory. */
-char *model_desc_print(const model_spec *s, const model_layout *layouts);
+/* The description of s with the given layouts (indexed like model_tensor_list) and
+ * vocabulary (NULL or empty: none), as a malloc'd JSON string; NULL when out of memory. */
+char *model_desc_print(const model_spec *s, const model_layout *layouts,
+                       const model_vocab *vocab);
 
 /* Reads and checks a model file: every tensor the description needs present with the
  * right dtype and shape, no unknown tensor, balanced matrices valid (bsmat_validate),

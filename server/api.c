@@ -5,14 +5,20 @@
 #include "api.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cJSON.h>
 
 #include "jsonw.h"
+
+/* The most tokens one request may ask to generate per sequence (the step limit of the
+ * server's config bounds the whole request too). */
+#define API_MAX_GENERATE 65536
 
 static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -32,6 +38,9 @@ void api_request_free(api_request *r)
     free(r->features);
     free(r->outputs);
     free(r->out_storage);
+    free(r->gen_tokens);
+    free(r->gen_counts);
+    free(r->gen_storage);
     memset(r, 0, sizeof *r);
 }
 
@@ -80,36 +89,83 @@ static int int_field(const cJSON *v, const char *name, int lo, int hi, int *out,
     return 0;
 }
 
-/* First pass over "inputs": shapes and sizes, so storage is allocated once. */
-static int measure_inputs(const cJSON *inputs, const model_info *info, int *nseqs,
-                          long *steps, char *err, size_t errlen)
+/* Where the sequences came from, for messages: "inputs[i]", "text[i]", or "text" when
+ * the request's "text" was one string. */
+typedef struct {
+    const char *field;
+    int single;
+} seq_src;
+
+static const char *seq_name(const seq_src *src, int i, char *buf, size_t len)
 {
+    if (src->single)
+        snprintf(buf, len, "%s", src->field);
+    else
+        snprintf(buf, len, "%s[%d]", src->field, i);
+    return buf;
+}
+
+/* Encodes a text sequence into ids (room for strlen(text)); 400 with the field named. */
+static int encode_text(const api_model *am, const seq_src *src, int i, const char *text,
+                       int32_t *ids, int *n, char *err, size_t errlen)
+{
+    char why[200], name[32];
+    if (model_encode_text(am->model, text, strlen(text), ids, n, why, sizeof why) != BALSA_OK)
+        return fail(err, errlen, 400, "%s: %s", seq_name(src, i, name, sizeof name), why);
+    return 0;
+}
+
+/* First pass over the sequences: shapes and sizes, so storage is allocated once. A text
+ * is encoded here to count its tokens (and again when filled: cheap next to running it). */
+static int measure_inputs(const cJSON *inputs, const seq_src *src, const api_model *am,
+                          int *nseqs, long *steps, char *err, size_t errlen)
+{
+    const model_info *info = am->info;
     if (!cJSON_IsArray(inputs))
         return fail(err, errlen, 400, "inputs: must be an array of sequences");
     int n = 0;
     long total = 0;
     const cJSON *seq;
+    char name[32];
     cJSON_ArrayForEach(seq, inputs)
     {
+        if (cJSON_IsString(seq) && info->has_vocabulary) {
+            size_t len = strlen(seq->valuestring);
+            int32_t *ids = malloc((len ? len : 1) * sizeof *ids);
+            int got = 0;
+            if (!ids)
+                return fail(err, errlen, 500, "out of memory");
+            int code = encode_text(am, src, n, seq->valuestring, ids, &got, err, errlen);
+            free(ids);
+            if (code)
+                return code;
+            total += got;
+            n++;
+            continue;
+        }
         if (!cJSON_IsArray(seq) || !seq->child)
-            return fail(err, errlen, 400, "inputs[%d]: must be a non-empty array of %s", n,
-                        info->input_kind == MODEL_INPUT_TOKENS
-                            ? "token ids"
-                            : "feature vectors");
+            return fail(err, errlen, 400, "%s: must be %s", seq_name(src, n, name, sizeof name),
+                        info->input_kind == MODEL_INPUT_VECTORS ? "a non-empty array of feature vectors"
+                        : info->has_vocabulary ? "a non-empty array of token ids or a string"
+                                               : "a non-empty array of token ids (this model has "
+                                                 "no vocabulary, so no text)");
         const cJSON *e;
         cJSON_ArrayForEach(e, seq) total++;
         n++;
     }
     if (n == 0)
-        return fail(err, errlen, 400, "inputs: must hold at least one sequence");
+        return fail(err, errlen, 400, "%s: must hold at least one sequence", src->field);
     *nseqs = n;
     *steps = total;
     return 0;
 }
 
-static int fill_tokens(const cJSON *inputs, const model_info *info, api_request *r,
-                       char *err, size_t errlen)
+static int fill_tokens(const cJSON *inputs, const seq_src *src, const api_model *am,
+                       api_request *r, char *err, size_t errlen)
 {
+    const model_info *info = am->info;
+    /* A generating sequence's tokens are fed from the engine's own copy, so only the
+     * input is stored here. */
     r->tokens = malloc((size_t)r->total_steps * sizeof *r->tokens);
     if (!r->tokens)
         return fail(err, errlen, 500, "out of memory");
@@ -119,6 +175,15 @@ static int fill_tokens(const cJSON *inputs, const model_info *info, api_request 
     cJSON_ArrayForEach(seq, inputs)
     {
         r->seqs[i].tokens = r->tokens + pos;
+        if (cJSON_IsString(seq)) {
+            int got = 0, code = encode_text(am, src, i, seq->valuestring, r->tokens + pos, &got,
+                                            err, errlen);
+            if (code)
+                return code;
+            pos += got;
+            r->seqs[i++].len = got;
+            continue;
+        }
         int t = 0;
         const cJSON *e;
         cJSON_ArrayForEach(e, seq)
@@ -190,38 +255,64 @@ static int fill_vectors(const cJSON *inputs, const model_info *info, api_request
     return 0;
 }
 
-static int parse_root(const cJSON *root, const api_model *models, int nmodels,
-                      const api_limits *lim, api_request *r, char *err, size_t errlen)
+/* "generate", "temperature" and "seed" (the last two only with generate). */
+static int parse_gen(const cJSON *generate, const cJSON *temperature, const cJSON *seed,
+                     const cJSON *output, const cJSON *top_k, const api_model *am,
+                     api_request *r, char *err, size_t errlen)
 {
-    if (!cJSON_IsObject(root))
-        return fail(err, errlen, 400, "body: must be a JSON object {\"model\", \"inputs\", ...}");
-    const cJSON *f, *model = NULL, *inputs = NULL, *output = NULL, *top_k = NULL,
-                   *timeout = NULL;
-    cJSON_ArrayForEach(f, root)
-    {
-        const cJSON **slot = !strcmp(f->string, "model")        ? &model
-                             : !strcmp(f->string, "inputs")     ? &inputs
-                             : !strcmp(f->string, "output")     ? &output
-                             : !strcmp(f->string, "top_k")      ? &top_k
-                             : !strcmp(f->string, "timeout_ms") ? &timeout
-                                                                : NULL;
-        if (!slot)
-            return fail(err, errlen, 400,
-                        "%.64s: unknown field (expected model, inputs, output, top_k, timeout_ms)",
-                        f->string);
-        if (*slot)
-            return fail(err, errlen, 400, "%s: given twice", f->string);
-        *slot = f;
+    if (!generate) {
+        if (temperature || seed)
+            return fail(err, errlen, 400, "%s: only with generate",
+                        temperature ? "temperature" : "seed");
+        return 0;
     }
-    int code = find_model(model, models, nmodels, &r->model, err, errlen);
+    int code = int_field(generate, "generate", 1, API_MAX_GENERATE, &r->generate, err, errlen);
     if (code)
         return code;
-    const api_model *am = &models[r->model];
-    if (!am->info)
-        return fail(err, errlen, 503, "model: \"%s\" is still loading", am->name);
+    if (!am->info->can_generate)
+        return fail(err, errlen, 400,
+                    "generate: model \"%s\" cannot generate (that needs token input, a "
+                    "unidirectional LSTM and one output per vocabulary token)", am->name);
+    if (top_k)
+        return fail(err, errlen, 400, "top_k: not with generate (the answer is the tokens)");
+    if (output && r->all_steps)
+        return fail(err, errlen, 400, "output: \"all\" is not with generate");
+    r->gen.max_new = r->generate;
+    r->gen.temperature = 0;
+    if (temperature) {
+        if (!cJSON_IsNumber(temperature) || !(temperature->valuedouble >= 0) ||
+            temperature->valuedouble > 100)
+            return fail(err, errlen, 400,
+                        "temperature: must be a number in [0, 100] (0: greedy)");
+        r->gen.temperature = (float)temperature->valuedouble;
+    }
+    if (seed) {
+        if (!cJSON_IsNumber(seed) || seed->valuedouble != floor(seed->valuedouble) ||
+            seed->valuedouble < 0 || seed->valuedouble > 9007199254740991.0)
+            return fail(err, errlen, 400, "seed: must be an integer in [0, 2^53)");
+        r->gen.seed = (uint64_t)seed->valuedouble;
+        r->seed_given = 1;
+    } else {
+        /* No seed asked for: a fresh one per request, given back in the response so that
+         * the answer can be reproduced. 2^53 keeps it exact in JSON numbers. */
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        static _Atomic uint64_t counter;
+        uint64_t x = ((uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec) ^
+                     (atomic_fetch_add(&counter, 1) * 0x9E3779B97F4A7C15ull);
+        r->gen.seed = x & ((1ull << 53) - 1);
+    }
+    return 0;
+}
+
+/* The rest of parse_root, once the sequences (inputs) are known. */
+static int parse_body(const cJSON *inputs, const seq_src *src, const api_model *am,
+                      const cJSON *output, const cJSON *top_k, const cJSON *timeout,
+                      const cJSON *generate, const cJSON *temperature, const cJSON *seed,
+                      const api_limits *lim, api_request *r, char *err, size_t errlen)
+{
     const model_info *info = am->info;
-    if (!inputs)
-        return fail(err, errlen, 400, "inputs: required (an array of sequences)");
+    int code;
     if (output) {
         if (cJSON_IsString(output) && !strcmp(output->valuestring, "last"))
             r->all_steps = 0;
@@ -237,12 +328,16 @@ static int parse_root(const cJSON *root, const api_model *models, int nmodels,
     if (timeout && (code = int_field(timeout, "timeout_ms", 1, 3600000, &r->timeout_ms, err,
                                      errlen)))
         return code;
-    if ((code = measure_inputs(inputs, info, &r->nseqs, &r->total_steps, err, errlen)))
+    if ((code = parse_gen(generate, temperature, seed, output, top_k, am, r, err, errlen)))
         return code;
-    if (r->total_steps > lim->max_request_steps)
-        return fail(err, errlen, 400, "inputs: %ld time steps in all, more than the limit %d",
-                    r->total_steps, lim->max_request_steps);
-    long per_vec = r->top_k ? 2L * r->top_k : info->output_size;
+    if ((code = measure_inputs(inputs, src, am, &r->nseqs, &r->total_steps, err, errlen)))
+        return code;
+    long steps = r->total_steps + (long)r->nseqs * (r->generate > 0 ? r->generate - 1 : 0);
+    if (steps > lim->max_request_steps)
+        return fail(err, errlen, 400, "%s: %ld time steps in all%s, more than the limit %d",
+                    src->field, steps, r->generate ? " with the generated tokens" : "",
+                    lim->max_request_steps);
+    long per_vec = r->generate ? r->generate : r->top_k ? 2L * r->top_k : info->output_size;
     long vecs = r->all_steps ? r->total_steps : r->nseqs;
     if (vecs * per_vec > lim->max_output_values)
         return fail(err, errlen, 400,
@@ -252,17 +347,92 @@ static int parse_root(const cJSON *root, const api_model *models, int nmodels,
     r->seqs = calloc((size_t)r->nseqs, sizeof *r->seqs);
     if (!r->seqs)
         return fail(err, errlen, 500, "out of memory");
-    code = info->input_kind == MODEL_INPUT_TOKENS ? fill_tokens(inputs, info, r, err, errlen)
-                                                  : fill_vectors(inputs, info, r, err, errlen);
+    code = info->input_kind == MODEL_INPUT_TOKENS
+               ? fill_tokens(inputs, src, am, r, err, errlen)
+               : fill_vectors(inputs, info, r, err, errlen);
     if (code)
         return code;
     /* The engine's own check is the last word (length, range, finiteness). */
     for (int i = 0; i < r->nseqs; i++) {
-        char why[200];
+        char why[200], name[32];
         if (model_check_seq(am->model, &r->seqs[i], why, sizeof why) != BALSA_OK)
-            return fail(err, errlen, 400, "inputs[%d]: %s", i, why);
+            return fail(err, errlen, 400, "%s: %s", seq_name(src, i, name, sizeof name), why);
     }
     return 0;
+}
+
+static int parse_root(const cJSON *root, const api_model *models, int nmodels,
+                      const api_limits *lim, api_request *r, char *err, size_t errlen)
+{
+    if (!cJSON_IsObject(root))
+        return fail(err, errlen, 400, "body: must be a JSON object {\"model\", \"inputs\", ...}");
+    const cJSON *f, *model = NULL, *inputs = NULL, *text = NULL, *output = NULL, *top_k = NULL,
+                   *timeout = NULL, *generate = NULL, *temperature = NULL, *seed = NULL;
+    cJSON_ArrayForEach(f, root)
+    {
+        const cJSON **slot = !strcmp(f->string, "model")         ? &model
+                             : !strcmp(f->string, "inputs")      ? &inputs
+                             : !strcmp(f->string, "text")        ? &text
+                             : !strcmp(f->string, "output")      ? &output
+                             : !strcmp(f->string, "top_k")       ? &top_k
+                             : !strcmp(f->string, "timeout_ms")  ? &timeout
+                             : !strcmp(f->string, "generate")    ? &generate
+                             : !strcmp(f->string, "temperature") ? &temperature
+                             : !strcmp(f->string, "seed")        ? &seed
+                                                                 : NULL;
+        if (!slot)
+            return fail(err, errlen, 400,
+                        "%.64s: unknown field (expected model, inputs, text, output, top_k, "
+                        "timeout_ms, generate, temperature, seed)",
+                        f->string);
+        if (*slot)
+            return fail(err, errlen, 400, "%s: given twice", f->string);
+        *slot = f;
+    }
+    int code = find_model(model, models, nmodels, &r->model, err, errlen);
+    if (code)
+        return code;
+    const api_model *am = &models[r->model];
+    if (!am->info)
+        return fail(err, errlen, 503, "model: \"%s\" is still loading", am->name);
+    const model_info *info = am->info;
+    r->engine_model = am->model;
+    if (inputs && text)
+        return fail(err, errlen, 400, "text: give either inputs or text, not both");
+    if (!inputs && !text)
+        return fail(err, errlen, 400, "inputs: required (an array of sequences)");
+    seq_src src = {inputs ? "inputs" : "text", 0};
+    cJSON *one = NULL; /* "text": "..." stands for "text": ["..."] */
+    if (text) {
+        if (!info->has_vocabulary)
+            return fail(err, errlen, 400, "text: model \"%s\" has no vocabulary (send token ids "
+                        "in inputs)", am->name);
+        if (cJSON_IsString(text)) {
+            one = cJSON_CreateArray();
+            if (!one || !cJSON_AddItemToArray(one, cJSON_CreateStringReference(text->valuestring))) {
+                cJSON_Delete(one);
+                return fail(err, errlen, 500, "out of memory");
+            }
+            src.single = 1;
+            inputs = one;
+        } else if (cJSON_IsArray(text)) {
+            const cJSON *e;
+            int i = 0;
+            cJSON_ArrayForEach(e, text)
+            {
+                if (!cJSON_IsString(e))
+                    return fail(err, errlen, 400, "text[%d]: must be a string", i);
+                i++;
+            }
+            inputs = text;
+        } else {
+            return fail(err, errlen, 400, "text: must be a string or an array of strings");
+        }
+    }
+    code = parse_body(inputs, &src, am, output, top_k, timeout, generate, temperature, seed, lim,
+                      r, err, errlen);
+    cJSON_Delete(one);
+    return code;
 }
 
 int api_parse_json(const char *body, size_t len, cJSON **root, size_t *after, char *err,
@@ -311,6 +481,17 @@ int api_parse_request(const char *body, size_t len, const api_model *models, int
 
 int api_alloc_outputs(api_request *r, const model_info *info)
 {
+    if (r->generate) {
+        size_t n = (size_t)r->nseqs;
+        r->gen_tokens = calloc(n, sizeof *r->gen_tokens);
+        r->gen_counts = calloc(n, sizeof *r->gen_counts);
+        r->gen_storage = malloc(n * (size_t)r->generate * sizeof *r->gen_storage);
+        if (!r->gen_tokens || !r->gen_counts || !r->gen_storage)
+            return -1;
+        for (size_t i = 0; i < n; i++)
+            r->gen_tokens[i] = r->gen_storage + i * (size_t)r->generate;
+        return 0;
+    }
     long vecs = r->all_steps ? r->total_steps : r->nseqs;
     r->outputs = calloc((size_t)r->nseqs, sizeof *r->outputs);
     r->out_storage = malloc((size_t)vecs * (size_t)info->output_size * sizeof(float));
@@ -324,7 +505,9 @@ int api_alloc_outputs(api_request *r, const model_info *info)
     return 0;
 }
 
-static void render_vector(jsonw *w, const float *v, int n, int k, int *idx, float *val)
+/* One output vector, whole or as its top k (with the tokens' texts when m has them). */
+static void render_vector(jsonw *w, const balsa_model *m, const float *v, int n, int k,
+                          int *idx, float *val)
 {
     if (!k) {
         jsonw_float_array(w, v, n);
@@ -336,7 +519,47 @@ static void render_vector(jsonw *w, const float *v, int n, int k, int *idx, floa
         jsonw_printf(w, i ? ",%d" : "%d", idx[i]);
     jsonw_str(w, "],\"values\":");
     jsonw_float_array(w, val, k);
+    if (m && model_token_str(m, idx[0])) {
+        jsonw_str(w, ",\"tokens\":[");
+        for (int i = 0; i < k; i++) {
+            if (i)
+                jsonw_str(w, ",");
+            jsonw_quoted(w, model_token_str(m, idx[i]));
+        }
+        jsonw_str(w, "]");
+    }
     jsonw_str(w, "}");
+}
+
+/* One sequence's generated tokens: {"tokens": [ids], "text": "..."}; -1 when out of
+ * memory. */
+static int render_generated(jsonw *w, const balsa_model *m, const int32_t *ids, int n)
+{
+    jsonw_str(w, "{\"tokens\":[");
+    size_t bytes = 1;
+    for (int i = 0; i < n; i++) {
+        jsonw_printf(w, i ? ",%d" : "%d", (int)ids[i]);
+        const char *t = m ? model_token_str(m, ids[i]) : NULL;
+        bytes += t ? strlen(t) : 0;
+    }
+    jsonw_str(w, "]");
+    if (m && n > 0 && model_token_str(m, ids[0])) {
+        char *text = malloc(bytes), *p = text;
+        if (!text)
+            return -1;
+        for (int i = 0; i < n; i++) {
+            const char *t = model_token_str(m, ids[i]);
+            size_t l = strlen(t);
+            memcpy(p, t, l);
+            p += l;
+        }
+        *p = 0;
+        jsonw_str(w, ",\"text\":");
+        jsonw_quoted(w, text);
+        free(text);
+    }
+    jsonw_str(w, "}");
+    return 0;
 }
 
 char *api_render_response(const api_request *r, const char *model_name,
@@ -358,26 +581,38 @@ char *api_render_response(const api_request *r, const char *model_name,
     jsonw_init(&w);
     jsonw_str(&w, "{\"model\":");
     jsonw_quoted(&w, model_name);
+    if (r->generate && r->gen.temperature > 0)
+        jsonw_printf(&w, ",\"seed\":%llu", (unsigned long long)r->gen.seed);
     jsonw_str(&w, ",\"outputs\":[");
-    for (int i = 0; i < r->nseqs; i++) {
+    int oom = 0;
+    for (int i = 0; i < r->nseqs && !oom; i++) {
         if (i)
             jsonw_str(&w, ",");
+        if (r->generate) {
+            oom = render_generated(&w, r->engine_model, r->gen_tokens[i], r->gen_counts[i]);
+            continue;
+        }
         const float *o = r->outputs[i];
         if (!r->all_steps) {
-            render_vector(&w, o, n, r->top_k, idx, val);
+            render_vector(&w, r->engine_model, o, n, r->top_k, idx, val);
             continue;
         }
         jsonw_str(&w, "[");
         for (int t = 0; t < r->seqs[i].len; t++) {
             if (t)
                 jsonw_str(&w, ",");
-            render_vector(&w, o + (size_t)t * (size_t)n, n, r->top_k, idx, val);
+            render_vector(&w, r->engine_model, o + (size_t)t * (size_t)n, n, r->top_k, idx,
+                          val);
         }
         jsonw_str(&w, "]");
     }
     jsonw_str(&w, "]}\n");
     free(idx);
     free(val);
+    if (oom) {
+        jsonw_free(&w);
+        return NULL;
+    }
     return jsonw_take(&w, len);
 }
 
@@ -398,12 +633,15 @@ char *api_render_models(const api_model *models, int nmodels, const int (*batchi
                          ",\"input\":\"%s\",\"vocab_size\":%d,\"input_size\":%d,"
                          "\"output_size\":%d,\"hidden_size\":%d,\"num_layers\":%d,"
                          "\"bidirectional\":%s,\"bank\":%d,\"sparsity\":%.6g,\"head\":\"%s\","
-                         "\"params_dense\":%lld,\"params_stored\":%lld,\"weight_bytes\":%zu",
+                         "\"params_dense\":%lld,\"params_stored\":%lld,\"weight_bytes\":%zu,"
+                         "\"text\":%s,\"generate\":%s",
                          in->input_kind == MODEL_INPUT_TOKENS ? "tokens" : "vectors",
                          in->vocab_size, in->input_size, in->output_size, in->hidden_size,
                          in->num_layers, in->bidirectional ? "true" : "false", in->bank,
                          in->sparsity, (unsigned)in->head < 3 ? heads[in->head] : "none",
-                         in->params_dense, in->params_stored, in->weight_bytes);
+                         in->params_dense, in->params_stored, in->weight_bytes,
+                         in->has_vocabulary ? "true" : "false",
+                         in->can_generate ? "true" : "false");
         }
         jsonw_printf(&w,
                      ",\"batching\":{\"max_batch_size\":%d,\"max_queue_delay_us\":%d,"

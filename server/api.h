@@ -1,7 +1,10 @@
 /* The inference API shared by POST /infer and `balsa run`: parses a request body
- * ({"model", "inputs", "output", "top_k", "timeout_ms"}) into engine sequences, checked
- * against the model, and renders the response ({"model", "outputs"}) with floats written
- * by hand. Every client mistake gets a message naming the field and the rule. */
+ * ({"model", "inputs" | "text", "output", "top_k", "timeout_ms", "generate",
+ * "temperature", "seed"}) into engine sequences, checked against the model, and renders
+ * the response ({"model", "outputs"}) with floats written by hand. A sequence is token
+ * ids, feature vectors, or text for a model with a vocabulary; "generate" continues each
+ * sequence by that many tokens. Every client mistake gets a message naming the field and
+ * the rule. */
 #ifndef BALSA_API_H
 #define BALSA_API_H
 
@@ -32,8 +35,15 @@ typedef struct {
     int all_steps;      /* "output": "all" */
     int top_k;          /* 0: whole vectors */
     int timeout_ms;     /* -1 when the request gave none */
-    float **outputs;    /* one buffer per sequence (api_alloc_outputs) */
+    float **outputs;    /* one buffer per sequence (api_alloc_outputs); NULL with generate */
     float *out_storage;
+    int generate;       /* tokens to generate per sequence; 0: none */
+    model_gen_opts gen; /* with generate: its options (the seed is sequence 0's) */
+    int seed_given;     /* the request named the seed */
+    int32_t **gen_tokens; /* with generate: one buffer of `generate` ids per sequence */
+    int *gen_counts;
+    int32_t *gen_storage;
+    const balsa_model *engine_model; /* for token texts in the response */
 } api_request;
 
 struct cJSON;
@@ -53,14 +63,16 @@ int api_parse_json(const char *body, size_t len, struct cJSON **root, size_t *af
 int api_parse_request(const char *body, size_t len, const api_model *models, int nmodels,
                       const api_limits *lim, api_request *r, char *err, size_t errlen);
 
-/* Allocates r's output buffers for the model (sizes as in model_run); -1 when out of
- * memory. */
+/* Allocates r's output buffers for the model (sizes as in model_run, or the generated
+ * tokens' buffers with generate); -1 when out of memory. */
 int api_alloc_outputs(api_request *r, const model_info *info);
 
 void api_request_free(api_request *r);
 
 /* Renders the response for a request whose outputs are filled: a NUL-terminated string
- * (free()), its length in *len; NULL when out of memory. */
+ * (free()), its length in *len; NULL when out of memory. With generate each output is
+ * {"tokens": [ids], "text": "..."} (text when the model has a vocabulary) and a sampling
+ * request's seed is given back; top-k outputs of such a model carry their tokens' texts. */
 char *api_render_response(const api_request *r, const char *model_name,
                           const model_info *info, size_t *len);
 

@@ -184,6 +184,23 @@ int inspect_main(int argc, char **argv)
         printf("input     tokens, vocabulary %d, embedding %d\n", s.vocab_size, s.input_size);
     else
         printf("input     vectors of %d features\n", s.input_size);
+    if (h.vocab.n) {
+        /* The first tokens' texts, with control characters escaped, to show what they are. */
+        printf("text      vocabulary in the file:");
+        for (int i = 0; i < h.vocab.n && i < 12; i++) {
+            putchar(' ');
+            putchar('"');
+            for (const unsigned char *p = (const unsigned char *)h.vocab.tok[i]; *p; p++)
+                if (*p == '\n')
+                    fputs("\\n", stdout);
+                else if (*p < 0x20 || *p == '"' || *p == '\\')
+                    printf("\\x%02x", *p);
+                else
+                    putchar(*p);
+            putchar('"');
+        }
+        printf("%s\n", h.vocab.n > 12 ? " ..." : "");
+    }
     if (s.hidden_size > 0)
         printf("lstm      %d layer%s, hidden %d%s%s\n", s.num_layers, s.num_layers > 1 ? "s" : "",
                s.hidden_size, s.bidirectional ? ", bidirectional" : "",

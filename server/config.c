@@ -568,8 +568,9 @@ int config_finish(config *c, char *err, size_t errlen)
 {
     if (c->nmodels == 0) {
         model_init(&c->models[0]);
-        snprintf(c->models[0].name, sizeof c->models[0].name, "demo");
-        snprintf(c->models[0].path, sizeof c->models[0].path, "models/demo/demo.safetensors");
+        snprintf(c->models[0].name, sizeof c->models[0].name, "fortunes");
+        snprintf(c->models[0].path, sizeof c->models[0].path,
+                 "models/fortunes/fortunes-b90.safetensors");
         c->nmodels = 1;
     }
     for (int i = 0; i < c->nmodels; i++) {

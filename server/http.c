@@ -275,6 +275,9 @@ static enum MHD_Result submit_infer(http_req *x)
     r->nseqs = x->req.nseqs;
     r->all_steps = x->req.all_steps;
     r->outputs = x->req.outputs;
+    r->gen = x->req.generate ? &x->req.gen : NULL;
+    r->gen_tokens = x->req.gen_tokens;
+    r->gen_counts = x->req.gen_counts;
     r->deadline_ns = x->t0 + (uint64_t)timeout_ms * 1000000u;
     r->done = on_sched_done;
     r->user = x;

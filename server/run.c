@@ -99,7 +99,16 @@ int run_main(int argc, char **argv)
         print_error("out of memory for the outputs");
         goto out;
     }
-    balsa_status st = model_run(m, req.seqs, req.nseqs, req.all_steps, req.outputs);
+    balsa_status st = BALSA_OK;
+    if (!req.generate)
+        st = model_run(m, req.seqs, req.nseqs, req.all_steps, req.outputs);
+    for (int i = 0; req.generate && i < req.nseqs && st == BALSA_OK; i++) {
+        /* The seed offset per sequence is the scheduler's (engine/sched.h), so that
+         * `balsa run` and the server give the same tokens. */
+        model_gen_opts g = req.gen;
+        g.seed += (uint64_t)i;
+        st = model_generate(m, &req.seqs[i], &g, req.gen_tokens[i], &req.gen_counts[i]);
+    }
     if (st != BALSA_OK) {
         snprintf(msg, sizeof msg, "engine: %s", balsa_status_str(st));
         print_error(msg);

@@ -32,8 +32,8 @@ TEST(defaults_and_demo_model)
     CHECK(strcmp(c.backend, "auto") == 0);
     REQUIRE(config_finish(&c, err, sizeof err) == 0);
     REQUIRE(c.nmodels == 1);
-    CHECK(strcmp(c.models[0].name, "demo") == 0);
-    CHECK(strcmp(c.models[0].path, "models/demo/demo.safetensors") == 0);
+    CHECK(strcmp(c.models[0].name, "fortunes") == 0);
+    CHECK(strcmp(c.models[0].path, "models/fortunes/fortunes-b90.safetensors") == 0);
     CHECK(c.models[0].batching.max_batch_size == c.batching.max_batch_size);
     CHECK(c.models[0].batching.request_timeout_ms == 30000);
 }
@@ -47,7 +47,7 @@ TEST(example_file_loads)
     CHECK_MSG(rc == 0, "%s", err);
     CHECK(config_finish(&c, err, sizeof err) == 0);
     CHECK(c.nmodels == 1);
-    CHECK(strcmp(c.models[0].name, "demo") == 0);
+    CHECK(strcmp(c.models[0].name, "fortunes") == 0);
 }
 
 TEST(file_values)

@@ -10,7 +10,7 @@ Checks before writing: `balsa convert` kept exactly the weights the study kept (
 matrix rebuilt from values/offsets equals the study's pruned matrix bit for bit, and every
 other tensor is unchanged), and `balsa inspect` accepts the result. The vocabulary goes
 into the description as "vocabulary": a list whose i-th string is the character of token
-i (the loader accepts the key and, for now, ignores it). Exits non-zero on any mismatch.
+i (the loader uses it: text in, text out). Exits non-zero on any mismatch.
 """
 import argparse
 import json

@@ -113,10 +113,11 @@ if [ $ready -eq 1 ]; then ok "readyz turns 200"; else
     exit 1
 fi
 
-# --- real /infer requests: shapes and values that make sense for the demo model
+# --- real /infer requests: shapes and values that make sense for the demo model (the
+# trained character model: 96 tokens, log-softmax head, a vocabulary)
 infer_ok() {
     local body out
-    body='{"inputs": [[12, 7, 99], [5]]}'
+    body='{"inputs": [[12, 7, 95], [5]]}'
     out=$(curl -sf "$URL/infer" -d "$body") || return 1
     python3 - "$out" <<'PY'
 import json, math, sys
@@ -124,11 +125,21 @@ r = json.loads(sys.argv[1])
 outs = r["outputs"]
 assert len(outs) == 2, "two sequences in, two outputs out"
 for o in outs:
-    assert len(o) > 1 and all(math.isfinite(v) for v in o)
-    assert abs(sum(o) - 1.0) < 1e-3, "softmax head sums to 1"
+    assert len(o) == 96 and all(math.isfinite(v) for v in o)
+    assert abs(sum(math.exp(v) for v in o) - 1.0) < 1e-3, "log-softmax head: exp sums to 1"
 PY
 }
-check "/infer answers two sequences with softmax vectors" infer_ok
+check "/infer answers two sequences with log-probability vectors" infer_ok
+generate_ok() { # the issue's own curl line: text in, a 40-character continuation out
+    local out
+    out=$(curl -sf "$URL/infer" -d '{"text": "And the", "generate": 40}') || return 1
+    python3 - "$out" <<'PY'
+import json, sys
+o = json.loads(sys.argv[1])["outputs"][0]
+assert len(o["tokens"]) == 40 and len(o["text"]) == 40, o
+PY
+}
+check "/infer continues a text (generate 40)" generate_ok
 infer_same() { # the same sequence alone and in a batch gives the same numbers
     local a b
     a=$(curl -sf "$URL/infer" -d '{"inputs": [[3, 1, 4, 1, 5]], "top_k": 3}') || return 1
