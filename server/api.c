@@ -115,31 +115,24 @@ static int encode_text(const api_model *am, const seq_src *src, int i, const cha
     return 0;
 }
 
-/* First pass over the sequences: shapes and sizes, so storage is allocated once. A text
- * is encoded here to count its tokens (and again when filled: cheap next to running it). */
+/* First pass over the sequences: shapes and sizes, so storage is allocated once. *steps
+ * gets the time steps, counting a text's bytes (at least as many as its tokens: the
+ * exact count is known once fill_tokens has encoded it); *given the steps of the sequences
+ * given as arrays, exact. */
 static int measure_inputs(const cJSON *inputs, const seq_src *src, const api_model *am,
-                          int *nseqs, long *steps, char *err, size_t errlen)
+                          int *nseqs, long *steps, long *given, char *err, size_t errlen)
 {
     const model_info *info = am->info;
     if (!cJSON_IsArray(inputs))
         return fail(err, errlen, 400, "inputs: must be an array of sequences");
     int n = 0;
-    long total = 0;
+    long total = 0, text = 0;
     const cJSON *seq;
     char name[32];
     cJSON_ArrayForEach(seq, inputs)
     {
         if (cJSON_IsString(seq) && info->has_vocabulary) {
-            size_t len = strlen(seq->valuestring);
-            int32_t *ids = malloc((len ? len : 1) * sizeof *ids);
-            int got = 0;
-            if (!ids)
-                return fail(err, errlen, 500, "out of memory");
-            int code = encode_text(am, src, n, seq->valuestring, ids, &got, err, errlen);
-            free(ids);
-            if (code)
-                return code;
-            total += got;
+            text += (long)strlen(seq->valuestring);
             n++;
             continue;
         }
@@ -156,7 +149,8 @@ static int measure_inputs(const cJSON *inputs, const seq_src *src, const api_mod
     if (n == 0)
         return fail(err, errlen, 400, "%s: must hold at least one sequence", src->field);
     *nseqs = n;
-    *steps = total;
+    *steps = total + text;
+    *given = total;
     return 0;
 }
 
@@ -164,9 +158,7 @@ static int fill_tokens(const cJSON *inputs, const seq_src *src, const api_model 
                        api_request *r, char *err, size_t errlen)
 {
     const model_info *info = am->info;
-    /* A generating sequence's tokens are fed from the engine's own copy, so only the
-     * input is stored here. */
-    r->tokens = malloc((size_t)r->total_steps * sizeof *r->tokens);
+    r->tokens = malloc((size_t)(r->total_steps ? r->total_steps : 1) * sizeof *r->tokens);
     if (!r->tokens)
         return fail(err, errlen, 500, "out of memory");
     long pos = 0;
@@ -205,6 +197,7 @@ static int fill_tokens(const cJSON *inputs, const seq_src *src, const api_model 
         r->seqs[i].len = t;
         i++;
     }
+    r->total_steps = pos;
     return 0;
 }
 
@@ -306,6 +299,18 @@ static int parse_gen(const cJSON *generate, const cJSON *temperature, const cJSO
 }
 
 /* The rest of parse_root, once the sequences (inputs) are known. */
+/* The step limit for `steps` input steps plus the tokens r generates. */
+static int check_steps(long steps, const api_request *r, const seq_src *src,
+                       const api_limits *lim, char *err, size_t errlen)
+{
+    steps += (long)r->nseqs * (r->generate > 0 ? r->generate - 1 : 0);
+    if (steps > lim->max_request_steps)
+        return fail(err, errlen, 400, "%s: %ld time steps in all%s, more than the limit %d",
+                    src->field, steps, r->generate ? " with the generated tokens" : "",
+                    lim->max_request_steps);
+    return 0;
+}
+
 static int parse_body(const cJSON *inputs, const seq_src *src, const api_model *am,
                       const cJSON *output, const cJSON *top_k, const cJSON *timeout,
                       const cJSON *generate, const cJSON *temperature, const cJSON *seed,
@@ -330,20 +335,14 @@ static int parse_body(const cJSON *inputs, const seq_src *src, const api_model *
         return code;
     if ((code = parse_gen(generate, temperature, seed, output, top_k, am, r, err, errlen)))
         return code;
-    if ((code = measure_inputs(inputs, src, am, &r->nseqs, &r->total_steps, err, errlen)))
+    long given = 0;
+    if ((code = measure_inputs(inputs, src, am, &r->nseqs, &r->total_steps, &given, err,
+                               errlen)))
         return code;
-    long steps = r->total_steps + (long)r->nseqs * (r->generate > 0 ? r->generate - 1 : 0);
-    if (steps > lim->max_request_steps)
-        return fail(err, errlen, 400, "%s: %ld time steps in all%s, more than the limit %d",
-                    src->field, steps, r->generate ? " with the generated tokens" : "",
-                    lim->max_request_steps);
-    long per_vec = r->generate ? r->generate : r->top_k ? 2L * r->top_k : info->output_size;
-    long vecs = r->all_steps ? r->total_steps : r->nseqs;
-    if (vecs * per_vec > lim->max_output_values)
-        return fail(err, errlen, 400,
-                    "inputs: the response would carry %ld values, more than the limit %ld "
-                    "(use fewer steps, \"output\": \"last\" or top_k)",
-                    vecs * per_vec, lim->max_output_values);
+    /* Checked before anything is allocated for them; the whole request once texts are
+     * encoded (their bytes are bounded by the body limit). */
+    if ((code = check_steps(given, r, src, lim, err, errlen)))
+        return code;
     r->seqs = calloc((size_t)r->nseqs, sizeof *r->seqs);
     if (!r->seqs)
         return fail(err, errlen, 500, "out of memory");
@@ -352,6 +351,15 @@ static int parse_body(const cJSON *inputs, const seq_src *src, const api_model *
                : fill_vectors(inputs, info, r, err, errlen);
     if (code)
         return code;
+    if ((code = check_steps(r->total_steps, r, src, lim, err, errlen)))
+        return code;
+    long per_vec = r->generate ? r->generate : r->top_k ? 2L * r->top_k : info->output_size;
+    long vecs = r->all_steps ? r->total_steps : r->nseqs;
+    if (vecs * per_vec > lim->max_output_values)
+        return fail(err, errlen, 400,
+                    "inputs: the response would carry %ld values, more than the limit %ld "
+                    "(use fewer steps, \"output\": \"last\" or top_k)",
+                    vecs * per_vec, lim->max_output_values);
     /* The engine's own check is the last word (length, range, finiteness). */
     for (int i = 0; i < r->nseqs; i++) {
         char why[200], name[32];
