@@ -539,29 +539,37 @@ static void render_vector(jsonw *w, const balsa_model *m, const float *v, int n,
     jsonw_str(w, "}");
 }
 
-/* One sequence's generated tokens: {"tokens": [ids], "text": "..."}; -1 when out of
- * memory. */
+/* The texts of tokens ids[0..n) of m (which has a vocabulary), joined: a malloc'd
+ * string, NULL when out of memory. */
+static char *tokens_text(const balsa_model *m, const int32_t *ids, int n)
+{
+    size_t bytes = 1;
+    for (int i = 0; i < n; i++)
+        bytes += strlen(model_token_str(m, ids[i]));
+    char *text = malloc(bytes), *p = text;
+    for (int i = 0; text && i < n; i++) {
+        const char *t = model_token_str(m, ids[i]);
+        size_t l = strlen(t);
+        memcpy(p, t, l);
+        p += l;
+    }
+    if (text)
+        *p = 0;
+    return text;
+}
+
+/* One sequence's generated tokens: {"tokens": [ids], "text": "..."} (text when m has a
+ * vocabulary); -1 when out of memory. */
 static int render_generated(jsonw *w, const balsa_model *m, const int32_t *ids, int n)
 {
     jsonw_str(w, "{\"tokens\":[");
-    size_t bytes = 1;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++)
         jsonw_printf(w, i ? ",%d" : "%d", (int)ids[i]);
-        const char *t = m ? model_token_str(m, ids[i]) : NULL;
-        bytes += t ? strlen(t) : 0;
-    }
     jsonw_str(w, "]");
-    if (m && n > 0 && model_token_str(m, ids[0])) {
-        char *text = malloc(bytes), *p = text;
+    if (m && model_get_info(m)->has_vocabulary) {
+        char *text = tokens_text(m, ids, n);
         if (!text)
             return -1;
-        for (int i = 0; i < n; i++) {
-            const char *t = model_token_str(m, ids[i]);
-            size_t l = strlen(t);
-            memcpy(p, t, l);
-            p += l;
-        }
-        *p = 0;
         jsonw_str(w, ",\"text\":");
         jsonw_quoted(w, text);
         free(text);
@@ -656,6 +664,140 @@ char *api_render_models(const api_model *models, int nmodels, const int (*batchi
                      "\"queue_capacity\":%d,\"request_timeout_ms\":%d}}",
                      batching[i][0], batching[i][1], batching[i][2], batching[i][3]);
     }
+    jsonw_str(&w, "]}\n");
+    return jsonw_take(&w, len);
+}
+
+/* The tokens a generate request asks for when its parameters name no max_tokens. */
+#define API_DEFAULT_MAX_TOKENS 16
+
+/* Checks the generate extension's "parameters" and turns them into the native fields
+ * (*generate, and *temperature / *seed when given: cJSON numbers the caller deletes). */
+static int generate_params(const cJSON *params, cJSON **generate, cJSON **temperature,
+                           cJSON **seed, char *err, size_t errlen)
+{
+    double max_tokens = API_DEFAULT_MAX_TOKENS;
+    const cJSON *p;
+    if (params && !cJSON_IsObject(params))
+        return fail(err, errlen, 400, "parameters: must be an object");
+    cJSON_ArrayForEach(p, params)
+    {
+        if (!strcmp(p->string, "max_tokens")) {
+            if (!cJSON_IsNumber(p) || p->valuedouble != floor(p->valuedouble) ||
+                p->valuedouble < 1 || p->valuedouble > API_MAX_GENERATE)
+                return fail(err, errlen, 400,
+                            "parameters.max_tokens: must be an integer in [1, %d]",
+                            API_MAX_GENERATE);
+            max_tokens = p->valuedouble;
+        } else if (!strcmp(p->string, "temperature")) {
+            if (!cJSON_IsNumber(p) || !(p->valuedouble >= 0) || p->valuedouble > 100)
+                return fail(err, errlen, 400,
+                            "parameters.temperature: must be a number in [0, 100] (0: greedy)");
+            *temperature = cJSON_CreateNumber(p->valuedouble);
+        } else if (!strcmp(p->string, "seed")) {
+            if (!cJSON_IsNumber(p) || p->valuedouble != floor(p->valuedouble) ||
+                p->valuedouble < 0 || p->valuedouble > 9007199254740991.0)
+                return fail(err, errlen, 400, "parameters.seed: must be an integer in [0, 2^53)");
+            *seed = cJSON_CreateNumber(p->valuedouble);
+        } else if (!strcmp(p->string, "stream")) {
+            if (!cJSON_IsFalse(p))
+                return fail(err, errlen, 400,
+                            "parameters.stream: balsa answers in one response (false only)");
+        } else {
+            return fail(err, errlen, 400,
+                        "parameters.%.64s: unknown (expected max_tokens, temperature, seed)",
+                        p->string);
+        }
+    }
+    *generate = cJSON_CreateNumber(max_tokens);
+    return 0;
+}
+
+int api_parse_generate(const char *body, size_t len, const api_model *models, int model,
+                       const api_limits *lim, api_request *r, char *err, size_t errlen)
+{
+    memset(r, 0, sizeof *r);
+    r->model = model;
+    cJSON *root, *inputs = NULL, *generate = NULL, *temperature = NULL, *seed = NULL;
+    size_t off;
+    int code = api_parse_json(body, len, &root, &off, err, errlen);
+    if (code)
+        return code;
+    const cJSON *text = NULL, *params = NULL, *f;
+    const api_model *am = &models[model];
+    if (off != len)
+        code = fail(err, errlen, 400, "body: unexpected text after the JSON value at byte %zu",
+                    off);
+    else if (!cJSON_IsObject(root))
+        code = fail(err, errlen, 400,
+                    "body: must be a JSON object {\"text_input\", \"parameters\"}");
+    const cJSON *fields = code ? NULL : root;
+    cJSON_ArrayForEach(f, fields)
+    {
+        const cJSON **slot = !strcmp(f->string, "text_input")   ? &text
+                             : !strcmp(f->string, "parameters") ? &params
+                                                                : NULL;
+        if (!slot || *slot) {
+            code = fail(err, errlen, 400,
+                        slot ? "%.64s: given twice"
+                             : "%.64s: unknown field (expected text_input, parameters)",
+                        f->string);
+            break;
+        }
+        *slot = f;
+    }
+    if (!code && !am->info)
+        code = fail(err, errlen, 503, "model: \"%s\" is still loading", am->name);
+    if (!code && !cJSON_IsString(text))
+        code = fail(err, errlen, 400, "text_input: required, a string");
+    if (!code && !am->info->has_vocabulary)
+        code = fail(err, errlen, 400, "text_input: model \"%s\" has no vocabulary", am->name);
+    if (!code)
+        code = generate_params(params, &generate, &temperature, &seed, err, errlen);
+    if (!code) {
+        inputs = cJSON_CreateArray();
+        if (!generate || !inputs ||
+            !cJSON_AddItemToArray(inputs, cJSON_CreateStringReference(text->valuestring)))
+            code = fail(err, errlen, 500, "out of memory");
+    }
+    if (!code) {
+        seq_src src = {"text_input", 1};
+        r->engine_model = am->model;
+        code = parse_body(inputs, &src, am, NULL, NULL, NULL, generate, temperature, seed, lim, r,
+                          err, errlen);
+    }
+    cJSON_Delete(inputs);
+    cJSON_Delete(generate);
+    cJSON_Delete(temperature);
+    cJSON_Delete(seed);
+    cJSON_Delete(root);
+    if (code) {
+        api_request_free(r);
+        r->model = model;
+    }
+    return code;
+}
+
+char *api_render_generate(const api_request *r, const char *model_name, size_t *len)
+{
+    jsonw w;
+    jsonw_init(&w);
+    jsonw_str(&w, "{\"model_name\":");
+    jsonw_quoted(&w, model_name);
+    jsonw_str(&w, ",\"model_version\":\"1\"");
+    if (r->gen.temperature > 0)
+        jsonw_printf(&w, ",\"seed\":%llu", (unsigned long long)r->gen.seed);
+    char *text = tokens_text(r->engine_model, r->gen_tokens[0], r->gen_counts[0]);
+    if (!text) {
+        jsonw_free(&w);
+        return NULL;
+    }
+    jsonw_str(&w, ",\"text_output\":");
+    jsonw_quoted(&w, text);
+    free(text);
+    jsonw_str(&w, ",\"tokens\":[");
+    for (int i = 0; i < r->gen_counts[0]; i++)
+        jsonw_printf(&w, i ? ",%d" : "%d", (int)r->gen_tokens[0][i]);
     jsonw_str(&w, "]}\n");
     return jsonw_take(&w, len);
 }

@@ -63,6 +63,18 @@ int api_parse_json(const char *body, size_t len, struct cJSON **root, size_t *af
 int api_parse_request(const char *body, size_t len, const api_model *models, int nmodels,
                       const api_limits *lim, api_request *r, char *err, size_t errlen);
 
+/* Parses a body of Triton's generate extension (POST /v2/models/{m}/generate) for
+ * models[model]: {"text_input": "...", "parameters": {"max_tokens": N (default 16),
+ * "temperature": T, "seed": S}} becomes the request {"text": ..., "generate": N, ...}.
+ * Returns 0, or an HTTP status with a message naming the field, as api_parse_request. */
+int api_parse_generate(const char *body, size_t len, const api_model *models, int model,
+                       const api_limits *lim, api_request *r, char *err, size_t errlen);
+
+/* Renders the answer to a request api_parse_generate made, once generated:
+ * {"model_name", "model_version": "1", "text_output": the continuation (not the input),
+ * "tokens": its ids, and "seed" when sampled}; NULL when out of memory. */
+char *api_render_generate(const api_request *r, const char *model_name, size_t *len);
+
 /* Allocates r's output buffers for the model (sizes as in model_run, or the generated
  * tokens' buffers with generate); -1 when out of memory. */
 int api_alloc_outputs(api_request *r, const model_info *info);

@@ -53,7 +53,7 @@ typedef struct {
     /* KServe v2 (v2.c): the full URL, the request's v2 part, the Allow header of a 405,
      * the JSON length of a binary-extension answer, and the times the statistics need. */
     char *url;
-    int v2;
+    int v2; /* 0: POST /infer; 1: v2 infer; 2: v2 generate */
     v2_request v2req;
     const char *allow;
     size_t infer_header_len;
@@ -322,9 +322,10 @@ static enum MHD_Result answer_infer(http_req *x)
                               secs(r->started_ns, r->finished_ns));
         size_t len;
         x->t_out0 = queue_now_ns();
-        char *body = x->v2 ? v2_render_infer(&x->req, &x->v2req, sm->cfg->name, sm->info, &len,
-                                             &x->infer_header_len)
-                           : api_render_response(&x->req, sm->cfg->name, sm->info, &len);
+        char *body = x->v2 == 2 ? api_render_generate(&x->req, sm->cfg->name, &len)
+                     : x->v2  ? v2_render_infer(&x->req, &x->v2req, sm->cfg->name, sm->info,
+                                                &len, &x->infer_header_len)
+                              : api_render_response(&x->req, sm->cfg->name, sm->info, &len);
         x->t_out1 = queue_now_ns();
         if (!body)
             return send_error(x, 500, "out of memory rendering the response");
@@ -357,7 +358,8 @@ static enum MHD_Result route_v2(http_req *x, const char *method)
     server *s = x->srv;
     v2_reply rep;
     int model;
-    if (v2_route(s, method, x->url, &rep, &model) == V2_ANSWERED) {
+    int kind = v2_route(s, method, x->url, &rep, &model);
+    if (kind == V2_ANSWERED) {
         x->allow = rep.allow;
         return send_body(x, rep.code, rep.body, rep.len, rep.ctype);
     }
@@ -379,9 +381,12 @@ static enum MHD_Result route_v2(http_req *x, const char *method)
     api_limits lim = {s->cfg.max_request_steps, s->cfg.max_output_values};
     char err[512];
     x->model = model;
-    x->v2 = 1;
-    int code = v2_parse_infer(x->body ? x->body : "", x->len, header_len, am, model, &lim,
-                              &x->req, &x->v2req, err, sizeof err);
+    x->v2 = kind == V2_GENERATE ? 2 : 1;
+    int code = kind == V2_GENERATE
+                   ? api_parse_generate(x->body ? x->body : "", x->len, am, model, &lim, &x->req,
+                                        err, sizeof err)
+                   : v2_parse_infer(x->body ? x->body : "", x->len, header_len, am, model, &lim,
+                                    &x->req, &x->v2req, err, sizeof err);
     if (code) {
         if (code == 503)
             metrics_reject(s->metrics, METRICS_R_NOT_READY);

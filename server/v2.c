@@ -252,7 +252,7 @@ int v2_route(server *s, const char *method, const char *url, v2_reply *rep, int 
         }
         rest = ver + vlen;
     }
-    enum { A_META, A_READY, A_CONFIG, A_STATS, A_INFER } action;
+    enum { A_META, A_READY, A_CONFIG, A_STATS, A_INFER, A_GENERATE } action;
     if (!*rest)
         action = A_META;
     else if (!strcmp(rest, "/ready"))
@@ -263,22 +263,25 @@ int v2_route(server *s, const char *method, const char *url, v2_reply *rep, int 
         action = A_STATS;
     else if (!strcmp(rest, "/infer"))
         action = A_INFER;
+    else if (!strcmp(rest, "/generate"))
+        action = A_GENERATE;
     else {
         reply_error(rep, 404,
-                    "no such path: %s (model paths end in /ready, /config, /stats or /infer)",
+                    "no such path: %s (model paths end in /ready, /config, /stats, /infer or "
+                    "/generate)",
                     pu);
         return V2_ANSWERED;
     }
-    if (!method_ok(method, action == A_INFER, rep, url))
+    if (!method_ok(method, action == A_INFER || action == A_GENERATE, rep, url))
         return V2_ANSWERED;
     server_model *sm = &s->models[idx];
     if (action == A_STATS) {
         model_stats(s, idx, rep);
         return V2_ANSWERED;
     }
-    if (action == A_INFER) {
+    if (action == A_INFER || action == A_GENERATE) {
         *model = idx;
-        return V2_INFER;
+        return action == A_INFER ? V2_INFER : V2_GENERATE;
     }
     if (!atomic_load(&sm->ready)) {
         reply_error(rep, 503, "model: \"%s\" is still loading", sm->cfg->name);

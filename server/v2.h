@@ -2,7 +2,8 @@
  * routing of every /v2 path and the answers that need no inference (server and model
  * metadata, health, readiness, Triton's model configuration and statistics extensions).
  * Inference (POST /v2/models/{m}[/versions/1]/infer) is recognised here and run by http.c
- * through the same queue and scheduler as POST /infer, with v2_tensor.h's codec.
+ * through the same queue and scheduler as POST /infer, with v2_tensor.h's codec; so is
+ * text generation (.../generate, Triton's generate extension, with api.h's parser).
  *
  * Versions: balsa serves one version of each model, "1"; the /versions/{v} forms accept
  * "1" and answer 404 for any other version. As in Triton, GET /v2/models/stats is every
@@ -24,14 +25,15 @@ typedef struct {
     const char *allow;
 } v2_reply;
 
-enum { V2_ANSWERED = 0, V2_INFER };
+enum { V2_ANSWERED = 0, V2_INFER, V2_GENERATE };
 
 /* 1 when url belongs to this module (/v2, /v2/..., /openapi.json). */
 int v2_owns_path(const char *url);
 
 /* Routes a request for a path v2_owns_path accepted. Returns V2_INFER with *model set for
  * a POST to the infer path of a served model (the caller then parses the body with
- * v2_parse_infer); otherwise V2_ANSWERED with rep filled (404 for an unknown path, model
+ * v2_parse_infer), V2_GENERATE for a POST to its generate path (Triton's generate
+ * extension: api_parse_generate); otherwise V2_ANSWERED with rep filled (404 for an unknown path, model
  * or version; 405 for a wrong method; 503 for a model still loading or a draining server
  * where readiness is asked). */
 int v2_route(server *s, const char *method, const char *url, v2_reply *rep, int *model);

@@ -2,7 +2,8 @@
  * its place in the model file), text generation in the engine (greedy against a loop of
  * model_run calls, sampling against the model's own probabilities, generating sequences
  * sharing a model_stream with others), the "text" / "generate" fields of the inference API,
- * and `balsa serve` answering {"text": ..., "generate": N} with the trained demo model. */
+ * and `balsa serve` answering {"text": ..., "generate": N} (and Triton's generate extension)
+ * with the trained demo model. */
 #include <cJSON.h>
 
 #include "engine_ref.h"
@@ -613,6 +614,43 @@ TEST(serve_generates_text_with_the_demo_model)
     su_request(sv.port, "POST", "/infer", body, strlen(body), NULL, &r);
     CHECK_MSG(r.code == 400 && strstr(r.body, "text: '\xc3\xa9' (U+00E9) at byte 3"), "%ld %s",
               r.code, r.body);
+    free(r.body);
+    /* Triton's generate extension gives the same continuation */
+    body = "{\"text_input\": \"And the\", \"parameters\": {\"max_tokens\": 40}}";
+    su_request(sv.port, "POST", "/v2/models/fortunes/generate", body, strlen(body), NULL, &r);
+    CHECK_MSG(r.code == 200, "%ld %s", r.code, r.body);
+    o = cJSON_Parse(r.body);
+    text = o ? cJSON_GetObjectItem(o, "text_output") : NULL;
+    CHECK(cJSON_IsString(text) && strcmp(text->valuestring, want_text) == 0);
+    CHECK(o && cJSON_GetArraySize(cJSON_GetObjectItem(o, "tokens")) == 40 &&
+          !strcmp(cJSON_GetObjectItem(o, "model_name")->valuestring, "fortunes"));
+    cJSON_Delete(o);
+    free(r.body);
+    struct {
+        const char *path, *body;
+        long code;
+        const char *words;
+    } bad[] = {
+        {"/v2/models/fortunes/generate", "{\"parameters\": {}}", 400, "text_input: required"},
+        {"/v2/models/fortunes/generate", "{\"text_input\": \"a\", \"parameters\": {\"top_p\": 1}}",
+         400, "parameters.top_p: unknown"},
+        {"/v2/models/fortunes/versions/1/generate",
+         "{\"text_input\": \"a\", \"parameters\": {\"max_tokens\": 0}}", 400,
+         "parameters.max_tokens: must be an integer in [1, 65536]"},
+        {"/v2/models/fortunes/generate", "{\"text_input\": \"a\", \"extra\": 1}", 400,
+         "extra: unknown field"},
+        {"/v2/models/fortunes/generate", "{\"text_input\": \"\\u00ff\"}", 400,
+         "text_input: '\xc3\xbf' (U+00FF) at byte 0"},
+        {"/v2/models/nope/generate", "{\"text_input\": \"a\"}", 404, "no model named"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        su_request(sv.port, "POST", bad[i].path, bad[i].body, strlen(bad[i].body), NULL, &r);
+        CHECK_MSG(r.code == bad[i].code && strstr(r.body, bad[i].words), "%s: %ld %s",
+                  bad[i].body, r.code, r.body);
+        free(r.body);
+    }
+    su_request(sv.port, "GET", "/v2/models/fortunes/generate", NULL, 0, NULL, &r);
+    CHECK(r.code == 405);
     free(r.body);
     su_request(sv.port, "GET", "/models", NULL, 0, NULL, &r);
     CHECK_MSG(strstr(r.body, "\"text\":true") && strstr(r.body, "\"generate\":true"), "%s",
