@@ -7,7 +7,6 @@
 #include <cJSON.h>
 
 #include "engine_ref.h"
-#include "models/model_file.h"
 #include "server/v2_tensor.h"
 #include "server_util.h"
 
@@ -22,34 +21,18 @@ static su_server srv;
 
 static int write_models(void)
 {
-    model_spec s;
-    memset(&s, 0, sizeof s);
-    snprintf(s.name, sizeof s.name, "tok");
-    s.input_kind = MODEL_INPUT_TOKENS;
-    s.vocab_size = VOCAB;
-    s.input_size = 8;
-    s.hidden_size = 16;
-    s.num_layers = 1;
-    s.lstm_bias = 1;
-    s.n_fc = 1;
-    s.fc[0] = (model_fc_spec){OUT, BALSA_ACT_NONE, 1};
-    s.head = MODEL_HEAD_SOFTMAX;
+    model_spec s = ref_token_spec("tok", VOCAB, 8, 16, 1, OUT);
     snprintf(tok_path, sizeof tok_path, "/tmp/balsa_test_v2_tok_%d.safetensors", (int)getpid());
     snprintf(vec_path, sizeof vec_path, "/tmp/balsa_test_v2_vec_%d.safetensors", (int)getpid());
     char err[256];
-    model_host h;
-    ref_random_host(&s, &h, 8, 2, 0.5f, 11);
-    balsa_status st = model_file_write(tok_path, &s, &h, err, sizeof err);
-    model_host_free(&h);
+    balsa_status st = ref_write_random_model(tok_path, &s, 8, 2, 0.5f, 11, err, sizeof err);
     s.input_kind = MODEL_INPUT_VECTORS;
     s.vocab_size = 0;
     s.input_size = FEAT;
     s.head = MODEL_HEAD_NONE;
     snprintf(s.name, sizeof s.name, "vec");
-    ref_random_host(&s, &h, 8, 2, 0.5f, 12);
     if (st == BALSA_OK)
-        st = model_file_write(vec_path, &s, &h, err, sizeof err);
-    model_host_free(&h);
+        st = ref_write_random_model(vec_path, &s, 8, 2, 0.5f, 12, err, sizeof err);
     if (st != BALSA_OK || balsa_backend_cpu_create(1, &be) != BALSA_OK ||
         model_load(tok_path, be, &tok_model, err, sizeof err) != BALSA_OK ||
         model_load(vec_path, be, &vec_model, err, sizeof err) != BALSA_OK) {
@@ -304,7 +287,7 @@ TEST(codec_render_json_equals_binary)
 static cJSON *get_json(const char *path, long want_code)
 {
     su_resp r;
-    su_request(srv.port, "GET", path, NULL, 0, NULL, &r);
+    su_request_str(srv.port, "GET", path, NULL, NULL, &r);
     cJSON *j = r.code == want_code ? cJSON_Parse(r.body) : NULL;
     if (!j)
         printf("  GET %s: %ld %s\n", path, r.code, r.body);
@@ -368,7 +351,7 @@ TEST(http_metadata_config_ready)
     };
     for (size_t i = 0; i < sizeof errs / sizeof *errs; i++) {
         su_resp r;
-        su_request(srv.port, errs[i].method, errs[i].path, NULL, 0, NULL, &r);
+        su_request_str(srv.port, errs[i].method, errs[i].path, NULL, NULL, &r);
         cJSON *e = cJSON_Parse(r.body);
         CHECK_MSG(r.code == errs[i].code && cJSON_IsString(cJSON_GetObjectItem(e, "error")) &&
                       !strcmp(r.allow, errs[i].allow),
@@ -384,11 +367,11 @@ TEST(http_infer_same_as_native)
 {
     su_resp n, j, b;
     const char *native = "{\"model\":\"tok\",\"inputs\":[[3,1,4,1,5],[9,2,6]]}";
-    su_request(srv.port, "POST", "/infer", native, strlen(native), NULL, &n);
+    su_request_str(srv.port, "POST", "/infer", native, "application/json", &n);
     const char *v2 = "{\"inputs\":[{\"name\":\"tokens\",\"shape\":[2,5],\"datatype\":\"INT32\","
                      "\"data\":[3,1,4,1,5,9,2,6,0,0]},{\"name\":\"lengths\",\"shape\":[2],"
                      "\"datatype\":\"INT32\",\"data\":[5,3]}]}";
-    su_request(srv.port, "POST", "/v2/models/tok/infer", v2, strlen(v2), NULL, &j);
+    su_request_str(srv.port, "POST", "/v2/models/tok/infer", v2, "application/json", &j);
     char hdr[512];
     int32_t tok[10] = {3, 1, 4, 1, 5, 9, 2, 6, 0, 0}, len[2] = {5, 3};
     size_t hl = (size_t)snprintf(hdr, sizeof hdr,
@@ -402,7 +385,8 @@ TEST(http_infer_same_as_native)
     memcpy(body + hl, tok, 40);
     memcpy(body + hl + 40, len, 8);
     snprintf(line, sizeof line, "Inference-Header-Content-Length: %zu", hl);
-    su_request(srv.port, "POST", "/v2/models/tok/versions/1/infer", body, hl + 48, line, &b);
+    su_request(srv.port, "POST", "/v2/models/tok/versions/1/infer", body, hl + 48,
+               "application/json", line, &b);
     REQUIRE(n.code == 200 && j.code == 200 && b.code == 200);
     size_t bjl = strtoul(b.header_len, NULL, 10);
     CHECK_MSG(bjl > 0 && b.len == bjl + 2 * OUT * 4, "header %s, body %zu", b.header_len, b.len);
@@ -431,10 +415,11 @@ TEST(http_infer_same_as_native)
     su_resp r;
     const char *bad = "{\"inputs\":[{\"name\":\"tokens\",\"shape\":[1,1],\"datatype\":\"INT32\","
                       "\"data\":[40]}]}";
-    su_request(srv.port, "POST", "/v2/models/tok/infer", bad, strlen(bad), NULL, &r);
+    su_request_str(srv.port, "POST", "/v2/models/tok/infer", bad, "application/json", &r);
     CHECK(r.code == 400 && strstr(r.body, "token id 40 out of range"));
     free(r.body);
-    su_request(srv.port, "POST", "/v2/models/tok/infer", "{", 1, "Inference-Header-Content-Length: 9", &r);
+    su_request(srv.port, "POST", "/v2/models/tok/infer", "{", 1, "application/json",
+               "Inference-Header-Content-Length: 9", &r);
     CHECK(r.code == 400 && strstr(r.body, "more than the body"));
     free(r.body);
     /* a body over body_limit (1 MiB by default): 413, like POST /infer */
@@ -442,12 +427,13 @@ TEST(http_infer_same_as_native)
     char *huge = malloc(big);
     REQUIRE(huge);
     memset(huge, ' ', big);
-    su_request(srv.port, "POST", "/v2/models/tok/infer", huge, big, NULL, &r);
+    su_request(srv.port, "POST", "/v2/models/tok/infer", huge, big, "application/json", NULL,
+               &r);
     free(huge);
     CHECK_MSG(r.code == 413 && strstr(r.body, "larger than the limit"), "%ld %s", r.code, r.body);
     free(r.body);
     /* v2 requests are in the Prometheus metrics, by handler and per model */
-    su_request(srv.port, "GET", "/metrics", NULL, 0, NULL, &r);
+    su_request_str(srv.port, "GET", "/metrics", NULL, NULL, &r);
     CHECK(strstr(r.body, "balsa_http_requests_total{handler=\"/v2\",code=\"200\"}") != NULL);
     CHECK(strstr(r.body, "balsa_http_requests_total{handler=\"/v2\",code=\"400\"}") != NULL);
     CHECK(strstr(r.body, "balsa_inference_requests_total{model=\"tok\",code=\"400\"}") != NULL);
@@ -492,7 +478,7 @@ TEST(openapi_document_served)
     size_t n = fread(doc, 1, sizeof doc, f);
     fclose(f);
     su_resp r;
-    su_request(srv.port, "GET", "/openapi.json", NULL, 0, NULL, &r);
+    su_request_str(srv.port, "GET", "/openapi.json", NULL, NULL, &r);
     CHECK(r.code == 200 && !strcmp(r.ctype, "application/json"));
     CHECK_MSG(r.len == n && memcmp(r.body, doc, n) == 0, "served %zu bytes, file %zu", r.len, n);
     cJSON *j = cJSON_Parse(r.body);
