@@ -305,20 +305,36 @@ static void *client_main(void *p)
     return NULL;
 }
 
+/* Runs fn on n threads, each given its own client_arg {i, port}; joins every thread that
+ * started and sums their ok and bad counts. Returns how many started: n, or fewer when
+ * pthread_create failed. */
+static int run_clients(void *(*fn)(void *), int n, int port, int *ok, int *bad)
+{
+    pthread_t *th = malloc(sizeof *th * n);
+    client_arg *args = malloc(sizeof *args * n);
+    BALSA_ASSERT(th && args);
+    int started = 0;
+    while (started < n) {
+        args[started] = (client_arg){started, port, 0, 0};
+        if (pthread_create(&th[started], NULL, fn, &args[started]) != 0)
+            break;
+        started++;
+    }
+    *ok = *bad = 0;
+    for (int i = 0; i < started; i++) {
+        pthread_join(th[i], NULL);
+        *ok += args[i].ok;
+        *bad += args[i].bad;
+    }
+    free(th);
+    free(args);
+    return started;
+}
+
 TEST(concurrent_clients_get_their_own_answers)
 {
-    pthread_t th[NCLIENTS];
-    client_arg args[NCLIENTS];
-    for (int i = 0; i < NCLIENTS; i++) {
-        args[i] = (client_arg){i, main_srv.port, 0, 0};
-        REQUIRE(pthread_create(&th[i], NULL, client_main, &args[i]) == 0);
-    }
-    int ok = 0, bad = 0;
-    for (int i = 0; i < NCLIENTS; i++) {
-        pthread_join(th[i], NULL);
-        ok += args[i].ok;
-        bad += args[i].bad;
-    }
+    int ok, bad;
+    REQUIRE(run_clients(client_main, NCLIENTS, main_srv.port, &ok, &bad) == NCLIENTS);
     CHECK_MSG(bad == 0 && ok == NCLIENTS * PER_CLIENT, "%d right, %d wrong", ok, bad);
     su_resp r;
     su_request_str(main_srv.port, "GET", "/metrics", NULL, NULL, &r);
@@ -385,23 +401,8 @@ static void *keepalive_main(void *p)
 
 TEST(many_keepalive_connections)
 {
-    pthread_t th[NKEEP];
-    client_arg args[NKEEP];
-    int started = 0;
-    for (int i = 0; i < NKEEP; i++) {
-        args[i] = (client_arg){i, main_srv.port, 0, 0};
-        if (pthread_create(&th[i], NULL, keepalive_main, &args[i]) == 0)
-            started++;
-        else
-            break;
-    }
-    REQUIRE(started == NKEEP);
-    int ok = 0, bad = 0;
-    for (int i = 0; i < NKEEP; i++) {
-        pthread_join(th[i], NULL);
-        ok += args[i].ok;
-        bad += args[i].bad;
-    }
+    int ok, bad;
+    REQUIRE(run_clients(keepalive_main, NKEEP, main_srv.port, &ok, &bad) == NKEEP);
     CHECK_MSG(ok == NKEEP * 3 && bad == 0, "%d answered, %d failed", ok, bad);
 }
 
