@@ -174,21 +174,24 @@ static inline void su_request_on(CURL *h, int port, const char *method, const ch
         r->body = calloc(1, 1);
 }
 
-/* su_request_on on a fresh connection, closed afterwards. */
+/* One request on a fresh connection (closed afterwards) with Content-Type:
+ * application/json; otherwise as su_request_on. */
 static inline void su_request(int port, const char *method, const char *path, const char *body,
-                              size_t blen, const char *ctype, const char *extra_header,
-                              su_resp *r)
+                              size_t blen, const char *extra_header, su_resp *r)
 {
     CURL *h = curl_easy_init();
-    su_request_on(h, port, method, path, body, blen, ctype, extra_header, r);
+    su_request_on(h, port, method, path, body, blen, "application/json", extra_header, r);
     curl_easy_cleanup(h);
 }
 
-/* su_request with a NUL-terminated body (or NULL) and no extra header. */
+/* One request on a fresh connection with a NUL-terminated body (or NULL: none) and the
+ * given Content-Type (NULL: none); otherwise as su_request_on. */
 static inline void su_request_str(int port, const char *method, const char *path,
                                   const char *body, const char *ctype, su_resp *r)
 {
-    su_request(port, method, path, body, body ? strlen(body) : 0, ctype, NULL, r);
+    CURL *h = curl_easy_init();
+    su_request_on(h, port, method, path, body, body ? strlen(body) : 0, ctype, NULL, r);
+    curl_easy_cleanup(h);
 }
 
 /* Stops tracking pid: it has been waited for. */

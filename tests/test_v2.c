@@ -287,7 +287,7 @@ TEST(codec_render_json_equals_binary)
 static cJSON *get_json(const char *path, long want_code)
 {
     su_resp r;
-    su_request_str(srv.port, "GET", path, NULL, NULL, &r);
+    su_request(srv.port, "GET", path, NULL, 0, NULL, &r);
     cJSON *j = r.code == want_code ? cJSON_Parse(r.body) : NULL;
     if (!j)
         printf("  GET %s: %ld %s\n", path, r.code, r.body);
@@ -351,7 +351,7 @@ TEST(http_metadata_config_ready)
     };
     for (size_t i = 0; i < sizeof errs / sizeof *errs; i++) {
         su_resp r;
-        su_request_str(srv.port, errs[i].method, errs[i].path, NULL, NULL, &r);
+        su_request(srv.port, errs[i].method, errs[i].path, NULL, 0, NULL, &r);
         cJSON *e = cJSON_Parse(r.body);
         CHECK_MSG(r.code == errs[i].code && cJSON_IsString(cJSON_GetObjectItem(e, "error")) &&
                       !strcmp(r.allow, errs[i].allow),
@@ -367,11 +367,11 @@ TEST(http_infer_same_as_native)
 {
     su_resp n, j, b;
     const char *native = "{\"model\":\"tok\",\"inputs\":[[3,1,4,1,5],[9,2,6]]}";
-    su_request_str(srv.port, "POST", "/infer", native, "application/json", &n);
+    su_request(srv.port, "POST", "/infer", native, strlen(native), NULL, &n);
     const char *v2 = "{\"inputs\":[{\"name\":\"tokens\",\"shape\":[2,5],\"datatype\":\"INT32\","
                      "\"data\":[3,1,4,1,5,9,2,6,0,0]},{\"name\":\"lengths\",\"shape\":[2],"
                      "\"datatype\":\"INT32\",\"data\":[5,3]}]}";
-    su_request_str(srv.port, "POST", "/v2/models/tok/infer", v2, "application/json", &j);
+    su_request(srv.port, "POST", "/v2/models/tok/infer", v2, strlen(v2), NULL, &j);
     char hdr[512];
     int32_t tok[10] = {3, 1, 4, 1, 5, 9, 2, 6, 0, 0}, len[2] = {5, 3};
     size_t hl = (size_t)snprintf(hdr, sizeof hdr,
@@ -385,8 +385,7 @@ TEST(http_infer_same_as_native)
     memcpy(body + hl, tok, 40);
     memcpy(body + hl + 40, len, 8);
     snprintf(line, sizeof line, "Inference-Header-Content-Length: %zu", hl);
-    su_request(srv.port, "POST", "/v2/models/tok/versions/1/infer", body, hl + 48,
-               "application/json", line, &b);
+    su_request(srv.port, "POST", "/v2/models/tok/versions/1/infer", body, hl + 48, line, &b);
     REQUIRE(n.code == 200 && j.code == 200 && b.code == 200);
     size_t bjl = strtoul(b.header_len, NULL, 10);
     CHECK_MSG(bjl > 0 && b.len == bjl + 2 * OUT * 4, "header %s, body %zu", b.header_len, b.len);
@@ -415,11 +414,10 @@ TEST(http_infer_same_as_native)
     su_resp r;
     const char *bad = "{\"inputs\":[{\"name\":\"tokens\",\"shape\":[1,1],\"datatype\":\"INT32\","
                       "\"data\":[40]}]}";
-    su_request_str(srv.port, "POST", "/v2/models/tok/infer", bad, "application/json", &r);
+    su_request(srv.port, "POST", "/v2/models/tok/infer", bad, strlen(bad), NULL, &r);
     CHECK(r.code == 400 && strstr(r.body, "token id 40 out of range"));
     free(r.body);
-    su_request(srv.port, "POST", "/v2/models/tok/infer", "{", 1, "application/json",
-               "Inference-Header-Content-Length: 9", &r);
+    su_request(srv.port, "POST", "/v2/models/tok/infer", "{", 1, "Inference-Header-Content-Length: 9", &r);
     CHECK(r.code == 400 && strstr(r.body, "more than the body"));
     free(r.body);
     /* a body over body_limit (1 MiB by default): 413, like POST /infer */
@@ -427,13 +425,12 @@ TEST(http_infer_same_as_native)
     char *huge = malloc(big);
     REQUIRE(huge);
     memset(huge, ' ', big);
-    su_request(srv.port, "POST", "/v2/models/tok/infer", huge, big, "application/json", NULL,
-               &r);
+    su_request(srv.port, "POST", "/v2/models/tok/infer", huge, big, NULL, &r);
     free(huge);
     CHECK_MSG(r.code == 413 && strstr(r.body, "larger than the limit"), "%ld %s", r.code, r.body);
     free(r.body);
     /* v2 requests are in the Prometheus metrics, by handler and per model */
-    su_request_str(srv.port, "GET", "/metrics", NULL, NULL, &r);
+    su_request(srv.port, "GET", "/metrics", NULL, 0, NULL, &r);
     CHECK(strstr(r.body, "balsa_http_requests_total{handler=\"/v2\",code=\"200\"}") != NULL);
     CHECK(strstr(r.body, "balsa_http_requests_total{handler=\"/v2\",code=\"400\"}") != NULL);
     CHECK(strstr(r.body, "balsa_inference_requests_total{model=\"tok\",code=\"400\"}") != NULL);
@@ -478,7 +475,7 @@ TEST(openapi_document_served)
     size_t n = fread(doc, 1, sizeof doc, f);
     fclose(f);
     su_resp r;
-    su_request_str(srv.port, "GET", "/openapi.json", NULL, NULL, &r);
+    su_request(srv.port, "GET", "/openapi.json", NULL, 0, NULL, &r);
     CHECK(r.code == 200 && !strcmp(r.ctype, "application/json"));
     CHECK_MSG(r.len == n && memcmp(r.body, doc, n) == 0, "served %zu bytes, file %zu", r.len, n);
     cJSON *j = cJSON_Parse(r.body);
