@@ -6,6 +6,7 @@
 
 #include "engine/model.h"
 #include "harness.h"
+#include "models/model_file.h"
 
 /* Fills h with random weights for s (values in [-scale, scale)). Matrices (W_ih, W_hh,
  * fc) are pruned to balanced sparsity with the given bank and k when k > 0, else dense. */
@@ -37,6 +38,39 @@ static inline void ref_random_host(const model_spec *s, model_host *h, int bank,
             hm->dense = v;
         }
     }
+}
+
+/* A token model: an embedding of input floats per token, an LSTM with biases, one linear
+ * FC layer with bias to out outputs and a softmax head; every other field zero. */
+static inline model_spec ref_token_spec(const char *name, int vocab, int input, int hidden,
+                                        int layers, int out)
+{
+    model_spec s;
+    memset(&s, 0, sizeof s);
+    snprintf(s.name, sizeof s.name, "%s", name);
+    s.input_kind = MODEL_INPUT_TOKENS;
+    s.vocab_size = vocab;
+    s.input_size = input;
+    s.hidden_size = hidden;
+    s.num_layers = layers;
+    s.lstm_bias = 1;
+    s.n_fc = 1;
+    s.fc[0] = (model_fc_spec){out, BALSA_ACT_NONE, 1};
+    s.head = MODEL_HEAD_SOFTMAX;
+    return s;
+}
+
+/* Writes a model file for s at path with ref_random_host's weights (same arguments).
+ * BALSA_OK, or model_file_write's status with its message in err. */
+static inline balsa_status ref_write_random_model(const char *path, const model_spec *s, int bank,
+                                                  int k, float scale, unsigned long long seed,
+                                                  char *err, size_t errlen)
+{
+    model_host h;
+    ref_random_host(s, &h, bank, k, scale, seed);
+    balsa_status st = model_file_write(path, s, &h, err, errlen);
+    model_host_free(&h);
+    return st;
 }
 
 /* The dense form of a host matrix (malloc'd). */

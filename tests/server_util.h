@@ -1,7 +1,8 @@
 /* Helpers for tests that run `balsa serve` (env BALSA_BIN) as a child process on a free
  * loopback port and talk to it with libcurl: start and wait for /readyz, stop with
- * SIGTERM, kill every child on every path (also on a crash of the test), and one-shot
- * requests that capture the status, body and the headers tests look at. */
+ * SIGTERM, kill every child on every path (also on a crash of the test, and through
+ * PR_SET_PDEATHSIG when the test is killed outright), and requests, one-shot or on a
+ * kept-alive handle, that capture the status, body and the headers tests look at. */
 #ifndef BALSA_TESTS_SERVER_UTIL_H
 #define BALSA_TESTS_SERVER_UTIL_H
 
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -81,7 +83,7 @@ typedef struct {
     long code;
     char *body; /* NUL-terminated (binary bodies too: use len) */
     size_t len;
-    char ctype[96], allow[64], header_len[24];
+    char ctype[96], allow[64], retry_after[16], header_len[24];
 } su_resp;
 
 static inline size_t su_on_body(char *p, size_t sz, size_t n, void *u)
@@ -117,22 +119,25 @@ static inline size_t su_on_header(char *p, size_t sz, size_t n, void *u)
     su_resp *r = u;
     su_header_value(p, sz * n, "Content-Type", r->ctype, sizeof r->ctype);
     su_header_value(p, sz * n, "Allow", r->allow, sizeof r->allow);
+    su_header_value(p, sz * n, "Retry-After", r->retry_after, sizeof r->retry_after);
     su_header_value(p, sz * n, "Inference-Header-Content-Length", r->header_len,
                     sizeof r->header_len);
     return sz * n;
 }
 
-/* One request; body may hold NUL bytes (blen). extra_header: one "Name: value" line or
- * NULL. The caller frees r->body. */
-static inline void su_request(int port, const char *method, const char *path, const char *body,
-                              size_t blen, const char *extra_header, su_resp *r)
+/* One request on handle h, which the caller owns and may reuse for the next request (a
+ * kept-alive connection). body (blen bytes, may hold NUL bytes) or NULL: none. ctype: the
+ * Content-Type sent, or NULL: none (curl's default for a body is removed). extra_header:
+ * one more "Name: value" line, or NULL. HEAD asks for no body. The caller frees r->body,
+ * which is never NULL. */
+static inline void su_request_on(CURL *h, int port, const char *method, const char *path,
+                                 const char *body, size_t blen, const char *ctype,
+                                 const char *extra_header, su_resp *r)
 {
     memset(r, 0, sizeof *r);
-    CURL *h = curl_easy_init();
     char url[256];
     snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
     curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, su_on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, su_on_header);
@@ -140,20 +145,61 @@ static inline void su_request(int port, const char *method, const char *path, co
     curl_easy_setopt(h, CURLOPT_TIMEOUT, 60L);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
     struct curl_slist *hdrs = curl_slist_append(NULL, "Expect:");
-    hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+    if (ctype) {
+        char line[128];
+        snprintf(line, sizeof line, "Content-Type: %s", ctype);
+        hdrs = curl_slist_append(hdrs, line);
+    } else if (body) {
+        hdrs = curl_slist_append(hdrs, "Content-Type:");
+    }
     if (extra_header)
         hdrs = curl_slist_append(hdrs, extra_header);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     if (body) {
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
+    } else {
+        /* a reused handle would otherwise keep the previous request's POST body */
+        curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
     }
+    /* after HTTPGET, which clears NOBODY */
+    curl_easy_setopt(h, CURLOPT_NOBODY, strcmp(method, "HEAD") == 0 ? 1L : 0L);
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
     r->cc = curl_easy_perform(h);
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->code);
+    /* the list is freed here, and h may be used again */
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
     curl_slist_free_all(hdrs);
-    curl_easy_cleanup(h);
     if (!r->body)
         r->body = calloc(1, 1);
+}
+
+/* One request on a fresh connection (closed afterwards) with Content-Type:
+ * application/json; otherwise as su_request_on. */
+static inline void su_request(int port, const char *method, const char *path, const char *body,
+                              size_t blen, const char *extra_header, su_resp *r)
+{
+    CURL *h = curl_easy_init();
+    su_request_on(h, port, method, path, body, blen, "application/json", extra_header, r);
+    curl_easy_cleanup(h);
+}
+
+/* One request on a fresh connection with a NUL-terminated body (or NULL: none) and the
+ * given Content-Type (NULL: none); otherwise as su_request_on. */
+static inline void su_request_str(int port, const char *method, const char *path,
+                                  const char *body, const char *ctype, su_resp *r)
+{
+    CURL *h = curl_easy_init();
+    su_request_on(h, port, method, path, body, body ? strlen(body) : 0, ctype, NULL, r);
+    curl_easy_cleanup(h);
+}
+
+/* Stops tracking pid: it has been waited for. */
+static inline void su_forget_child(pid_t pid)
+{
+    for (int i = 0; i < su_nchildren; i++)
+        if (su_children[i] == pid)
+            su_children[i] = 0;
 }
 
 /* Starts `balsa serve --host 127.0.0.1 --port P --threads 1` plus extra (NULL-ended) with
@@ -179,6 +225,8 @@ static inline int su_start(su_server *sp, const char *const *extra)
     if (pid < 0)
         return -1;
     if (pid == 0) {
+        /* The server dies with this test, even if the test is killed outright. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         int fd = open(sp->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
         if (fd >= 0) {
             dup2(fd, 2);
@@ -194,13 +242,11 @@ static inline int su_start(su_server *sp, const char *const *extra)
         int st;
         if (waitpid(pid, &st, WNOHANG) == pid) {
             printf("  server exited during startup (status %d); log %s\n", st, sp->log);
-            for (int i = 0; i < su_nchildren; i++)
-                if (su_children[i] == pid)
-                    su_children[i] = 0;
+            su_forget_child(pid);
             return -1;
         }
         su_resp r;
-        su_request(sp->port, "GET", "/readyz", NULL, 0, NULL, &r);
+        su_request_str(sp->port, "GET", "/readyz", NULL, NULL, &r);
         free(r.body);
         if (r.cc == CURLE_OK && r.code == 200)
             return 0;
@@ -210,18 +256,18 @@ static inline int su_start(su_server *sp, const char *const *extra)
     return -1;
 }
 
-/* SIGTERM, then waits up to timeout_s; the exit status, or -1 (killed, or a signal). */
-static inline int su_stop(su_server *sp, double timeout_s)
+/* Waits up to timeout_s for the server to exit (SIGKILL after that); returns its exit
+ * status, 128 + the signal when a signal ended it, or -1 when it did not exit in time. */
+static inline int su_wait(su_server *sp, double timeout_s)
 {
     if (sp->pid <= 0)
         return -1;
-    kill(sp->pid, SIGTERM);
     double t0 = su_now();
     int st = 0, rc = -1;
     for (;;) {
         pid_t w = waitpid(sp->pid, &st, WNOHANG);
         if (w == sp->pid) {
-            rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+            rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
             break;
         }
         if (su_now() - t0 > timeout_s) {
@@ -231,11 +277,18 @@ static inline int su_stop(su_server *sp, double timeout_s)
         }
         usleep(5000);
     }
-    for (int i = 0; i < su_nchildren; i++)
-        if (su_children[i] == sp->pid)
-            su_children[i] = 0;
+    su_forget_child(sp->pid);
     sp->pid = 0;
     return rc;
+}
+
+/* SIGTERM, then su_wait. */
+static inline int su_stop(su_server *sp, double timeout_s)
+{
+    if (sp->pid <= 0)
+        return -1;
+    kill(sp->pid, SIGTERM);
+    return su_wait(sp, timeout_s);
 }
 
 #endif

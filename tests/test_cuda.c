@@ -286,6 +286,30 @@ static int make_cases(spmm_case *out, int max)
     return nc;
 }
 
+/* The cell state gc (n x H) and output gh (n rows of ldh in an hlen buffer) a backend
+ * gave, against the reference's c and h: the largest absolute error (infinite on a NaN
+ * in gh). *guards_ok is 0 when a sentinel of gh (past H in a row, past the n rows) was
+ * overwritten, else 1. */
+static double cell_error(const float *gc, const float *gh, const float *c, const float *h,
+                         int n, int H, int ldh, size_t hlen, int *guards_ok)
+{
+    double worst = 0;
+    *guards_ok = 1;
+    for (int r = 0; r < n; r++) {
+        for (int j = 0; j < H; j++) {
+            worst = fmax(worst, fabs(gc[(size_t)r * H + j] - c[(size_t)r * H + j]));
+            worst = fmax(worst, fabs(gh[(size_t)r * ldh + j] - h[(size_t)r * ldh + j]));
+            if (isnan(gh[(size_t)r * ldh + j]))
+                worst = INFINITY;
+        }
+        for (int j = H; j < ldh; j++)
+            *guards_ok &= gh[(size_t)r * ldh + j] == SENTINEL;
+    }
+    for (size_t i = (size_t)n * ldh; i < hlen; i++)
+        *guards_ok &= gh[i] == SENTINEL;
+    return worst;
+}
+
 /* The fused cell against lstm_cell_ref for n rows of `hidden` units, with strides and
  * sentinels around h. */
 static void check_lstm_cell(balsa_backend *be, int n, int H, unsigned long long seed)
@@ -306,20 +330,8 @@ static void check_lstm_cell(balsa_backend *be, int n, int H, unsigned long long 
         CHECK(be->ops->to_host(be, gc, dc, sizeof(float) * n * H) == BALSA_OK);
         CHECK(be->ops->to_host(be, gh, dh, sizeof(float) * hlen) == BALSA_OK);
         lstm_cell_ref(g, ldg, c, h, ldh, n, H);
-        double worst = 0;
-        int guards_ok = 1;
-        for (int r = 0; r < n; r++) {
-            for (int j = 0; j < H; j++) {
-                worst = fmax(worst, fabs(gc[(size_t)r * H + j] - c[(size_t)r * H + j]));
-                worst = fmax(worst, fabs(gh[(size_t)r * ldh + j] - h[(size_t)r * ldh + j]));
-                if (isnan(gh[(size_t)r * ldh + j]))
-                    worst = INFINITY;
-            }
-            for (int j = H; j < ldh; j++)
-                guards_ok &= gh[(size_t)r * ldh + j] == SENTINEL;
-        }
-        for (size_t i = (size_t)n * ldh; i < hlen; i++)
-            guards_ok &= gh[i] == SENTINEL;
+        int guards_ok;
+        double worst = cell_error(gc, gh, c, h, n, H, ldh, hlen, &guards_ok);
         CHECK_MSG(worst < 2e-6, "n %d hidden %d: error %g", n, H, worst);
         CHECK_MSG(guards_ok, "n %d hidden %d: a sentinel was overwritten", n, H);
     }
@@ -331,6 +343,15 @@ static void check_lstm_cell(balsa_backend *be, int n, int H, unsigned long long 
     free(h);
     free(gc);
     free(gh);
+}
+
+/* check_lstm_cell over batches 1, 3, 8 and hidden sizes 1, 7, 650. */
+static void check_lstm_cells(balsa_backend *be)
+{
+    int ns[] = {1, 3, 8}, hs[] = {1, 7, 650};
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 3; b++)
+            check_lstm_cell(be, ns[a], hs[b], 31 + 3 * a + b);
 }
 
 #ifndef BALSA_GPU_ONLY
@@ -347,10 +368,7 @@ TEST(checks_pass_on_cpu_backend)
         check_spmm_case(be, "cpu sparse", 3e-5, &cases[i], 1000 + i, 0);
         check_spmm_case(be, "cpu dense", 3e-5, &cases[i], 2000 + i, 1);
     }
-    int ns[] = {1, 3, 8}, hs[] = {1, 7, 650};
-    for (int a = 0; a < 3; a++)
-        for (int b = 0; b < 3; b++)
-            check_lstm_cell(be, ns[a], hs[b], 31 + 3 * a + b);
+    check_lstm_cells(be);
     be->ops->destroy(be);
 }
 #endif
@@ -497,10 +515,7 @@ TEST(lstm_cell_matches_reference)
     balsa_backend *be = gpu_backend(BALSA_CUDA_F32, 2, why, sizeof why);
     if (!be)
         SKIP("no CUDA device: %s", why);
-    int ns[] = {1, 3, 8}, hs[] = {1, 7, 650};
-    for (int a = 0; a < 3; a++)
-        for (int b = 0; b < 3; b++)
-            check_lstm_cell(be, ns[a], hs[b], 31 + 3 * a + b);
+    check_lstm_cells(be);
     be->ops->destroy(be);
 }
 
@@ -539,20 +554,8 @@ static void check_lstm_step(balsa_backend *be, const bsmat *w, int dense, int n,
         CHECK(be->ops->to_host(be, gc, dc, sizeof(float) * n * H) == BALSA_OK);
         spmm_ref(w, hp, ldhp, n, NULL, 1, BALSA_ACT_NONE, g, ldg);
         lstm_cell_ref(g, ldg, c, h, ldh, n, H);
-        double worst = 0;
-        int guards_ok = 1;
-        for (int r = 0; r < n; r++) {
-            for (int j = 0; j < H; j++) {
-                worst = fmax(worst, fabs(gc[(size_t)r * H + j] - c[(size_t)r * H + j]));
-                worst = fmax(worst, fabs(gh[(size_t)r * ldh + j] - h[(size_t)r * ldh + j]));
-                if (isnan(gh[(size_t)r * ldh + j]))
-                    worst = INFINITY;
-            }
-            for (int j = H; j < ldh; j++)
-                guards_ok &= gh[(size_t)r * ldh + j] == SENTINEL;
-        }
-        for (size_t i = (size_t)n * ldh; i < hlen; i++)
-            guards_ok &= gh[i] == SENTINEL;
+        int guards_ok;
+        double worst = cell_error(gc, gh, c, h, n, H, ldh, hlen, &guards_ok);
         CHECK_MSG(worst < 1e-4, "%s: hidden %d bank %d k %d n %d dense %d: error %g",
                   be->describe, H, w->bank, w->k, n, dense, worst);
         CHECK_MSG(guards_ok, "hidden %d n %d: a sentinel was overwritten", H, n);

@@ -114,6 +114,33 @@ static model_spec spec_of(const net_case *c)
     return s;
 }
 
+/* Fills h with ref_random_host's weights for s (bank 8, k, scale 0.5, seed) and builds
+ * them on backend b: the model (the caller frees it and h), or NULL after printing why. */
+static balsa_model *random_model(const model_spec *s, model_host *h, int k,
+                                 unsigned long long seed, balsa_backend *b)
+{
+    ref_random_host(s, h, 8, k, 0.5f, seed);
+    balsa_model *m;
+    char err[256];
+    if (model_build(s, h, b, &m, err, sizeof err) != BALSA_OK) {
+        printf("  model_build: %s\n", err);
+        return NULL;
+    }
+    return m;
+}
+
+/* h_max_rel_err (floor 1) of got against want, another float result of n values. */
+static double rel_err_f(const float *got, const float *want, size_t n)
+{
+    double *ref = malloc(sizeof(double) * n);
+    BALSA_ASSERT(ref);
+    for (size_t j = 0; j < n; j++)
+        ref[j] = want[j];
+    double e = h_max_rel_err(got, ref, n, 1);
+    free(ref);
+    return e;
+}
+
 static const net_case cases[] = {
     {MODEL_INPUT_VECTORS, 19, 37, 1, 0, 0, 0, BALSA_ACT_NONE, MODEL_HEAD_NONE},
     {MODEL_INPUT_VECTORS, 19, 37, 2, 0, 3, 1, BALSA_ACT_RELU, MODEL_HEAD_SOFTMAX},
@@ -159,12 +186,9 @@ TEST(matches_reference)
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
         model_spec s = spec_of(&cases[c]);
         model_host h;
-        ref_random_host(&s, &h, 8, cases[c].k, 0.5f, 100 + c);
-        balsa_model *m;
-        char err[256];
-        balsa_status st = model_build(&s, &h, be, &m, err, sizeof err);
-        CHECK_MSG(st == BALSA_OK, "case %zu: %s", c, err);
-        if (st != BALSA_OK) {
+        balsa_model *m = random_model(&s, &h, cases[c].k, 100 + c, be);
+        CHECK_MSG(m, "case %zu", c);
+        if (!m) {
             model_host_free(&h);
             continue;
         }
@@ -187,10 +211,8 @@ static void check_batch_independence(const net_case *c, int all)
 {
     model_spec s = spec_of(c);
     model_host h;
-    ref_random_host(&s, &h, 8, c->k, 0.5f, 77);
-    balsa_model *m;
-    char err[256];
-    REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
+    balsa_model *m = random_model(&s, &h, c->k, 77, be);
+    REQUIRE(m);
     enum { N = 64 };
     ref_seq rs[N];
     engine_seq q[N];
@@ -207,13 +229,8 @@ static void check_batch_independence(const net_case *c, int all)
     double worst = 0;
     for (int i = 0; i < N; i++) {
         CHECK(model_run(m, &q[i], 1, all, &alone[i]) == BALSA_OK);
-        size_t cnt = (size_t)(all ? q[i].len : 1) * O;
-        double *ref = malloc(sizeof(double) * cnt);
-        for (size_t j = 0; j < cnt; j++)
-            ref[j] = alone[i][j];
-        double e = h_max_rel_err(together[i], ref, cnt, 1);
+        double e = rel_err_f(together[i], alone[i], (size_t)(all ? q[i].len : 1) * O);
         worst = e > worst ? e : worst;
-        free(ref);
     }
     CHECK_MSG(worst <= 1e-5, "bidir %d sparse %d all %d: batch of 64 vs alone: %g", c->bidir,
               c->k > 0, all, worst);
@@ -283,10 +300,8 @@ TEST(info_counts_weights)
     s.n_fc = 1;
     s.fc[0] = (model_fc_spec){5, BALSA_ACT_NONE, 1};
     model_host h;
-    ref_random_host(&s, &h, 8, 2, 0.5f, 1);
-    balsa_model *m;
-    char err[256];
-    REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
+    balsa_model *m = random_model(&s, &h, 2, 1, be);
+    REQUIRE(m);
     const model_info *in = model_get_info(m);
     /* W_ih 32x10 (2 banks of 8), W_hh 32x8, fc 5x8; biases 32+32+5 */
     CHECK(in->params_dense == 320 + 256 + 40 + 69);
@@ -301,10 +316,9 @@ TEST(check_seq_refuses_bad_input)
 {
     model_spec s = spec_lstm(MODEL_INPUT_TOKENS, 4, 4, 1, 0);
     model_host h;
-    ref_random_host(&s, &h, 8, 0, 0.5f, 1);
-    balsa_model *m;
+    balsa_model *m = random_model(&s, &h, 0, 1, be);
+    REQUIRE(m);
     char err[256];
-    REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
     int32_t ok[3] = {0, 22, 5}, neg[2] = {1, -1}, big[2] = {23, 1};
     engine_seq q = {ok, NULL, 3};
     CHECK(model_check_seq(m, &q, err, sizeof err) == BALSA_OK);
@@ -325,8 +339,8 @@ TEST(check_seq_refuses_bad_input)
     model_host_free(&h);
 
     s = spec_lstm(MODEL_INPUT_VECTORS, 2, 4, 1, 0);
-    ref_random_host(&s, &h, 8, 0, 0.5f, 1);
-    REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
+    m = random_model(&s, &h, 0, 1, be);
+    REQUIRE(m);
     float x[4] = {1, 2, NAN, 4};
     q = (engine_seq){NULL, x, 2};
     CHECK(model_check_seq(m, &q, err, sizeof err) == BALSA_ERR_INVALID &&
@@ -383,10 +397,8 @@ static void check_stream(const net_case *c, int max_slots, int n, unsigned long 
 {
     model_spec s = spec_of(c);
     model_host h;
-    ref_random_host(&s, &h, 8, c->k, 0.5f, seed);
-    balsa_model *m;
-    char err[256];
-    REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
+    balsa_model *m = random_model(&s, &h, c->k, seed, be);
+    REQUIRE(m);
     model_stream *st;
     REQUIRE(model_stream_create(m, max_slots, &st) == BALSA_OK);
     CHECK(model_stream_free_slots(st) == max_slots && model_stream_active(st) == 0);
@@ -440,13 +452,8 @@ static void check_stream(const net_case *c, int max_slots, int n, unsigned long 
     CHECK(ndone_total == n && model_stream_active(st) == 0);
     double worst = 0;
     for (int i = 0; i < n; i++) {
-        size_t cnt = (size_t)(all[i] ? rs[i].seq.len : 1) * O;
-        double *ref = malloc(sizeof(double) * cnt);
-        for (size_t j = 0; j < cnt; j++)
-            ref[j] = want[i][j];
-        double e = h_max_rel_err(got[i], ref, cnt, 1);
+        double e = rel_err_f(got[i], want[i], (size_t)(all[i] ? rs[i].seq.len : 1) * O);
         worst = e > worst ? e : worst;
-        free(ref);
     }
     CHECK_MSG(worst <= 1e-5, "stream vs model_run (bidir %d, %d slots): %g", c->bidir,
               max_slots, worst);
@@ -480,10 +487,8 @@ TEST(stream_long_sequence)
 {
     model_spec s = spec_of(&cases[1]);
     model_host h;
-    ref_random_host(&s, &h, 8, 3, 0.5f, 21);
-    balsa_model *m;
-    char err[256];
-    REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
+    balsa_model *m = random_model(&s, &h, 3, 21, be);
+    REQUIRE(m);
     model_stream *st;
     REQUIRE(model_stream_create(m, 2, &st) == BALSA_OK);
     unsigned long long rng = 4;
@@ -509,16 +514,10 @@ TEST(stream_long_sequence)
         }
     }
     CHECK(got_a == 1 && got_b == 1);
-    double *ra = malloc(sizeof(double) * 150 * O), rb[16];
-    for (int i = 0; i < 150 * O; i++)
-        ra[i] = wa[i];
-    for (int i = 0; i < O; i++)
-        rb[i] = wb[i];
-    CHECK(h_max_rel_err(ga, ra, (size_t)150 * O, 1) <= 1e-5);
-    CHECK(h_max_rel_err(gb, rb, O, 1) <= 1e-5);
+    CHECK(rel_err_f(ga, wa, (size_t)150 * O) <= 1e-5);
+    CHECK(rel_err_f(gb, wb, O) <= 1e-5);
     free(ga);
     free(wa);
-    free(ra);
     ref_free_seq(&a);
     ref_free_seq(&b);
     model_stream_free(st);
@@ -533,10 +532,8 @@ TEST(stream_reuses_slot_buffers)
 {
     model_spec s = spec_of(&cases[1]);
     model_host h;
-    ref_random_host(&s, &h, 8, 3, 0.5f, 31);
-    balsa_model *m;
-    char err[256];
-    REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
+    balsa_model *m = random_model(&s, &h, 3, 31, be);
+    REQUIRE(m);
     model_stream *st;
     REQUIRE(model_stream_create(m, 1, &st) == BALSA_OK);
     int O = model_spec_output_size(&s);
@@ -546,8 +543,7 @@ TEST(stream_reuses_slot_buffers)
         ref_seq q;
         ref_make_seq(&s, &q, lens[i], &rng);
         float *got = calloc((size_t)O, sizeof(float)), *want = calloc((size_t)O, sizeof(float));
-        double *ref = malloc(sizeof(double) * O);
-        REQUIRE(got && want && ref);
+        REQUIRE(got && want);
         CHECK(model_run(m, &q.seq, 1, 0, &want) == BALSA_OK);
         CHECK(model_stream_add(st, &q.seq, 0, got, &q) == BALSA_OK);
         void *done[1];
@@ -558,12 +554,9 @@ TEST(stream_reuses_slot_buffers)
             finished += nd == 1 && done[0] == &q;
         }
         CHECK(finished == 1 && steps == lens[i]);
-        for (int j = 0; j < O; j++)
-            ref[j] = want[j];
-        CHECK_MSG(h_max_rel_err(got, ref, O, 1) <= 1e-5, "sequence %d (%d steps)", i, lens[i]);
+        CHECK_MSG(rel_err_f(got, want, O) <= 1e-5, "sequence %d (%d steps)", i, lens[i]);
         free(got);
         free(want);
-        free(ref);
         ref_free_seq(&q);
     }
     model_stream_free(st);
@@ -664,10 +657,8 @@ TEST(errors_reach_the_caller)
     balsa_backend fb = {.ops = &failing_ops, .threads = 1};
     model_spec s = spec_of(&cases[1]);
     model_host h;
-    ref_random_host(&s, &h, 8, 3, 0.5f, 8);
-    balsa_model *m;
-    char err[256];
-    REQUIRE(model_build(&s, &h, &fb, &m, err, sizeof err) == BALSA_OK);
+    balsa_model *m = random_model(&s, &h, 3, 8, &fb);
+    REQUIRE(m);
     unsigned long long rng = 3;
     ref_seq r[3];
     float out[3][25 * 16];
@@ -732,10 +723,8 @@ TEST(fused_lstm_step_is_used)
     for (size_t c = 0; c < 4; c++) {
         model_spec s = spec_of(&cases[c]);
         model_host h;
-        ref_random_host(&s, &h, 8, cases[c].k, 0.5f, 500 + c);
-        balsa_model *m;
-        char err[256];
-        REQUIRE(model_build(&s, &h, &fb, &m, err, sizeof err) == BALSA_OK);
+        balsa_model *m = random_model(&s, &h, cases[c].k, 500 + c, &fb);
+        REQUIRE(m);
         for (int equal = 0; equal < 2; equal++) {
             fused_calls = 0;
             double e = run_vs_ref(m, &s, &h, 5, 9, equal, 1, 40 + c + equal);

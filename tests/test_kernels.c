@@ -188,6 +188,27 @@ static int check_output(const spmm_fixture *f, const float *y, const char *path)
     return ok;
 }
 
+/* The CPU backend for isa with 1 thread in *be1 and with 2 threads in *be2: 1, or 0
+ * with neither left. backend_pair_free destroys both. */
+static int backend_pair_create(cpu_isa isa, balsa_backend **be1, balsa_backend **be2)
+{
+    *be1 = *be2 = NULL;
+    if (cpu_backend_create_isa(1, isa, be1) != BALSA_OK)
+        return 0;
+    if (cpu_backend_create_isa(2, isa, be2) != BALSA_OK) {
+        (*be1)->ops->destroy(*be1);
+        *be1 = NULL;
+        return 0;
+    }
+    return 1;
+}
+
+static void backend_pair_free(balsa_backend *be1, balsa_backend *be2)
+{
+    be1->ops->destroy(be1);
+    be2->ops->destroy(be2);
+}
+
 /* Runs one case through the backend for isa with 1 and 2 threads. */
 static int run_backend(const spmm_fixture *f, balsa_backend *be1, balsa_backend *be2,
                        float *y, const char *name)
@@ -242,9 +263,8 @@ static void spmm_isa_test(cpu_isa isa)
 {
     if (!cpu_isa_supported(isa))
         SKIP("this CPU has no %s", cpu_isa_str(isa));
-    balsa_backend *be1 = NULL, *be2 = NULL;
-    REQUIRE(cpu_backend_create_isa(1, isa, &be1) == BALSA_OK);
-    REQUIRE(cpu_backend_create_isa(2, isa, &be2) == BALSA_OK);
+    balsa_backend *be1, *be2;
+    REQUIRE(backend_pair_create(isa, &be1, &be2));
     REQUIRE(cpu_backend_isa(be1) == isa && cpu_backend_isa(be2) == isa);
     int failures = 0, cases = 0;
     spmm_case c;
@@ -272,8 +292,7 @@ static void spmm_isa_test(cpu_isa isa)
     }
     CHECK_MSG(failures == 0, "%d of %d cases failed", failures, cases);
     CHECK(cases == 7 * 5 * 7);
-    be1->ops->destroy(be1);
-    be2->ops->destroy(be2);
+    backend_pair_free(be1, be2);
 }
 
 TEST(spmm_scalar_packed) { spmm_isa_test(CPU_ISA_SCALAR); }
@@ -290,9 +309,8 @@ TEST(spmm_batch_remainders)
     for (int isa = CPU_ISA_SCALAR; isa <= CPU_ISA_AVX512; isa++) {
         if (!cpu_isa_supported((cpu_isa)isa))
             continue;
-        balsa_backend *be1 = NULL, *be2 = NULL;
-        REQUIRE(cpu_backend_create_isa(1, (cpu_isa)isa, &be1) == BALSA_OK);
-        REQUIRE(cpu_backend_create_isa(2, (cpu_isa)isa, &be2) == BALSA_OK);
+        balsa_backend *be1, *be2;
+        REQUIRE(backend_pair_create((cpu_isa)isa, &be1, &be2));
         for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
             int n = batches[bi];
             spmm_case c = {203, 333, 32, 3, n, 335, 205, (int)bi % 2, 1,
@@ -306,8 +324,7 @@ TEST(spmm_batch_remainders)
             free(y);
             fixture_free(&f);
         }
-        be1->ops->destroy(be1);
-        be2->ops->destroy(be2);
+        backend_pair_free(be1, be2);
     }
     CHECK_MSG(failures == 0, "%d of %d cases failed", failures, cases);
     CHECK(cases >= 6);
@@ -324,9 +341,8 @@ TEST(threads_split_identical)
     for (int isa = CPU_ISA_SCALAR; isa <= CPU_ISA_AVX512; isa++) {
         if (!cpu_isa_supported((cpu_isa)isa))
             continue;
-        balsa_backend *be1 = NULL, *be2 = NULL;
-        REQUIRE(cpu_backend_create_isa(1, (cpu_isa)isa, &be1) == BALSA_OK);
-        REQUIRE(cpu_backend_create_isa(2, (cpu_isa)isa, &be2) == BALSA_OK);
+        balsa_backend *be1, *be2;
+        REQUIRE(backend_pair_create((cpu_isa)isa, &be1, &be2));
         balsa_mat *m1, *m2;
         REQUIRE(be1->ops->upload_sparse(be1, &f.w, &m1) == BALSA_OK);
         REQUIRE(be2->ops->upload_sparse(be2, &f.w, &m2) == BALSA_OK);
@@ -343,8 +359,7 @@ TEST(threads_split_identical)
         }
         be1->ops->mat_free(be1, m1);
         be2->ops->mat_free(be2, m2);
-        be1->ops->destroy(be1);
-        be2->ops->destroy(be2);
+        backend_pair_free(be1, be2);
     }
     free(y1);
     free(y2);
@@ -415,9 +430,8 @@ TEST(lstm_cell_threaded)
     for (int isa = CPU_ISA_SCALAR; isa <= CPU_ISA_AVX512; isa++) {
         if (!cpu_isa_supported((cpu_isa)isa))
             continue;
-        balsa_backend *be1 = NULL, *be2 = NULL, *be3 = NULL;
-        REQUIRE(cpu_backend_create_isa(1, (cpu_isa)isa, &be1) == BALSA_OK);
-        REQUIRE(cpu_backend_create_isa(2, (cpu_isa)isa, &be2) == BALSA_OK);
+        balsa_backend *be1, *be2, *be3 = NULL;
+        REQUIRE(backend_pair_create((cpu_isa)isa, &be1, &be2));
         REQUIRE(cpu_backend_create_isa(7, (cpu_isa)isa, &be3) == BALSA_OK);
         balsa_backend *bes[3] = {be1, be2, be3};
         unsigned long long s = 1001;
@@ -472,8 +486,7 @@ TEST(lstm_cell_threaded)
             free(c0);
             free(h0);
         }
-        be1->ops->destroy(be1);
-        be2->ops->destroy(be2);
+        backend_pair_free(be1, be2);
         be3->ops->destroy(be3);
     }
 }

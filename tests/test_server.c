@@ -6,176 +6,25 @@
  * answering 503 at once, deadlines answered 504, 160 keep-alive connections at once, and
  * SIGTERM under load losing no admitted request and exiting 0. Every child is killed on
  * every path. */
-#include <curl/curl.h>
-#include <fcntl.h>
-#include <netinet/in.h>
 #include <pthread.h>
-#include <signal.h>
 #include <stdatomic.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <time.h>
-#include <unistd.h>
 
 #include <cJSON.h>
 
 #include "engine_ref.h"
-#include "models/model_file.h"
+#include "server_util.h"
 
 #define VOCAB 50
 #define OUT 50
 
 static char model_path[256];
+static char model_arg[300]; /* "--model" value: test=<model_path> */
 static balsa_backend *be;
 static balsa_model *ref_model; /* the same file, run directly for the expected answers */
-static pid_t children[8];
-static int nchildren;
 
-typedef struct {
-    pid_t pid;
-    int port;
-    char log[256];
-} server_proc;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void kill_children(void)
-{
-    for (int i = 0; i < nchildren; i++)
-        if (children[i] > 0) {
-            kill(children[i], SIGKILL);
-            waitpid(children[i], NULL, 0);
-            children[i] = 0;
-        }
-}
-
-static void on_fatal_signal(int sig)
-{
-    kill_children();
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a;
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) || getsockname(fd, (struct sockaddr *)&a, &len)) {
-        close(fd);
-        return -1;
-    }
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-/* ------------------------------------------------------------------ HTTP client */
-
-typedef struct {
-    CURLcode cc;
-    long code;
-    char *body;
-    size_t len;
-    char allow[64], retry_after[16], ctype[96], connection[16];
-} resp;
-
-static size_t on_body(char *p, size_t sz, size_t n, void *u)
-{
-    resp *r = u;
-    char *b = realloc(r->body, r->len + sz * n + 1);
-    if (!b)
-        return 0;
-    memcpy(b + r->len, p, sz * n);
-    r->body = b;
-    r->len += sz * n;
-    r->body[r->len] = 0;
-    return sz * n;
-}
-
-static void header_value(const char *line, size_t n, const char *name, char *out, size_t outlen)
-{
-    size_t k = strlen(name);
-    if (n <= k + 1 || strncasecmp(line, name, k) != 0 || line[k] != ':')
-        return;
-    const char *v = line + k + 1;
-    while (*v == ' ')
-        v++;
-    size_t m = (size_t)(line + n - v);
-    while (m && (v[m - 1] == '\r' || v[m - 1] == '\n'))
-        m--;
-    snprintf(out, outlen, "%.*s", (int)m, v);
-}
-
-static size_t on_header(char *p, size_t sz, size_t n, void *u)
-{
-    resp *r = u;
-    header_value(p, sz * n, "Allow", r->allow, sizeof r->allow);
-    header_value(p, sz * n, "Retry-After", r->retry_after, sizeof r->retry_after);
-    header_value(p, sz * n, "Content-Type", r->ctype, sizeof r->ctype);
-    header_value(p, sz * n, "Connection", r->connection, sizeof r->connection);
-    return sz * n;
-}
-
-/* One request on handle h (reused for keep-alive). ctype NULL: none sent. */
-static void http_do(CURL *h, int port, const char *method, const char *path, const char *body,
-                    size_t blen, const char *ctype, resp *r)
-{
-    memset(r, 0, sizeof *r);
-    char url[128];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-    curl_easy_setopt(h, CURLOPT_NOBODY, strcmp(method, "HEAD") == 0 ? 1L : 0L);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, on_header);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT, 30L);
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-    struct curl_slist *hdrs = NULL;
-    hdrs = curl_slist_append(hdrs, "Expect:");
-    if (ctype) {
-        char line[128];
-        snprintf(line, sizeof line, "Content-Type: %s", ctype);
-        hdrs = curl_slist_append(hdrs, line);
-    } else if (body) {
-        hdrs = curl_slist_append(hdrs, "Content-Type:"); /* remove curl's default */
-    }
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
-    if (body) {
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-        curl_easy_setopt(h, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)blen);
-    } else {
-        curl_easy_setopt(h, CURLOPT_HTTPGET, 1L);
-        curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-    }
-    r->cc = curl_easy_perform(h);
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->code);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, NULL);
-    curl_slist_free_all(hdrs);
-    if (!r->body)
-        r->body = calloc(1, 1);
-}
-
-static void req1(int port, const char *method, const char *path, const char *body,
-                 const char *ctype, resp *r)
-{
-    CURL *h = curl_easy_init();
-    http_do(h, port, method, path, body, body ? strlen(body) : 0, ctype, r);
-    curl_easy_cleanup(h);
-}
-
-/* The "error" string of a JSON error body, or "" when the body is not one. */
-static int error_is(const resp *r, const char *prefix)
+/* 1 when the body is a JSON error whose "error" string starts with prefix; else prints
+ * the body and returns 0. */
+static int error_is(const su_resp *r, const char *prefix)
 {
     cJSON *j = cJSON_Parse(r->body);
     const cJSON *e = cJSON_GetObjectItem(j, "error");
@@ -186,113 +35,15 @@ static int error_is(const resp *r, const char *prefix)
     return ok;
 }
 
-/* ------------------------------------------------------------------ server process */
-
-static int start_server(server_proc *sp, const char *const *extra)
-{
-    const char *bin = getenv("BALSA_BIN");
-    sp->port = free_port();
-    snprintf(sp->log, sizeof sp->log, "/tmp/balsa_test_server_%d.log", sp->port);
-    char port[16], model[300];
-    snprintf(port, sizeof port, "%d", sp->port);
-    snprintf(model, sizeof model, "test=%s", model_path);
-    const char *argv[40] = {bin, "serve", "--host", "127.0.0.1", "--port", port, "--model", model,
-                            "--threads", "1"};
-    int argc = 10;
-    for (int i = 0; extra && extra[i] && argc < 38; i++)
-        argv[argc++] = extra[i];
-    argv[argc] = NULL;
-    fflush(stdout);
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        /* The server dies with this test, even if the test is killed outright. */
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        int fd = open(sp->log, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        if (fd >= 0) {
-            dup2(fd, 2);
-            dup2(fd, 1);
-        }
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    sp->pid = pid;
-    children[nchildren++] = pid;
-    /* Wait for /readyz. */
-    double t0 = now_s();
-    while (now_s() - t0 < 30) {
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) {
-            printf("  server exited during startup (status %d); log %s\n", st, sp->log);
-            for (int i = 0; i < nchildren; i++)
-                if (children[i] == pid)
-                    children[i] = 0;
-            return -1;
-        }
-        resp r;
-        req1(sp->port, "GET", "/readyz", NULL, NULL, &r);
-        free(r.body);
-        if (r.cc == CURLE_OK && r.code == 200)
-            return 0;
-        usleep(20000);
-    }
-    printf("  server not ready after 30 s; log %s\n", sp->log);
-    return -1;
-}
-
-/* Sends SIGTERM and waits (at most timeout_s) for the exit; returns the exit status, or
- * -1 (after SIGKILL) when it did not exit in time or died of a signal. */
-static int stop_server(server_proc *sp, double timeout_s)
-{
-    if (sp->pid <= 0)
-        return -1;
-    kill(sp->pid, SIGTERM);
-    double t0 = now_s();
-    int st = 0, rc = -1;
-    for (;;) {
-        pid_t w = waitpid(sp->pid, &st, WNOHANG);
-        if (w == sp->pid) {
-            rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-            break;
-        }
-        if (now_s() - t0 > timeout_s) {
-            kill(sp->pid, SIGKILL);
-            waitpid(sp->pid, NULL, 0);
-            break;
-        }
-        usleep(5000);
-    }
-    for (int i = 0; i < nchildren; i++)
-        if (children[i] == sp->pid)
-            children[i] = 0;
-    sp->pid = 0;
-    return rc;
-}
-
 /* ------------------------------------------------------------------ model and answers */
 
 static int write_model(void)
 {
     snprintf(model_path, sizeof model_path, "/tmp/balsa_test_server_%d.safetensors", (int)getpid());
-    model_spec s;
-    memset(&s, 0, sizeof s);
-    snprintf(s.name, sizeof s.name, "test");
-    s.input_kind = MODEL_INPUT_TOKENS;
-    s.vocab_size = VOCAB;
-    s.input_size = 16;
-    s.hidden_size = 32;
-    s.num_layers = 2;
-    s.lstm_bias = 1;
-    s.n_fc = 1;
-    s.fc[0] = (model_fc_spec){OUT, BALSA_ACT_NONE, 1};
-    s.head = MODEL_HEAD_SOFTMAX;
-    model_host h;
-    ref_random_host(&s, &h, 8, 2, 0.5f, 77);
+    snprintf(model_arg, sizeof model_arg, "test=%s", model_path);
+    model_spec s = ref_token_spec("test", VOCAB, 16, 32, 2, OUT);
     char err[256];
-    balsa_status st = model_file_write(model_path, &s, &h, err, sizeof err);
-    model_host_free(&h);
-    if (st != BALSA_OK) {
+    if (ref_write_random_model(model_path, &s, 8, 2, 0.5f, 77, err, sizeof err) != BALSA_OK) {
         printf("write_model: %s\n", err);
         return -1;
     }
@@ -356,19 +107,25 @@ static double metric_value(const char *text, const char *series)
     return -1;
 }
 
-static server_proc main_srv;
+static su_server main_srv;
 
 TEST(health_and_models)
 {
-    resp r;
-    req1(main_srv.port, "GET", "/healthz", NULL, NULL, &r);
+    su_resp r;
+    su_request_str(main_srv.port, "GET", "/healthz", NULL, NULL, &r);
     CHECK(r.code == 200 && strstr(r.body, "\"ok\""));
     CHECK(strcmp(r.ctype, "application/json") == 0);
     free(r.body);
-    req1(main_srv.port, "GET", "/readyz", NULL, NULL, &r);
+    /* HEAD: the headers of GET, no body */
+    su_request_str(main_srv.port, "HEAD", "/healthz", NULL, NULL, &r);
+    CHECK_MSG(r.cc == CURLE_OK && r.code == 200 && r.len == 0 &&
+                  strcmp(r.ctype, "application/json") == 0,
+              "HEAD /healthz: curl %d, status %ld, %zu body bytes", r.cc, r.code, r.len);
+    free(r.body);
+    su_request_str(main_srv.port, "GET", "/readyz", NULL, NULL, &r);
     CHECK(r.code == 200 && strstr(r.body, "\"ready\""));
     free(r.body);
-    req1(main_srv.port, "GET", "/models", NULL, NULL, &r);
+    su_request_str(main_srv.port, "GET", "/models", NULL, NULL, &r);
     REQUIRE(r.code == 200);
     cJSON *j = cJSON_Parse(r.body);
     const cJSON *m = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "models"), 0);
@@ -394,8 +151,8 @@ TEST(answers_equal_engine)
     for (int i = 0; i < 3; i++) {
         make_seq(&rng, lens[i], tok[i], body, sizeof body);
         expected_last(tok[i], lens[i], want[i]);
-        resp r;
-        req1(main_srv.port, "POST", "/infer", body, "application/json", &r);
+        su_resp r;
+        su_request_str(main_srv.port, "POST", "/infer", body, "application/json", &r);
         CHECK_MSG(r.code == 200 && outputs_match(r.body, 0, want[i], OUT), "%ld %s", r.code, r.body);
         free(r.body);
     }
@@ -409,8 +166,8 @@ TEST(answers_equal_engine)
         n += (size_t)snprintf(body + n, sizeof body - n, "]");
     }
     snprintf(body + n, sizeof body - n, "]}");
-    resp r;
-    req1(main_srv.port, "POST", "/infer", body, "application/x-www-form-urlencoded", &r);
+    su_resp r;
+    su_request_str(main_srv.port, "POST", "/infer", body, "application/x-www-form-urlencoded", &r);
     REQUIRE(r.code == 200);
     cJSON *j = cJSON_Parse(r.body);
     const cJSON *outs = cJSON_GetObjectItem(j, "outputs");
@@ -431,7 +188,7 @@ TEST(answers_equal_engine)
     expected_last(tok[0], 9, want[0]);
     n = strlen(body);
     snprintf(body + n - 1, sizeof body - n + 1, ", \"top_k\": 5}");
-    req1(main_srv.port, "POST", "/infer", body, NULL, &r);
+    su_request_str(main_srv.port, "POST", "/infer", body, NULL, &r);
     REQUIRE(r.code == 200);
     j = cJSON_Parse(r.body);
     const cJSON *o = cJSON_GetArrayItem(cJSON_GetObjectItem(j, "outputs"), 0);
@@ -448,29 +205,29 @@ TEST(answers_equal_engine)
 
 TEST(error_statuses)
 {
-    resp r;
-    req1(main_srv.port, "POST", "/infer", "{\"inputs\": [[1, 2]", "application/json", &r);
+    su_resp r;
+    su_request_str(main_srv.port, "POST", "/infer", "{\"inputs\": [[1, 2]", "application/json", &r);
     CHECK(r.code == 400 && error_is(&r, "body: malformed JSON"));
     free(r.body);
-    req1(main_srv.port, "POST", "/infer", "{\"inputs\": [[1, 2, 50]]}", NULL, &r);
+    su_request_str(main_srv.port, "POST", "/infer", "{\"inputs\": [[1, 2, 50]]}", NULL, &r);
     CHECK(r.code == 400 && error_is(&r, "inputs[0][2]: token id 50 out of range [0, 50)"));
     free(r.body);
-    req1(main_srv.port, "POST", "/infer", "{\"inputs\": [[1]], \"top_k\": 51}", NULL, &r);
+    su_request_str(main_srv.port, "POST", "/infer", "{\"inputs\": [[1]], \"top_k\": 51}", NULL, &r);
     CHECK(r.code == 400 && error_is(&r, "top_k: must be an integer in [1, 50]"));
     free(r.body);
-    req1(main_srv.port, "POST", "/infer", "{\"model\": \"other\", \"inputs\": [[1]]}", NULL, &r);
+    su_request_str(main_srv.port, "POST", "/infer", "{\"model\": \"other\", \"inputs\": [[1]]}", NULL, &r);
     CHECK(r.code == 404 && error_is(&r, "model: no model named \"other\""));
     free(r.body);
-    req1(main_srv.port, "GET", "/nowhere", NULL, NULL, &r);
+    su_request_str(main_srv.port, "GET", "/nowhere", NULL, NULL, &r);
     CHECK(r.code == 404 && error_is(&r, "no such path: /nowhere"));
     free(r.body);
-    req1(main_srv.port, "GET", "/infer", NULL, NULL, &r);
+    su_request_str(main_srv.port, "GET", "/infer", NULL, NULL, &r);
     CHECK(r.code == 405 && strcmp(r.allow, "POST") == 0 && error_is(&r, "method GET not allowed"));
     free(r.body);
-    req1(main_srv.port, "DELETE", "/healthz", NULL, NULL, &r);
+    su_request_str(main_srv.port, "DELETE", "/healthz", NULL, NULL, &r);
     CHECK(r.code == 405 && strcmp(r.allow, "GET, HEAD") == 0);
     free(r.body);
-    req1(main_srv.port, "POST", "/infer", "{\"inputs\": [[1]]}", "text/plain", &r);
+    su_request_str(main_srv.port, "POST", "/infer", "{\"inputs\": [[1]]}", "text/plain", &r);
     CHECK(r.code == 415 && error_is(&r, "Content-Type: \"text/plain\" is not JSON"));
     free(r.body);
     /* 413: the body limit is 300000 here; 400 kB is refused while it streams in */
@@ -480,7 +237,7 @@ TEST(error_statuses)
     body[big] = 0;
     body[0] = '{';
     body[big - 1] = '}';
-    req1(main_srv.port, "POST", "/infer", body, NULL, &r);
+    su_request_str(main_srv.port, "POST", "/infer", body, NULL, &r);
     CHECK(r.code == 413 && error_is(&r, "body: larger than the limit of 300000 bytes"));
     free(r.body);
     /* the same without a Content-Length (chunked): refused as it streams in */
@@ -492,7 +249,7 @@ TEST(error_statuses)
     snprintf(url, sizeof url, "http://127.0.0.1:%d/infer", main_srv.port);
     curl_easy_setopt(h, CURLOPT_URL, url);
     curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, su_on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, &r);
     r.cc = curl_easy_perform(h);
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r.code);
@@ -505,11 +262,11 @@ TEST(error_statuses)
     const char *odd[] = {"", "null", "[]", "{\"inputs\": [[[[[[[[[[[[1]]]]]]]]]]]]}", "\x01\x02\xff",
                          "{\"inputs\": [[1e400]]}", "{\"inputs\": [[1]], \"timeout_ms\": 1e300}"};
     for (size_t i = 0; i < sizeof odd / sizeof *odd; i++) {
-        req1(main_srv.port, "POST", "/infer", odd[i], NULL, &r);
+        su_request_str(main_srv.port, "POST", "/infer", odd[i], NULL, &r);
         CHECK_MSG(r.code == 400, "odd body %zu: %ld", i, r.code);
         free(r.body);
     }
-    req1(main_srv.port, "GET", "/healthz", NULL, NULL, &r);
+    su_request_str(main_srv.port, "GET", "/healthz", NULL, NULL, &r);
     CHECK(r.code == 200);
     free(r.body);
 }
@@ -535,8 +292,9 @@ static void *client_main(void *p)
         float want[OUT];
         make_seq(&rng, len, tok, body, sizeof body);
         expected_last(tok, len, want);
-        resp r;
-        http_do(h, a->port, "POST", "/infer", body, strlen(body), "application/json", &r);
+        su_resp r;
+        su_request_on(h, a->port, "POST", "/infer", body, strlen(body), "application/json", NULL,
+                      &r);
         if (r.code == 200 && outputs_match(r.body, 0, want, OUT))
             a->ok++;
         else
@@ -547,23 +305,39 @@ static void *client_main(void *p)
     return NULL;
 }
 
+/* Runs fn on n threads, each given its own client_arg {i, port}; joins every thread that
+ * started and sums their ok and bad counts. Returns how many started: n, or fewer when
+ * pthread_create failed. */
+static int run_clients(void *(*fn)(void *), int n, int port, int *ok, int *bad)
+{
+    pthread_t *th = malloc(sizeof *th * n);
+    client_arg *args = malloc(sizeof *args * n);
+    BALSA_ASSERT(th && args);
+    int started = 0;
+    while (started < n) {
+        args[started] = (client_arg){started, port, 0, 0};
+        if (pthread_create(&th[started], NULL, fn, &args[started]) != 0)
+            break;
+        started++;
+    }
+    *ok = *bad = 0;
+    for (int i = 0; i < started; i++) {
+        pthread_join(th[i], NULL);
+        *ok += args[i].ok;
+        *bad += args[i].bad;
+    }
+    free(th);
+    free(args);
+    return started;
+}
+
 TEST(concurrent_clients_get_their_own_answers)
 {
-    pthread_t th[NCLIENTS];
-    client_arg args[NCLIENTS];
-    for (int i = 0; i < NCLIENTS; i++) {
-        args[i] = (client_arg){i, main_srv.port, 0, 0};
-        REQUIRE(pthread_create(&th[i], NULL, client_main, &args[i]) == 0);
-    }
-    int ok = 0, bad = 0;
-    for (int i = 0; i < NCLIENTS; i++) {
-        pthread_join(th[i], NULL);
-        ok += args[i].ok;
-        bad += args[i].bad;
-    }
+    int ok, bad;
+    REQUIRE(run_clients(client_main, NCLIENTS, main_srv.port, &ok, &bad) == NCLIENTS);
     CHECK_MSG(bad == 0 && ok == NCLIENTS * PER_CLIENT, "%d right, %d wrong", ok, bad);
-    resp r;
-    req1(main_srv.port, "GET", "/metrics", NULL, NULL, &r);
+    su_resp r;
+    su_request_str(main_srv.port, "GET", "/metrics", NULL, NULL, &r);
     REQUIRE(r.code == 200);
     double count = metric_value(r.body, "balsa_batch_size_count{model=\"test\"}");
     double one = metric_value(r.body, "balsa_batch_size_bucket{model=\"test\",le=\"1\"}");
@@ -574,8 +348,8 @@ TEST(concurrent_clients_get_their_own_answers)
 
 TEST(metrics_exposition)
 {
-    resp r;
-    req1(main_srv.port, "GET", "/metrics", NULL, NULL, &r);
+    su_resp r;
+    su_request_str(main_srv.port, "GET", "/metrics", NULL, NULL, &r);
     REQUIRE(r.code == 200);
     CHECK(strcmp(r.ctype, "text/plain; version=0.0.4; charset=utf-8") == 0);
     CHECK(metric_value(r.body, "balsa_inference_requests_total{model=\"test\",code=\"200\"}") >= 64);
@@ -611,8 +385,9 @@ static void *keepalive_main(void *p)
     client_arg *a = p;
     CURL *h = curl_easy_init();
     for (int k = 0; k < 3; k++) {
-        resp r;
-        http_do(h, a->port, "POST", "/infer", "{\"inputs\": [[3, 1, 4, 1, 5]]}", 29, NULL, &r);
+        su_resp r;
+        su_request_on(h, a->port, "POST", "/infer", "{\"inputs\": [[3, 1, 4, 1, 5]]}", 29, NULL,
+                      NULL, &r);
         if (r.code == 200)
             a->ok++;
         else
@@ -626,23 +401,8 @@ static void *keepalive_main(void *p)
 
 TEST(many_keepalive_connections)
 {
-    pthread_t th[NKEEP];
-    client_arg args[NKEEP];
-    int started = 0;
-    for (int i = 0; i < NKEEP; i++) {
-        args[i] = (client_arg){i, main_srv.port, 0, 0};
-        if (pthread_create(&th[i], NULL, keepalive_main, &args[i]) == 0)
-            started++;
-        else
-            break;
-    }
-    REQUIRE(started == NKEEP);
-    int ok = 0, bad = 0;
-    for (int i = 0; i < NKEEP; i++) {
-        pthread_join(th[i], NULL);
-        ok += args[i].ok;
-        bad += args[i].bad;
-    }
+    int ok, bad;
+    REQUIRE(run_clients(keepalive_main, NKEEP, main_srv.port, &ok, &bad) == NKEEP);
     CHECK_MSG(ok == NKEEP * 3 && bad == 0, "%d answered, %d failed", ok, bad);
 }
 
@@ -665,9 +425,9 @@ static void *long_main(void *p)
     for (int t = 0; t < a->len; t++)
         n += (size_t)snprintf(body + n, cap - n, t ? ",%d" : "%d", t % VOCAB);
     snprintf(body + n, cap - n, "]]}");
-    resp r;
+    su_resp r;
     CURL *h = curl_easy_init();
-    http_do(h, a->port, "POST", "/infer", body, strlen(body), NULL, &r);
+    su_request_on(h, a->port, "POST", "/infer", body, strlen(body), NULL, NULL, &r);
     a->code = r.code;
     atomic_store(&a->done, 1);
     curl_easy_cleanup(h);
@@ -682,8 +442,8 @@ static int wait_metric(int port, const char *series, double want);
 /* The steps the server's model has executed so far. */
 static double steps_done(int port)
 {
-    resp r;
-    req1(port, "GET", "/metrics", NULL, NULL, &r);
+    su_resp r;
+    su_request_str(port, "GET", "/metrics", NULL, NULL, &r);
     double v = metric_value(r.body, "balsa_batch_size_count{model=\"test\"}");
     free(r.body);
     return v;
@@ -699,10 +459,10 @@ static int wait_running(int port, double steps_before)
 
 static int wait_metric(int port, const char *series, double want)
 {
-    double t0 = now_s();
-    while (now_s() - t0 < 10) {
-        resp r;
-        req1(port, "GET", "/metrics", NULL, NULL, &r);
+    double t0 = su_now();
+    while (su_now() - t0 < 10) {
+        su_resp r;
+        su_request_str(port, "GET", "/metrics", NULL, NULL, &r);
         double v = metric_value(r.body, series);
         free(r.body);
         if (v >= want)
@@ -719,8 +479,8 @@ TEST(short_request_overtakes_long_one)
     double before = steps_done(main_srv.port);
     REQUIRE(pthread_create(&th, NULL, long_main, &la) == 0);
     CHECK(wait_running(main_srv.port, before));
-    resp r;
-    req1(main_srv.port, "POST", "/infer", "{\"inputs\": [[7, 8]]}", NULL, &r);
+    su_resp r;
+    su_request_str(main_srv.port, "POST", "/infer", "{\"inputs\": [[7, 8]]}", NULL, &r);
     CHECK(r.code == 200);
     CHECK_MSG(!atomic_load(&la.done), "the short request waited for the long one");
     free(r.body);
@@ -732,17 +492,17 @@ TEST(short_request_overtakes_long_one)
 
 TEST(full_queue_and_deadline)
 {
-    server_proc sp;
-    const char *extra[] = {"--max-batch-size", "1", "--queue-capacity", "2", "--access-log",
-                           "false", "--max-request-steps", "4000000", "--body-limit", "16000000",
-                           NULL};
-    REQUIRE(start_server(&sp, extra) == 0);
+    su_server sp;
+    const char *extra[] = {"--model", model_arg, "--max-batch-size", "1", "--queue-capacity", "2",
+                           "--access-log", "false", "--max-request-steps", "4000000",
+                           "--body-limit", "16000000", NULL};
+    REQUIRE(su_start(&sp, extra) == 0);
     /* "Long" must mean long on this machine and build (sanitizers, SIMD or not): time one
      * request and size the long ones to take about 1.5 s. */
     long_arg probe = {sp.port, 20000, 0, 0, 0};
-    double t0 = now_s();
+    double t0 = su_now();
     long_main(&probe);
-    double t = now_s() - t0;
+    double t = su_now() - t0;
     CHECK(probe.code == 200);
     int len = t >= 1.5 ? 20000 : (int)(20000 * 1.5 / (t > 0.01 ? t : 0.01));
     if (len > 2000000)
@@ -758,10 +518,10 @@ TEST(full_queue_and_deadline)
             CHECK(wait_running(sp.port, before));
     }
     CHECK(wait_metric(sp.port, "balsa_queue_depth{model=\"test\"}", 2));
-    t0 = now_s();
-    resp r;
-    req1(sp.port, "POST", "/infer", "{\"inputs\": [[1]]}", NULL, &r);
-    double took = now_s() - t0;
+    t0 = su_now();
+    su_resp r;
+    su_request_str(sp.port, "POST", "/infer", "{\"inputs\": [[1]]}", NULL, &r);
+    double took = su_now() - t0;
     CHECK(r.code == 503 && strcmp(r.retry_after, "1") == 0 && error_is(&r, "model queue is full"));
     CHECK_MSG(!atomic_load(&la[0].done), "the 503 came only after %.3f s", took);
     free(r.body);
@@ -774,15 +534,15 @@ TEST(full_queue_and_deadline)
     double before = steps_done(sp.port);
     REQUIRE(pthread_create(&th[0], NULL, long_main, &la[0]) == 0);
     CHECK(wait_running(sp.port, before));
-    req1(sp.port, "POST", "/infer", "{\"inputs\": [[1]], \"timeout_ms\": 5}", NULL, &r);
+    su_request_str(sp.port, "POST", "/infer", "{\"inputs\": [[1]], \"timeout_ms\": 5}", NULL, &r);
     CHECK(r.code == 504 && error_is(&r, "timeout_ms: the deadline passed"));
     free(r.body);
     pthread_join(th[0], NULL);
-    req1(sp.port, "GET", "/metrics", NULL, NULL, &r);
+    su_request_str(sp.port, "GET", "/metrics", NULL, NULL, &r);
     CHECK(metric_value(r.body, "balsa_rejected_requests_total{reason=\"queue_full\"}") == 1);
     CHECK(metric_value(r.body, "balsa_rejected_requests_total{reason=\"deadline_exceeded\"}") == 1);
     free(r.body);
-    CHECK(stop_server(&sp, 20) == 0);
+    CHECK(su_stop(&sp, 20) == 0);
 }
 
 /* ---- SIGTERM under load */
@@ -802,8 +562,8 @@ static void *drain_client(void *p)
         int32_t tok[300];
         char body[2048];
         make_seq(&rng, 100 + (int)(h_rand_u64(&rng) % 150), tok, body, sizeof body);
-        resp r;
-        http_do(h, a->port, "POST", "/infer", body, strlen(body), NULL, &r);
+        su_resp r;
+        su_request_on(h, a->port, "POST", "/infer", body, strlen(body), NULL, NULL, &r);
         free(r.body);
         if (r.cc != CURLE_OK) {
             /* Refused, or reset in the listen backlog when the listener closed: not
@@ -834,9 +594,10 @@ static void *drain_client(void *p)
 
 TEST(sigterm_drains_without_losing_requests)
 {
-    server_proc sp;
-    const char *extra[] = {"--drain-delay-ms", "300", "--drain-timeout-ms", "10000", NULL};
-    REQUIRE(start_server(&sp, extra) == 0);
+    su_server sp;
+    const char *extra[] = {"--model", model_arg, "--drain-delay-ms", "300", "--drain-timeout-ms",
+                           "10000", NULL};
+    REQUIRE(su_start(&sp, extra) == 0);
     atomic_int stop = 0;
     enum { N = 16 };
     drain_arg a[N];
@@ -849,26 +610,11 @@ TEST(sigterm_drains_without_losing_requests)
     kill(sp.pid, SIGTERM);
     /* readiness turns 503 at once while requests are still served */
     usleep(50000);
-    resp r;
-    req1(sp.port, "GET", "/readyz", NULL, NULL, &r);
+    su_resp r;
+    su_request_str(sp.port, "GET", "/readyz", NULL, NULL, &r);
     CHECK_MSG(r.code == 503, "readyz during drain: %ld", r.code);
     free(r.body);
-    double t0 = now_s();
-    int st = 0, rc = -1;
-    while (now_s() - t0 < 20) {
-        if (waitpid(sp.pid, &st, WNOHANG) == sp.pid) {
-            rc = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
-            break;
-        }
-        usleep(5000);
-    }
-    if (rc == -1) {
-        kill(sp.pid, SIGKILL);
-        waitpid(sp.pid, NULL, 0);
-    }
-    for (int i = 0; i < nchildren; i++)
-        if (children[i] == sp.pid)
-            children[i] = 0;
+    int rc = su_wait(&sp, 20);
     atomic_store(&stop, 1);
     int n200 = 0, n503 = 0, refused = 0, other = 0;
     for (int i = 0; i < N; i++) {
@@ -958,8 +704,8 @@ TEST(run_command_matches_infer)
     static char out[65536];
     CHECK(run_cli(body, out, sizeof out) == 0);
     CHECK_MSG(outputs_match(out, 0, want, OUT), "%s", out);
-    resp r;
-    req1(main_srv.port, "POST", "/infer", body, NULL, &r);
+    su_resp r;
+    su_request_str(main_srv.port, "POST", "/infer", body, NULL, &r);
     CHECK(r.code == 200 && outputs_match(r.body, 0, want, OUT));
     free(r.body);
     CHECK(run_cli("{\"inputs\": [[99]]}", out, sizeof out) == 1);
@@ -975,18 +721,15 @@ int main(void)
         printf("skip test_server: BALSA_BIN is not set\n0 passed, 0 failed, 1 skipped\n");
         return 0;
     }
-    signal(SIGSEGV, on_fatal_signal);
-    signal(SIGABRT, on_fatal_signal);
-    signal(SIGPIPE, SIG_IGN);
-    curl_global_init(CURL_GLOBAL_ALL);
+    su_init();
     if (write_model()) {
         printf("0 passed, 1 failed, 0 skipped\n");
         return 1;
     }
-    const char *extra[] = {"--max-batch-size", "16", "--max-queue-delay-us", "2000",
-                           "--body-limit", "300000", NULL};
-    if (start_server(&main_srv, extra) != 0) {
-        kill_children();
+    const char *extra[] = {"--model", model_arg, "--max-batch-size", "16",
+                           "--max-queue-delay-us", "2000", "--body-limit", "300000", NULL};
+    if (su_start(&main_srv, extra) != 0) {
+        su_kill_children();
         printf("0 passed, 1 failed, 0 skipped\n");
         return 1;
     }
@@ -1001,10 +744,10 @@ int main(void)
     RUN(sigterm_drains_without_losing_requests);
     RUN(bad_config_stops_startup);
     RUN(run_command_matches_infer);
-    int rc = stop_server(&main_srv, 20);
+    int rc = su_stop(&main_srv, 20);
     if (rc != 0)
         printf("  main server exit status %d (log %s)\n", rc, main_srv.log);
-    kill_children();
+    su_kill_children();
     unlink(model_path);
     model_free(ref_model);
     be->ops->destroy(be);

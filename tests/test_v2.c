@@ -7,7 +7,6 @@
 #include <cJSON.h>
 
 #include "engine_ref.h"
-#include "models/model_file.h"
 #include "server/v2_tensor.h"
 #include "server_util.h"
 
@@ -22,34 +21,18 @@ static su_server srv;
 
 static int write_models(void)
 {
-    model_spec s;
-    memset(&s, 0, sizeof s);
-    snprintf(s.name, sizeof s.name, "tok");
-    s.input_kind = MODEL_INPUT_TOKENS;
-    s.vocab_size = VOCAB;
-    s.input_size = 8;
-    s.hidden_size = 16;
-    s.num_layers = 1;
-    s.lstm_bias = 1;
-    s.n_fc = 1;
-    s.fc[0] = (model_fc_spec){OUT, BALSA_ACT_NONE, 1};
-    s.head = MODEL_HEAD_SOFTMAX;
+    model_spec s = ref_token_spec("tok", VOCAB, 8, 16, 1, OUT);
     snprintf(tok_path, sizeof tok_path, "/tmp/balsa_test_v2_tok_%d.safetensors", (int)getpid());
     snprintf(vec_path, sizeof vec_path, "/tmp/balsa_test_v2_vec_%d.safetensors", (int)getpid());
     char err[256];
-    model_host h;
-    ref_random_host(&s, &h, 8, 2, 0.5f, 11);
-    balsa_status st = model_file_write(tok_path, &s, &h, err, sizeof err);
-    model_host_free(&h);
+    balsa_status st = ref_write_random_model(tok_path, &s, 8, 2, 0.5f, 11, err, sizeof err);
     s.input_kind = MODEL_INPUT_VECTORS;
     s.vocab_size = 0;
     s.input_size = FEAT;
     s.head = MODEL_HEAD_NONE;
     snprintf(s.name, sizeof s.name, "vec");
-    ref_random_host(&s, &h, 8, 2, 0.5f, 12);
     if (st == BALSA_OK)
-        st = model_file_write(vec_path, &s, &h, err, sizeof err);
-    model_host_free(&h);
+        st = ref_write_random_model(vec_path, &s, 8, 2, 0.5f, 12, err, sizeof err);
     if (st != BALSA_OK || balsa_backend_cpu_create(1, &be) != BALSA_OK ||
         model_load(tok_path, be, &tok_model, err, sizeof err) != BALSA_OK ||
         model_load(vec_path, be, &vec_model, err, sizeof err) != BALSA_OK) {
