@@ -24,17 +24,7 @@ static balsa_backend *be;
 /* A token model that can generate: vocab NV, LSTM, fc to NV, the given head. */
 static model_spec gen_spec(model_head head, int layers)
 {
-    model_spec s;
-    memset(&s, 0, sizeof s);
-    snprintf(s.name, sizeof s.name, "gen");
-    s.input_kind = MODEL_INPUT_TOKENS;
-    s.vocab_size = NV;
-    s.input_size = 6;
-    s.hidden_size = 16;
-    s.num_layers = layers;
-    s.lstm_bias = 1;
-    s.n_fc = 1;
-    s.fc[0] = (model_fc_spec){NV, BALSA_ACT_NONE, 1};
+    model_spec s = ref_token_spec("gen", NV, 6, 16, layers, NV);
     s.head = head;
     return s;
 }
