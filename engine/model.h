@@ -132,6 +132,14 @@ void model_host_free(model_host *h);
 model_host_mat *model_host_mat_slot(model_host *h, const model_tensor_ref *ref);
 float **model_host_array_slot(model_host *h, const model_tensor_ref *ref);
 
+/* Puts the tensor ref names into h from v (dense, row-major, rows x cols of ref; malloc'd,
+ * and taken over: h keeps it or it is freed): the embedding and biases as they are, a
+ * weight matrix pruned to balanced sparsity (bank, k largest |w| per bank) when k > 0,
+ * else dense. Returns bsmat_prune's status (BALSA_ERR_OOM, BALSA_ERR_INVALID for a bad
+ * bank or k). */
+balsa_status model_host_put(model_host *h, const model_tensor_ref *ref, float *v, int bank,
+                            int k);
+
 /* Checks h against s (every needed tensor present with the right shape; sparse
  * matrices valid; a vocabulary, if any, of vocab_size entries) and uploads it to be. The model copies what it keeps; h stays the
  * caller's. Returns BALSA_ERR_FORMAT naming the tensor when h does not fit s, or the

@@ -183,3 +183,23 @@ float **model_host_array_slot(model_host *h, const model_tensor_ref *ref)
     default: return NULL;
     }
 }
+
+balsa_status model_host_put(model_host *h, const model_tensor_ref *ref, float *v, int bank,
+                            int k)
+{
+    model_host_mat *hm = model_host_mat_slot(h, ref);
+    if (!hm) {
+        *model_host_array_slot(h, ref) = v;
+        return BALSA_OK;
+    }
+    hm->rows = ref->rows;
+    hm->cols = ref->cols;
+    if (k <= 0) {
+        hm->dense = v;
+        return BALSA_OK;
+    }
+    hm->sparse = 1;
+    balsa_status st = bsmat_prune(v, ref->rows, ref->cols, ref->cols, bank, k, &hm->sp);
+    free(v);
+    return st;
+}

@@ -123,32 +123,23 @@ balsa_status model_convert(const char *in_path, const char *desc_json, const con
         model_host_mat *hm = model_host_mat_slot(&h, r);
         convert_entry e = {.rows = r->rows, .cols = r->cols};
         memcpy(e.name, r->name, sizeof e.name);
-        if (!hm) {
-            *model_host_array_slot(&h, r) = v;
-            e.bytes = (size_t)r->rows * (r->cols ? r->cols : 1) * sizeof(float);
+        int prune = hm && o->sparsity > 0 && !keep_dense(o, r->name);
+        if (prune && o->progress)
+            fprintf(o->progress, "convert: pruning %s [%d x %d] to %d of %d per bank (%d/%d)\n",
+                    r->name, r->rows, r->cols, k, o->bank, i + 1, n);
+        st = model_host_put(&h, r, v, o->bank, prune ? k : 0);
+        if (st != BALSA_OK) {
+            snprintf(err, errlen, "tensor %s: pruning failed: %s", r->name,
+                     balsa_status_str(st));
+            break;
+        }
+        if (prune) {
+            e.sparse = 1;
+            e.bank = o->bank;
+            e.k = k;
+            e.bytes = bsmat_bytes(&hm->sp);
         } else {
-            hm->rows = r->rows;
-            hm->cols = r->cols;
-            if (o->sparsity > 0 && !keep_dense(o, r->name)) {
-                if (o->progress)
-                    fprintf(o->progress, "convert: pruning %s [%d x %d] to %d of %d per bank "
-                            "(%d/%d)\n", r->name, r->rows, r->cols, k, o->bank, i + 1, n);
-                st = bsmat_prune(v, r->rows, r->cols, r->cols, o->bank, k, &hm->sp);
-                free(v);
-                if (st != BALSA_OK) {
-                    snprintf(err, errlen, "tensor %s: pruning failed: %s", r->name,
-                             balsa_status_str(st));
-                    break;
-                }
-                hm->sparse = 1;
-                e.sparse = 1;
-                e.bank = o->bank;
-                e.k = k;
-                e.bytes = bsmat_bytes(&hm->sp);
-            } else {
-                hm->dense = v;
-                e.bytes = (size_t)r->rows * r->cols * sizeof(float);
-            }
+            e.bytes = (size_t)r->rows * (r->cols ? r->cols : 1) * sizeof(float);
         }
         if (report)
             report[i] = e;

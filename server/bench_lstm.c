@@ -86,20 +86,7 @@ static balsa_status make_model(const bench_opts *o, int H, int k, balsa_backend 
         }
         for (size_t j = 0; j < cnt; j++)
             v[j] = scale * rnd();
-        model_host_mat *hm = model_host_mat_slot(&h, r);
-        if (!hm) {
-            *model_host_array_slot(&h, r) = v;
-            continue;
-        }
-        hm->rows = r->rows;
-        hm->cols = r->cols;
-        if (k > 0) {
-            hm->sparse = 1;
-            st = bsmat_prune(v, r->rows, r->cols, r->cols, o->bank, k, &hm->sp);
-            free(v);
-        } else {
-            hm->dense = v;
-        }
+        st = model_host_put(&h, r, v, o->bank, k);
     }
     if (st == BALSA_OK)
         st = model_build(&s, &h, be, out, err, errlen);

@@ -22,21 +22,7 @@ static inline void ref_random_host(const model_spec *s, model_host *h, int bank,
         float *v = malloc(sizeof(float) * cnt);
         for (size_t j = 0; j < cnt; j++)
             v[j] = scale * h_rand_f(&seed);
-        model_host_mat *hm = model_host_mat_slot(h, r);
-        if (!hm) {
-            *model_host_array_slot(h, r) = v;
-            continue;
-        }
-        hm->rows = r->rows;
-        hm->cols = r->cols;
-        if (k > 0) {
-            hm->sparse = 1;
-            BALSA_ASSERT(bsmat_prune(v, r->rows, r->cols, r->cols, bank, k, &hm->sp) ==
-                         BALSA_OK);
-            free(v);
-        } else {
-            hm->dense = v;
-        }
+        BALSA_ASSERT(model_host_put(h, r, v, bank, k) == BALSA_OK);
     }
 }
 
