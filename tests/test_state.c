@@ -2,11 +2,17 @@
  * state gives the same numbers alone and in any batch, through model_run, model_stream,
  * the scheduler and the fused lstm_step path; running a sequence in two halves, the
  * second started from the first's final state, equals running it whole; bad state is
- * refused. (Agreement with PyTorch's h_0/c_0 and h_n/c_n is in tests/test_parity.c.) */
+ * refused. The API's "initial_state" and "return_state" (server/api.c): parsed into the
+ * sequences, every mistake refused naming the field, and a response's "states" fed back
+ * as the next request's "initial_state" continues the sequence exactly. (Agreement with
+ * PyTorch's h_0/c_0 and h_n/c_n is in tests/test_parity.c.) */
+#include <cJSON.h>
 #include <pthread.h>
+#include <stdarg.h>
 
 #include "engine/sched.h"
 #include "engine_ref.h"
+#include "server/api.h"
 
 static balsa_backend *be;
 
@@ -516,6 +522,304 @@ TEST(scheduler_carries_state)
     }
 }
 
+
+/* ---------------------------------------------------------------- the API */
+
+static balsa_model *api_m[3];
+static model_host api_h[3];
+static api_model api_models[3];
+static const api_limits api_lim = {1000, 100000};
+
+/* "lm": case 1 (tokens, 2 layers of 16, can generate); "bi": case 3 (tokens, bidirectional,
+ * 1 layer of 10); "fc": no LSTM. */
+static void api_setup(void)
+{
+    static const char *names[3] = {"lm", "bi", "fc"};
+    state_case fc_only = {1, 0, 0, 0, 0, 5};
+    const state_case *cs[3] = {&cases[1], &cases[3], &fc_only};
+    for (int i = 0; i < 3; i++) {
+        model_spec s;
+        api_m[i] = build(cs[i], be, &s, &api_h[i], 200 + i);
+        api_models[i] = (api_model){names[i], model_get_info(api_m[i]), api_m[i]};
+    }
+}
+
+static void api_teardown(void)
+{
+    for (int i = 0; i < 3; i++) {
+        model_free(api_m[i]);
+        model_host_free(&api_h[i]);
+    }
+}
+
+/* n JSON numbers v, v + 0.01, v + 0.02, ... separated by commas (no brackets), in one of
+ * eight static buffers (so that a body can hold several). */
+static const char *nums(int n, double v)
+{
+    static char buf[8][4096];
+    static int k;
+    char *b = buf[k++ % 8];
+    size_t used = 0;
+    b[0] = 0;
+    for (int i = 0; i < n; i++)
+        used += (size_t)snprintf(b + used, sizeof buf[0] - used, i ? ",%.3g" : "%.3g",
+                                 v + 0.01 * i);
+    return b;
+}
+
+/* A JSON matrix of rows x cols numbers, value v + 0.01 * (its index), in one of eight
+ * static buffers. */
+static const char *mat(int rows, int cols, double v)
+{
+    static char buf[8][8192];
+    static int k;
+    char *b = buf[k++ % 8];
+    size_t used = (size_t)snprintf(b, sizeof buf[0], "[");
+    for (int r = 0; r < rows; r++)
+        used += (size_t)snprintf(b + used, sizeof buf[0] - used, "%s[%s]", r ? "," : "",
+                                 nums(cols, v + 0.01 * r * cols));
+    snprintf(b + used, sizeof buf[0] - used, "]");
+    return b;
+}
+
+/* A request body (malloc'd; the caller frees it). */
+static char *body_of(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static char *body_of(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *b = NULL;
+    if (vasprintf(&b, fmt, ap) < 0)
+        b = NULL;
+    va_end(ap);
+    BALSA_ASSERT(b);
+    return b;
+}
+
+static int api_parse(const char *body, const api_limits *lim, api_request *r, char *err,
+                     size_t errlen)
+{
+    return api_parse_request(body, strlen(body), api_models, 3, lim, r, err, errlen);
+}
+
+/* Parses, runs with model_run (as `balsa run` does) and renders; returns the response
+ * parsed back (cJSON_Delete it), NULL on any failure. */
+static cJSON *api_run(const char *body)
+{
+    api_request r;
+    char err[512];
+    int code = api_parse(body, &api_lim, &r, err, sizeof err);
+    if (code) {
+        printf("  %d %s\n", code, err);
+        return NULL;
+    }
+    const model_info *info = api_models[r.model].info;
+    cJSON *root = NULL;
+    if (api_alloc_outputs(&r, info) == 0 &&
+        model_run(api_m[r.model], r.seqs, r.nseqs, r.all_steps, r.outputs) == BALSA_OK) {
+        size_t len;
+        char *text = api_render_response(&r, info->name, info, &len);
+        root = text ? cJSON_ParseWithLength(text, len) : NULL;
+        free(text);
+    }
+    api_request_free(&r);
+    return root;
+}
+
+TEST(api_parses_state)
+{
+    api_request r;
+    char err[512];
+    char *body = body_of("{\"model\": \"lm\", \"inputs\": [[1, 2, 3], [4, 5]], "
+                               "\"initial_state\": [{\"h\": %s, \"c\": %s}, null], "
+                               "\"return_state\": true}",
+                               mat(2, 16, 0.5), mat(2, 16, -1));
+    REQUIRE(api_parse(body, &api_lim, &r, err, sizeof err) == 0);
+    CHECK(r.state_size == 32 && r.return_state == 1);
+    REQUIRE(r.seqs[0].h0 && r.seqs[0].c0);
+    CHECK(r.seqs[0].h0[0] == 0.5f && r.seqs[0].h0[17] == (float)(0.5 + 0.17));
+    CHECK(r.seqs[0].c0[31] == (float)(-1 + 0.31));
+    CHECK(!r.seqs[1].h0 && !r.seqs[1].c0 && !r.seqs[0].hn);
+    REQUIRE(api_alloc_outputs(&r, api_models[0].info) == 0);
+    CHECK(r.seqs[0].hn && r.seqs[0].cn && r.seqs[1].hn && r.seqs[1].cn);
+    REQUIRE(model_run(api_m[0], r.seqs, r.nseqs, 0, r.outputs) == BALSA_OK);
+    size_t len;
+    char *text = api_render_response(&r, "lm", api_models[0].info, &len);
+    cJSON *root = cJSON_ParseWithLength(text, len);
+    REQUIRE(root);
+    const cJSON *states = cJSON_GetObjectItem(root, "states");
+    CHECK(cJSON_GetArraySize(cJSON_GetObjectItem(root, "outputs")) == 2);
+    REQUIRE(cJSON_GetArraySize(states) == 2);
+    for (int i = 0; i < 2; i++) {
+        const cJSON *st = cJSON_GetArrayItem(states, i);
+        for (int k = 0; k < 2; k++) {
+            const cJSON *m = cJSON_GetObjectItem(st, k ? "c" : "h");
+            const float *want = k ? r.seqs[i].cn : r.seqs[i].hn;
+            REQUIRE(cJSON_GetArraySize(m) == 2);
+            int bad = 0;
+            for (int j = 0; j < 2; j++) {
+                const cJSON *row = cJSON_GetArrayItem(m, j);
+                bad |= cJSON_GetArraySize(row) != 16;
+                for (int u = 0; u < 16 && !bad; u++) /* "%.9g" gives floats back exactly */
+                    bad |= (float)cJSON_GetArrayItem(row, u)->valuedouble != want[j * 16 + u];
+            }
+            CHECK_MSG(!bad, "states[%d].%s differs from the engine's", i, k ? "c" : "h");
+        }
+    }
+    cJSON_Delete(root);
+    free(text);
+    free(body);
+    api_request_free(&r);
+    /* without return_state the response has no "states" */
+    root = api_run("{\"model\": \"lm\", \"inputs\": [[1]]}");
+    REQUIRE(root);
+    CHECK(!cJSON_GetObjectItem(root, "states"));
+    cJSON_Delete(root);
+    /* a bidirectional model's state: 2 vectors a layer; with generate too */
+    body = body_of("{\"model\": \"bi\", \"inputs\": [[1]], \"initial_state\": "
+                   "[{\"c\": %s, \"h\": %s}]}", mat(2, 10, 0), mat(2, 10, 1));
+    REQUIRE(api_parse(body, &api_lim, &r, err, sizeof err) == 0);
+    CHECK(r.state_size == 20 && r.seqs[0].h0[10] == (float)(1 + 0.1) && r.seqs[0].c0[0] == 0);
+    api_request_free(&r);
+    free(body);
+    body = body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"generate\": 3, \"return_state\": "
+                   "true, \"initial_state\": [{\"c\": %s, \"h\": %s}]}",
+                   mat(2, 16, 0), mat(2, 16, 1));
+    REQUIRE(api_parse(body, &api_lim, &r, err, sizeof err) == 0);
+    CHECK(r.generate == 3 && r.seqs[0].h0 && r.return_state);
+    api_request_free(&r);
+    free(body);
+}
+
+/* Every mistake in the state fields: a 400 naming the field and the rule. */
+TEST(api_refuses_bad_state)
+{
+    static const api_limits small = {1000, 100};
+    struct {
+        char *body;
+        const char *want;
+        const api_limits *lim;
+    } bad[] = {
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"initial_state\": {}}"),
+         "initial_state: must be an array with one entry per sequence", NULL},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1], [2]], \"initial_state\": [null]}"),
+         "initial_state: 1 entries for 2 sequences", NULL},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"initial_state\": [7]}"),
+         "initial_state[0]: must be null or an object", NULL},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"initial_state\": [{\"x\": 1}]}"),
+         "initial_state[0].x: unknown field (expected h, c)", NULL},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1], [2]], \"initial_state\": [null, "
+                 "{\"h\": %s}]}", mat(2, 16, 0)),
+         "initial_state[1].c: required (give both h and c", NULL},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"initial_state\": [{\"h\": %s, "
+                 "\"h\": %s}]}", mat(2, 16, 0), mat(2, 16, 0)),
+         "initial_state[0].h: given twice", NULL},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"initial_state\": [{\"h\": 1, "
+                 "\"c\": %s}]}", mat(2, 16, 0)),
+         "initial_state[0].h: must be an array of 2 vectors of 16 numbers (num_layers 2 x "
+         "directions 1, layer-major)", NULL},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"initial_state\": [{\"h\": %s, "
+                 "\"c\": %s}]}", mat(2, 16, 0), mat(1, 16, 0)),
+         "initial_state[0].c: must be an array of 2 vectors of 16 numbers (num_layers 2 x "
+         "directions 1, layer-major), got 1 vectors", NULL},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"initial_state\": [{\"h\": [[%s], "
+                 "[%s]], \"c\": %s}]}", nums(16, 0), nums(15, 0), mat(2, 16, 0)),
+         "initial_state[0].h[1]: must be an array of 16 numbers (hidden_size)", NULL},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"initial_state\": [{\"h\": %s, "
+                 "\"c\": [[0, 0, 0, \"1\"], []]}]}", mat(2, 16, 0)),
+         "initial_state[0].c[0]: must be an array of 16 numbers", NULL},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"initial_state\": [{\"h\": %s, "
+                 "\"c\": [[0, 0, 0, \"1\", %s], [%s]]}]}", mat(2, 16, 0), nums(12, 0),
+                 nums(16, 0)),
+         "initial_state[0].c[0][3]: must be a number", NULL},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"initial_state\": [{\"h\": [[1e39, "
+                 "%s], [%s]], \"c\": %s}]}", nums(15, 0), nums(16, 0), mat(2, 16, 0)),
+         "initial_state[0].h[0][0]: 1e+39 does not fit a float", NULL},
+        {body_of("{\"model\": \"bi\", \"inputs\": [[1]], \"initial_state\": [{\"h\": %s, "
+                 "\"c\": %s}]}", mat(1, 10, 0), mat(2, 10, 0)),
+         "initial_state[0].h: must be an array of 2 vectors of 10 numbers (num_layers 1 x "
+         "directions 2, layer-major, forward then reverse), got 1 vectors", NULL},
+        {body_of("{\"model\": \"bi\", \"inputs\": [[1]], \"initial_state\": [{\"h\": %s, "
+                 "\"c\": %s}]}", mat(2, 16, 0), mat(2, 10, 0)),
+         "initial_state[0].h[0]: must be an array of 10 numbers (hidden_size)", NULL},
+        {body_of("{\"model\": \"fc\", \"inputs\": [[1]], \"initial_state\": [null]}"),
+         "initial_state: model \"fc\" has no LSTM, so no state", NULL},
+        {body_of("{\"model\": \"fc\", \"inputs\": [[1]], \"return_state\": true}"),
+         "return_state: model \"fc\" has no LSTM, so no state", NULL},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"return_state\": 1}"),
+         "return_state: must be true or false", NULL},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1], [2]], \"return_state\": true}"),
+         "inputs: the response would carry 168 values, more than the limit 100", &small},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        api_request r;
+        char err[512] = "";
+        int code = api_parse(bad[i].body, bad[i].lim ? bad[i].lim : &api_lim, &r, err,
+                             sizeof err);
+        CHECK_MSG(code == 400 && strstr(err, bad[i].want), "case %zu: %d %s", i, code, err);
+        if (code == 0)
+            api_request_free(&r);
+        free(bad[i].body);
+    }
+    /* within the limit with return_state: 20 outputs + 2 x 32 state values */
+    api_request r;
+    char err[512];
+    CHECK(api_parse("{\"model\": \"lm\", \"inputs\": [[1]], \"return_state\": true}", &small,
+                    &r, err, sizeof err) == 0);
+    api_request_free(&r);
+}
+
+/* A response's "states" entry, sent back as "initial_state" with the rest of the input,
+ * continues the sequence: the outputs and the final state are those of the whole input
+ * in one request (the state goes through JSON as "%.9g", which gives floats back exactly). */
+TEST(api_continues_a_sequence)
+{
+    const char *toks = "3, 1, 4, 1, 5, 9, 2, 6, 5, 3";
+    char *body = body_of("{\"model\": \"lm\", \"inputs\": [[%s]], \"output\": \"all\", "
+                         "\"return_state\": true}", toks);
+    cJSON *whole = api_run(body);
+    free(body);
+    REQUIRE(whole);
+    body = body_of("{\"model\": \"lm\", \"inputs\": [[3, 1, 4, 1]], \"return_state\": true}");
+    cJSON *first = api_run(body);
+    free(body);
+    REQUIRE(first);
+    char *state = cJSON_PrintUnformatted(cJSON_GetArrayItem(cJSON_GetObjectItem(first, "states"), 0));
+    REQUIRE(state);
+    body = body_of("{\"model\": \"lm\", \"inputs\": [[5, 9, 2, 6, 5, 3]], \"output\": \"all\", "
+                   "\"initial_state\": [%s], \"return_state\": true}", state);
+    cJSON *second = api_run(body);
+    free(body);
+    free(state);
+    REQUIRE(second);
+    const cJSON *wo = cJSON_GetArrayItem(cJSON_GetObjectItem(whole, "outputs"), 0);
+    const cJSON *so = cJSON_GetArrayItem(cJSON_GetObjectItem(second, "outputs"), 0);
+    REQUIRE(cJSON_GetArraySize(wo) == 10 && cJSON_GetArraySize(so) == 6);
+    double worst = 0;
+    for (int t = 0; t < 6; t++) {
+        const cJSON *a = cJSON_GetArrayItem(so, t), *b = cJSON_GetArrayItem(wo, 4 + t);
+        for (int j = 0; j < cJSON_GetArraySize(b); j++)
+            worst = fmax(worst, fabs(cJSON_GetArrayItem(a, j)->valuedouble -
+                                     cJSON_GetArrayItem(b, j)->valuedouble));
+    }
+    const cJSON *ws = cJSON_GetArrayItem(cJSON_GetObjectItem(whole, "states"), 0);
+    const cJSON *ss = cJSON_GetArrayItem(cJSON_GetObjectItem(second, "states"), 0);
+    for (int k = 0; k < 2; k++)
+        for (int l = 0; l < 2; l++)
+            for (int u = 0; u < 16; u++) {
+                const char *f = k ? "c" : "h";
+                double a = cJSON_GetArrayItem(cJSON_GetArrayItem(cJSON_GetObjectItem(ss, f), l),
+                                              u)->valuedouble;
+                double b = cJSON_GetArrayItem(cJSON_GetArrayItem(cJSON_GetObjectItem(ws, f), l),
+                                              u)->valuedouble;
+                worst = fmax(worst, fabs(a - b));
+            }
+    CHECK_MSG(worst <= 1e-5, "two requests vs one: %g", worst);
+    cJSON_Delete(whole);
+    cJSON_Delete(first);
+    cJSON_Delete(second);
+}
+
 int main(void)
 {
     if (balsa_backend_cpu_create(1, &be) != BALSA_OK)
@@ -527,6 +831,11 @@ int main(void)
     RUN(bad_state_refused);
     RUN(fused_step_reads_initial_state);
     RUN(scheduler_carries_state);
+    api_setup();
+    RUN(api_parses_state);
+    RUN(api_refuses_bad_state);
+    RUN(api_continues_a_sequence);
+    api_teardown();
     be->ops->destroy(be);
     HARNESS_END();
 }
