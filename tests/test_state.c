@@ -4,7 +4,8 @@
  * second started from the first's final state, equals running it whole; bad state is
  * refused. The API's "initial_state" and "return_state" (server/api.c): parsed into the
  * sequences, every mistake refused naming the field, and a response's "states" fed back
- * as the next request's "initial_state" continues the sequence exactly. (Agreement with
+ * as the next request's "initial_state" continues the sequence exactly, in process and
+ * through `balsa serve` (its scheduler batching the two). (Agreement with
  * PyTorch's h_0/c_0 and h_n/c_n is in tests/test_parity.c.) */
 #include <cJSON.h>
 #include <pthread.h>
@@ -13,6 +14,9 @@
 #include "engine/sched.h"
 #include "engine_ref.h"
 #include "server/api.h"
+#include "server_util.h"
+
+#define FORTUNES "models/fortunes/fortunes-b90.safetensors"
 
 static balsa_backend *be;
 
@@ -820,8 +824,89 @@ TEST(api_continues_a_sequence)
     cJSON_Delete(second);
 }
 
+/* The largest difference between two JSON arrays of numbers, nested alike (a mismatch in
+ * shape counts as infinite). */
+static double json_diff(const cJSON *a, const cJSON *b)
+{
+    if (cJSON_IsNumber(a) && cJSON_IsNumber(b))
+        return fabs(a->valuedouble - b->valuedouble);
+    if (!cJSON_IsArray(a) || !cJSON_IsArray(b) || cJSON_GetArraySize(a) != cJSON_GetArraySize(b))
+        return INFINITY;
+    double worst = 0;
+    for (int i = 0; i < cJSON_GetArraySize(a); i++)
+        worst = fmax(worst, json_diff(cJSON_GetArrayItem(a, i), cJSON_GetArrayItem(b, i)));
+    return worst;
+}
+
+/* Through `balsa serve` (scheduler, step-level batches): a sequence sent in two requests,
+ * the second with the first's returned state, gets the outputs and final state of the
+ * whole sequence sent at once (alongside the first half, so that they share batches);
+ * a bad state is a 400 naming the field. */
+TEST(serve_continues_a_sequence)
+{
+    balsa_model *m = NULL;
+    char err[256];
+    REQUIRE(model_load(FORTUNES, be, &m, err, sizeof err) == BALSA_OK);
+    const model_info *info = model_get_info(m);
+    char whole[512], head[256] = "", tail[256] = "";
+    for (int i = 0; i < 12; i++) {
+        char *dst = i < 5 ? head : tail;
+        snprintf(dst + strlen(dst), 256 - strlen(dst), "%s%d", i == 0 || i == 5 ? "" : ", ",
+                 (i * 7 + 3) % info->vocab_size);
+    }
+    snprintf(whole, sizeof whole, "%s, %s", head, tail);
+    const char *args[] = {"--model", "fortunes=" FORTUNES, NULL};
+    su_server sv;
+    REQUIRE(su_start(&sv, args) == 0);
+    su_resp r;
+    char *body = body_of("{\"inputs\": [[%s], [%s]], \"output\": \"all\", \"return_state\": true}",
+                         head, whole);
+    su_request(sv.port, "POST", "/infer", body, strlen(body), NULL, &r);
+    free(body);
+    CHECK_MSG(r.code == 200, "%ld %s", r.code, r.body);
+    cJSON *a = cJSON_Parse(r.body);
+    free(r.body);
+    REQUIRE(a);
+    const cJSON *states = cJSON_GetObjectItem(a, "states");
+    REQUIRE(cJSON_GetArraySize(states) == 2);
+    char *state = cJSON_PrintUnformatted(cJSON_GetArrayItem(states, 0));
+    body = body_of("{\"inputs\": [[%s]], \"output\": \"all\", \"initial_state\": [%s], "
+                   "\"return_state\": true}", tail, state);
+    su_request(sv.port, "POST", "/infer", body, strlen(body), NULL, &r);
+    free(body);
+    free(state);
+    CHECK_MSG(r.code == 200, "%ld %.300s", r.code, r.body);
+    cJSON *b = cJSON_Parse(r.body);
+    free(r.body);
+    REQUIRE(b);
+    const cJSON *wo = cJSON_GetArrayItem(cJSON_GetObjectItem(a, "outputs"), 1);
+    const cJSON *bo = cJSON_GetArrayItem(cJSON_GetObjectItem(b, "outputs"), 0);
+    REQUIRE(cJSON_GetArraySize(wo) == 12 && cJSON_GetArraySize(bo) == 7);
+    double worst = 0;
+    for (int t = 0; t < 7; t++)
+        worst = fmax(worst, json_diff(cJSON_GetArrayItem(bo, t), cJSON_GetArrayItem(wo, 5 + t)));
+    const cJSON *ws = cJSON_GetArrayItem(states, 1);
+    const cJSON *bs = cJSON_GetArrayItem(cJSON_GetObjectItem(b, "states"), 0);
+    for (int k = 0; k < 2; k++)
+        worst = fmax(worst, json_diff(cJSON_GetObjectItem(bs, k ? "c" : "h"),
+                                      cJSON_GetObjectItem(ws, k ? "c" : "h")));
+    CHECK_MSG(worst <= 1e-5, "two requests vs one through the server: %g", worst);
+    cJSON_Delete(a);
+    cJSON_Delete(b);
+    body = body_of("{\"inputs\": [[1], [2]], \"initial_state\": [null]}");
+    su_request(sv.port, "POST", "/infer", body, strlen(body), NULL, &r);
+    free(body);
+    CHECK_MSG(r.code == 400 && strstr(r.body, "initial_state: 1 entries for 2 sequences"),
+              "%ld %s", r.code, r.body);
+    free(r.body);
+    CHECK(su_stop(&sv, 20) == 0);
+    model_free(m);
+}
+
 int main(void)
 {
+    su_init();
+    curl_global_init(CURL_GLOBAL_ALL);
     if (balsa_backend_cpu_create(1, &be) != BALSA_OK)
         return 1;
     RUN(run_state_batch_independence);
@@ -836,6 +921,8 @@ int main(void)
     RUN(api_refuses_bad_state);
     RUN(api_continues_a_sequence);
     api_teardown();
+    RUN(serve_continues_a_sequence);
     be->ops->destroy(be);
+    curl_global_cleanup();
     HARNESS_END();
 }
