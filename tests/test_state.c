@@ -347,7 +347,8 @@ TEST(bad_state_refused)
     balsa_model *m = build(&cases[2], be, &s, &h, 130);
     size_t ns = model_state_floats(&s);
     CHECK(ns == 2 * 2 * 16);
-    float *st0 = calloc(ns, sizeof(float)), *out = calloc(4, sizeof(float));
+    float *st0 = calloc(ns, sizeof(float));
+    float *out = calloc(8, sizeof(float)); /* room for both models' outputs (4 and 5) */
     unsigned long long rng = 1;
     ref_seq r;
     ref_make_seq(&s, &r, 3, &rng);
