@@ -44,7 +44,8 @@ typedef struct balsa_model balsa_model;
  * the sequence runs. hn/cn, when given, receive the final state (PyTorch's h_n/c_n: the
  * forward direction after the last step, the reverse one after reading position 0) when
  * the sequence completes, and must stay valid until then. A model without an LSTM takes
- * none of them. Give these fields by name: older code writes {tokens, features, len}. */
+ * none of them. Initialise with designated initializers ({.tokens = t, .len = n}): a
+ * positional {t, NULL, n} trips -Wmissing-field-initializers now that the state follows. */
 typedef struct {
     const int32_t *tokens;
     const float *features;

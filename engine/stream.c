@@ -463,7 +463,8 @@ static balsa_status move_row(model_stream *s, int from, int to)
     return st;
 }
 
-/* Sets row r of every layer's c and h to the initial state of the slot's sequence. */
+/* Sets row r of every layer's c and h to the initial state of the slot's sequence (a
+ * stepped model is unidirectional, so state entry l is layer l). */
 static balsa_status row_init_state(model_stream *s, const stream_slot *sl, int r)
 {
     balsa_backend *be = s->m->be;
