@@ -35,11 +35,23 @@ typedef struct {
 
 typedef struct balsa_model balsa_model;
 
-/* One input sequence: len token ids, or len x input_size floats (row-major). */
+/* One input sequence: len token ids, or len x input_size floats (row-major).
+ *
+ * LSTM state, optional (NULL: none), as PyTorch's nn.LSTM: each is num_layers x
+ * num_directions x hidden_size floats, layer-major and then direction (entry l * D + d,
+ * forward d = 0, reverse d = 1), the layout of h_0[:, b, :] for sequence b. h0/c0 are the
+ * initial hidden and cell state (NULL: zeros) and are only read while the call that takes
+ * the sequence runs. hn/cn, when given, receive the final state (PyTorch's h_n/c_n: the
+ * forward direction after the last step, the reverse one after reading position 0) when
+ * the sequence completes, and must stay valid until then. A model without an LSTM takes
+ * none of them. Initialise with designated initializers ({.tokens = t, .len = n}): a
+ * positional {t, NULL, n} trips -Wmissing-field-initializers now that the state follows. */
 typedef struct {
     const int32_t *tokens;
     const float *features;
     int len;
+    const float *h0, *c0;
+    float *hn, *cn;
 } engine_seq;
 
 /* Loads and validates a model file (models/FORMAT.md) and uploads its weights to be.
@@ -50,8 +62,9 @@ balsa_status model_load(const char *path, balsa_backend *be, balsa_model **out, 
 void model_free(balsa_model *m);
 const model_info *model_get_info(const balsa_model *m);
 
-/* Checks one sequence against the model (length >= 1, ids in range, no NaN/inf);
- * returns BALSA_ERR_INVALID with a message in err otherwise. */
+/* Checks one sequence against the model (length >= 1, ids in range, no NaN/inf in the
+ * features or the initial state, no state for a model without an LSTM); returns
+ * BALSA_ERR_INVALID with a message in err otherwise. */
 balsa_status model_check_seq(const balsa_model *m, const engine_seq *s, char *err,
                              size_t errlen);
 
@@ -67,7 +80,8 @@ balsa_status model_encode_text(const balsa_model *m, const char *text, size_t le
                                int32_t *ids, int *n, char *err, size_t errlen);
 
 /* Runs n checked sequences together. outputs[i] receives (all_steps ? len : 1) vectors of
- * output_size floats (host memory, caller-owned). Not thread-safe per model. */
+ * output_size floats (host memory, caller-owned); each sequence starts from its h0/c0
+ * and gives its hn/cn where asked. Not thread-safe per model. */
 balsa_status model_run(balsa_model *m, const engine_seq *seqs, int n, int all_steps,
                        float *const *outputs);
 
@@ -80,8 +94,9 @@ void model_stream_free(model_stream *s);
 int model_stream_free_slots(const model_stream *s);
 int model_stream_active(const model_stream *s);
 /* Takes a checked sequence into a free slot (BALSA_ERR_FULL when none). out is as in
- * model_run and must stay valid until the sequence completes; seq's arrays may be
- * released once this returns. tag comes back from model_stream_step when it is done. */
+ * model_run and must stay valid until the sequence completes, as must seq's hn/cn; seq's
+ * input arrays and h0/c0 are copied and may be released once this returns. tag comes back
+ * from model_stream_step when it is done. */
 balsa_status model_stream_add(model_stream *s, const engine_seq *seq, int all_steps,
                               float *out, void *tag);
 /* Text generation: after its own steps a sequence goes on with max_new tokens, each chosen
@@ -99,7 +114,9 @@ typedef struct {
  * BALSA_ERR_INVALID, as for opts out of range). gen_out (room for opts->max_new) receives
  * the generated ids and *gen_n their count (max_new once the tag comes back done); out
  * may be NULL, or receives the output vector of the last step run (the scores the last
- * generated token was drawn from). */
+ * generated token was drawn from). seq's hn/cn receive the state after that last step,
+ * which has read the input and every generated token but the last: a continuation starts
+ * from that state with the last generated token as its first input. */
 balsa_status model_stream_add_gen(model_stream *s, const engine_seq *seq,
                                   const model_gen_opts *opts, int32_t *gen_out, int *gen_n,
                                   float *out, void *tag);

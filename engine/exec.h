@@ -36,7 +36,9 @@ struct balsa_model {
     model_vocab vocab; /* empty when the file names no tokens */
     /* model_run's scratch, kept between calls */
     dev_buf x, xr, g, ya, yb, hr, c, lastv, fa, fb;
+    dev_buf h0;  /* a direction's initial h rows, when a sequence gives one */
     host_buf hx, hxr, hy, hhr, hlast, hout;
+    host_buf hst; /* a direction's state rows (n x H) on their way in or out */
 };
 
 /* Make b hold at least n floats (BALSA_ERR_OOM when there is no memory; b is then

@@ -19,7 +19,14 @@
  *
  * Output "last" of a bidirectional model is [forward h at position len-1, reverse h at
  * position 0]: both directions after reading the whole sequence, what PyTorch returns as
- * h_n (torch.cat((h_n[-2], h_n[-1]), 1)). Output "all" is PyTorch's output[t] at every t. */
+ * h_n (torch.cat((h_n[-2], h_n[-1]), 1)). Output "all" is PyTorch's output[t] at every t.
+ *
+ * State: before each layer and direction its c rows are loaded with the sequences' c0
+ * (zeros where none is given) and, when any sequence gives h0, the first step's recurrent
+ * term reads h0 rows (zeros for the others: W_hh 0 adds exactly nothing, so a sequence's
+ * numbers do not depend on the rest of the batch). After the direction ran, row i of c
+ * holds sequence i's final c (rows stop being updated when their sequence ends), and its
+ * final h is at its last position (forward) or position 0 (reverse). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +82,11 @@ balsa_status dev_zero(balsa_backend *be, float *p, size_t n)
     return BALSA_OK;
 }
 
+size_t model_state_floats(const model_spec *s)
+{
+    return (size_t)s->num_layers * (s->bidirectional ? 2 : 1) * (size_t)s->hidden_size;
+}
+
 void model_input_row(const balsa_model *m, const engine_seq *s, int pos, float *dst)
 {
     int I = m->spec.input_size;
@@ -113,10 +125,10 @@ void model_free(balsa_model *m)
         return;
     free_weights(m);
     dev_buf *devs[] = {&m->x, &m->xr, &m->g, &m->ya, &m->yb, &m->hr, &m->c, &m->lastv,
-                       &m->fa, &m->fb};
+                       &m->fa, &m->fb, &m->h0};
     for (size_t i = 0; i < sizeof devs / sizeof *devs; i++)
         dev_buf_release(m->be, devs[i]);
-    host_buf *hosts[] = {&m->hx, &m->hxr, &m->hy, &m->hhr, &m->hlast, &m->hout};
+    host_buf *hosts[] = {&m->hx, &m->hxr, &m->hy, &m->hhr, &m->hlast, &m->hout, &m->hst};
     for (size_t i = 0; i < sizeof hosts / sizeof *hosts; i++)
         host_buf_release(hosts[i]);
     free(m->embedding);
@@ -334,10 +346,36 @@ balsa_status model_encode_text(const balsa_model *m, const char *text, size_t le
     return model_vocab_encode(&m->vocab, text, len, ids, n, err, errlen);
 }
 
+/* Checks a sequence's state fields: none for a model without an LSTM, finite h0/c0. */
+static balsa_status check_state(const model_spec *sp, const engine_seq *s, char *err,
+                                size_t errlen)
+{
+    if (sp->hidden_size == 0) {
+        if (!s->h0 && !s->c0 && !s->hn && !s->cn)
+            return BALSA_OK;
+        snprintf(err, errlen, "model \"%s\" has no LSTM, so no state", sp->name);
+        return BALSA_ERR_INVALID;
+    }
+    const float *init[2] = {s->h0, s->c0};
+    int D = sp->bidirectional ? 2 : 1, H = sp->hidden_size;
+    size_t n = model_state_floats(sp);
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; init[k] && i < n; i++)
+            if (!isfinite(init[k][i])) {
+                int ld = (int)(i / H);
+                snprintf(err, errlen, "%s: unit %d of layer %d, direction %d is not finite",
+                         k ? "c0" : "h0", (int)(i % H), ld / D, ld % D);
+                return BALSA_ERR_INVALID;
+            }
+    return BALSA_OK;
+}
+
 balsa_status model_check_seq(const balsa_model *m, const engine_seq *s, char *err,
                              size_t errlen)
 {
     const model_spec *sp = &m->spec;
+    if (check_state(sp, s, err, errlen) != BALSA_OK)
+        return BALSA_ERR_INVALID;
     if (s->len < 1 || s->len > MODEL_MAX_SEQ_LEN) {
         snprintf(err, errlen, "sequence length %d out of range 1..%d", s->len,
                  MODEL_MAX_SEQ_LEN);
@@ -482,7 +520,7 @@ static balsa_status packing_init(packing *p, const engine_seq *seqs, int n)
 /* Packed row of sorted sequence i at forward position t. */
 static size_t prow(const packing *p, int i, int t) { return p->offs[t] + i; }
 
-/* One recurrent step for n rows: gates += W_hh h_prev (skipped when h_prev is NULL, the
+/* One recurrent step for n rows: gates += W_hh h_prev (skipped when h_prev is NULL, a
  * zero state before the first step), then the cell writes c and h. A backend that fuses
  * both into one op (lstm_step, optional) gets them as one call; h_prev and h are always
  * different rows here, as lstm_step requires. */
@@ -500,32 +538,98 @@ static balsa_status recurrent_step(balsa_backend *be, const balsa_mat *w_hh, con
     return st;
 }
 
+/* Loads row i of dst (backend, n x H) with sorted sequence i's initial h (which 0) or c
+ * (which 1) for state entry `entry` (layer * D + direction), zeros where it gives none. */
+static balsa_status upload_state(balsa_model *m, const packing *p, const engine_seq *seqs,
+                                 int which, int entry, float *dst)
+{
+    int H = m->spec.hidden_size;
+    for (int i = 0; i < p->n; i++) {
+        const engine_seq *q = &seqs[p->order[i]];
+        const float *src = which ? q->c0 : q->h0;
+        float *row = m->hst.p + (size_t)i * H;
+        if (src)
+            memcpy(row, src + (size_t)entry * H, sizeof(float) * H);
+        else
+            memset(row, 0, sizeof(float) * H);
+    }
+    return m->be->ops->to_device(m->be, dst, m->hst.p, (size_t)p->n * H * sizeof(float));
+}
+
+/* Sets m->c to the initial c of layer l, direction d, for every sequence, and *h0 to their
+ * initial h rows (m->h0, stride H) or NULL when no sequence gives one (all zero). */
+static balsa_status load_state(balsa_model *m, const packing *p, const engine_seq *seqs, int l,
+                               int d, const float **h0)
+{
+    int entry = l * (m->spec.bidirectional ? 2 : 1) + d, any_h = 0, any_c = 0;
+    for (int i = 0; i < p->n; i++) {
+        any_h |= seqs[i].h0 != NULL;
+        any_c |= seqs[i].c0 != NULL;
+    }
+    balsa_status st = any_c ? upload_state(m, p, seqs, 1, entry, m->c.p)
+                            : dev_zero(m->be, m->c.p, (size_t)p->n * m->spec.hidden_size);
+    *h0 = NULL;
+    if (st == BALSA_OK && any_h) {
+        st = upload_state(m, p, seqs, 0, entry, m->h0.p);
+        *h0 = m->h0.p;
+    }
+    return st;
+}
+
+/* After layer l, direction d ran: copies each sequence's final c (row i of m->c) and h
+ * (in y, stride ldy: the forward direction's at the last position, columns 0..H; the
+ * reverse one's at position 0, columns H..2H) to its hn/cn, where asked. */
+static balsa_status save_state(balsa_model *m, const packing *p, const engine_seq *seqs, int l,
+                               int d, const float *y, int ldy)
+{
+    balsa_backend *be = m->be;
+    int H = m->spec.hidden_size, any_c = 0, any_h = 0;
+    size_t off = (size_t)(l * (m->spec.bidirectional ? 2 : 1) + d) * H;
+    for (int i = 0; i < p->n; i++) {
+        any_h |= seqs[i].hn != NULL;
+        any_c |= seqs[i].cn != NULL;
+    }
+    balsa_status st = BALSA_OK;
+    if (any_c)
+        st = be->ops->to_host(be, m->hst.p, m->c.p, (size_t)p->n * H * sizeof(float));
+    for (int i = 0; i < p->n && st == BALSA_OK && (any_c || any_h); i++) {
+        const engine_seq *q = &seqs[p->order[i]];
+        if (q->cn)
+            memcpy(q->cn + off, m->hst.p + (size_t)i * H, sizeof(float) * H);
+        if (q->hn)
+            st = be->ops->to_host(be, q->hn + off,
+                                  y + prow(p, i, d ? 0 : p->len[i] - 1) * ldy + (size_t)d * H,
+                                  sizeof(float) * H);
+    }
+    return st == BALSA_OK && (any_c || any_h) ? be->ops->synchronize(be) : st;
+}
+
 /* Runs one direction of one layer: gates from the input projection (one matmul over all
- * rows), then the recurrence step by step. in/out are in this direction's packing. */
+ * rows), then the recurrence step by step from m->c (loaded by the caller) and h0 (NULL:
+ * zeros; else n rows at stride H). in/out are in this direction's packing. */
 static balsa_status run_direction(balsa_model *m, const lstm_dir_w *w, const packing *p,
-                                  const float *in, int ld_in, float *out, int ld_out)
+                                  const float *in, int ld_in, float *out, int ld_out,
+                                  const float *h0)
 {
     balsa_backend *be = m->be;
     int H = m->spec.hidden_size;
     size_t R = p->offs[p->T];
     balsa_status st = be->ops->matmul(be, w->w_ih, in, ld_in, (int)R, w->bias, 0,
                                       BALSA_ACT_NONE, m->g.p, 4 * H);
-    if (st == BALSA_OK)
-        st = dev_zero(be, m->c.p, (size_t)p->n * H);
     for (int t = 0; t < p->T && st == BALSA_OK; t++) {
         float *gt = m->g.p + p->offs[t] * 4 * H;
-        /* h is zero before the first step: no recurrent term */
-        st = recurrent_step(be, w->w_hh, t > 0 ? out + p->offs[t - 1] * ld_out : NULL, ld_out,
-                            gt, m->c.p, out + p->offs[t] * ld_out, ld_out, p->bs[t], H);
+        st = recurrent_step(be, w->w_hh, t > 0 ? out + p->offs[t - 1] * ld_out : h0,
+                            t > 0 ? ld_out : H, gt, m->c.p, out + p->offs[t] * ld_out, ld_out,
+                            p->bs[t], H);
     }
     return st;
 }
 
 /* The reverse direction of a bidirectional layer whose input hin (host, forward packing,
  * stride ld_in) is given; writes reverse h into columns H..2H of y (backend, forward
- * packing, stride 2H), reordering on the host. */
+ * packing, stride 2H), reordering on the host. State as in run_direction. */
 static balsa_status run_reverse(balsa_model *m, const lstm_dir_w *w, const packing *p,
-                                const float *hin, int ld_in, float *y)
+                                const float *hin, int ld_in, float *y, const float *h0)
 {
     balsa_backend *be = m->be;
     int H = m->spec.hidden_size;
@@ -536,7 +640,7 @@ static balsa_status run_reverse(balsa_model *m, const lstm_dir_w *w, const packi
                    sizeof(float) * ld_in);
     balsa_status st = be->ops->to_device(be, m->xr.p, m->hxr.p, R * ld_in * sizeof(float));
     if (st == BALSA_OK)
-        st = run_direction(m, w, p, m->xr.p, ld_in, m->hr.p, H);
+        st = run_direction(m, w, p, m->xr.p, ld_in, m->hr.p, H, h0);
     if (st == BALSA_OK)
         st = be->ops->to_host(be, m->hhr.p, m->hr.p, R * H * sizeof(float));
     if (st == BALSA_OK)
@@ -554,21 +658,21 @@ static balsa_status run_reverse(balsa_model *m, const lstm_dir_w *w, const packi
 
 /* The reverse direction when every sequence has the same length: reverse step s is then
  * forward step T-1-s for all of them, so it reads the forward packing's projection rows
- * and writes h straight into columns H..2H of y, with no reordering. */
+ * and writes h straight into columns H..2H of y, with no reordering. State as in
+ * run_direction. */
 static balsa_status run_reverse_aligned(balsa_model *m, const lstm_dir_w *w, const packing *p,
-                                        const float *in, int ld_in, float *y)
+                                        const float *in, int ld_in, float *y, const float *h0)
 {
     balsa_backend *be = m->be;
     int H = m->spec.hidden_size, ldy = 2 * H;
     size_t R = p->offs[p->T];
     balsa_status st = be->ops->matmul(be, w->w_ih, in, ld_in, (int)R, w->bias, 0,
                                       BALSA_ACT_NONE, m->g.p, 4 * H);
-    if (st == BALSA_OK)
-        st = dev_zero(be, m->c.p, (size_t)p->n * H);
     for (int t = p->T - 1; t >= 0 && st == BALSA_OK; t--) {
         float *gt = m->g.p + p->offs[t] * 4 * H;
-        st = recurrent_step(be, w->w_hh, t < p->T - 1 ? y + p->offs[t + 1] * ldy + H : NULL,
-                            ldy, gt, m->c.p, y + p->offs[t] * ldy + H, ldy, p->n, H);
+        int first = t == p->T - 1;
+        st = recurrent_step(be, w->w_hh, first ? h0 : y + p->offs[t + 1] * ldy + H,
+                            first ? H : ldy, gt, m->c.p, y + p->offs[t] * ldy + H, ldy, p->n, H);
     }
     return st;
 }
@@ -597,6 +701,10 @@ static balsa_status reserve_run(balsa_model *m, const packing *p)
         if (st == BALSA_OK)
             st = dev_buf_reserve(be, &m->c, n * H);
         if (st == BALSA_OK)
+            st = dev_buf_reserve(be, &m->h0, n * H);
+        if (st == BALSA_OK)
+            st = host_buf_reserve(&m->hst, n * H);
+        if (st == BALSA_OK)
             st = dev_buf_reserve(be, &m->ya, R * H * ndir);
         if (st == BALSA_OK && s->num_layers > 1)
             st = dev_buf_reserve(be, &m->yb, R * H * ndir);
@@ -616,9 +724,10 @@ static balsa_status reserve_run(balsa_model *m, const packing *p)
     return st;
 }
 
-/* The LSTM stack over the packed input in m->x; returns the top layer's output (backend,
- * forward packing, stride *ld). */
-static balsa_status run_lstm(balsa_model *m, const packing *p, float **top, int *ld)
+/* The LSTM stack over the packed input in m->x, from and to the sequences' states;
+ * returns the top layer's output (backend, forward packing, stride *ld). */
+static balsa_status run_lstm(balsa_model *m, const packing *p, const engine_seq *seqs,
+                             float **top, int *ld)
 {
     const model_spec *s = &m->spec;
     int H = s->hidden_size, ndir = s->bidirectional ? 2 : 1;
@@ -627,15 +736,25 @@ static balsa_status run_lstm(balsa_model *m, const packing *p, float **top, int 
     balsa_status st = BALSA_OK;
     float *y = NULL;
     int aligned = p->len[0] == p->len[p->n - 1];
+    const float *h0;
     for (int l = 0; l < s->num_layers && st == BALSA_OK; l++) {
         y = l % 2 ? m->yb.p : m->ya.p;
-        st = run_direction(m, &m->lstm[l][0], p, in, ld_in, y, H * ndir);
+        st = load_state(m, p, seqs, l, 0, &h0);
+        if (st == BALSA_OK)
+            st = run_direction(m, &m->lstm[l][0], p, in, ld_in, y, H * ndir, h0);
+        if (st == BALSA_OK)
+            st = save_state(m, p, seqs, l, 0, y, H * ndir);
         if (st == BALSA_OK && ndir == 2) {
-            if (aligned)
-                st = run_reverse_aligned(m, &m->lstm[l][1], p, in, ld_in, y);
-            else /* run_reverse reads its host input before it overwrites m->hy, so a
-                  * deeper layer can pass the previous layer's output m->hy still holds */
-                st = run_reverse(m, &m->lstm[l][1], p, l == 0 ? m->hx.p : m->hy.p, ld_in, y);
+            st = load_state(m, p, seqs, l, 1, &h0);
+            if (st == BALSA_OK && aligned)
+                st = run_reverse_aligned(m, &m->lstm[l][1], p, in, ld_in, y, h0);
+            else if (st == BALSA_OK) /* run_reverse reads its host input before it
+                                      * overwrites m->hy, so a deeper layer can pass the
+                                      * previous layer's output m->hy still holds */
+                st = run_reverse(m, &m->lstm[l][1], p, l == 0 ? m->hx.p : m->hy.p, ld_in, y,
+                                 h0);
+            if (st == BALSA_OK)
+                st = save_state(m, p, seqs, l, 1, y, H * ndir);
         }
         in = y;
         ld_in = H * ndir;
@@ -677,7 +796,7 @@ balsa_status model_run(balsa_model *m, const engine_seq *seqs, int n, int all_st
     if (s->hidden_size > 0) {
         st = be->ops->to_device(be, m->x.p, m->hx.p, R * I * sizeof(float));
         if (st == BALSA_OK)
-            st = run_lstm(m, &p, &top, &ld);
+            st = run_lstm(m, &p, seqs, &top, &ld);
     }
     if (st == BALSA_OK && all_steps) {
         if (!top) {

@@ -44,6 +44,10 @@ balsa_status model_spec_check(const model_spec *s, char *err, size_t errlen);
 /* Features of one output vector of the network described by s. */
 int model_spec_output_size(const model_spec *s);
 
+/* Floats in one of a sequence's h0/c0/hn/cn (engine_seq): num_layers x directions x
+ * hidden_size (0 without an LSTM). */
+size_t model_state_floats(const model_spec *s);
+
 /* Names: "tokens"/"vectors", "none"/"softmax"/"log_softmax"; parse returns -1 when
  * the name is unknown. */
 const char *model_input_kind_str(model_input_kind k);

@@ -18,7 +18,9 @@ typedef struct sched_request sched_request;
 
 struct sched_request {
     /* Set by the submitter; they must stay valid until done() is called. */
-    const engine_seq *seqs;    /* checked sequences (model_check_seq) */
+    const engine_seq *seqs;    /* checked sequences (model_check_seq); their LSTM state
+                                * rides along: h0/c0 are read when a sequence starts, hn/cn
+                                * written when it ends */
     int nseqs;                 /* >= 1 */
     int all_steps;             /* as in model_run */
     float *const *outputs;     /* one buffer per sequence, sized as in model_run (may be

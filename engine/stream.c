@@ -3,9 +3,10 @@
  * Unidirectional LSTM models run one time step per model_stream_step for every running
  * sequence, all layers, time-major. The running sequences are rows 0..nrows-1 of the
  * per-layer state (c and h, max_slots x H each, backend memory); a sequence added between
- * steps becomes a new row at the next step, with zero state, and a finished one leaves
- * by moving the last row into its place (through the host: the backend interface has no
- * row copy), so every matmul runs over contiguous rows.
+ * steps becomes a new row at the next step, with its initial state (the slot's copy of
+ * h0/c0, zeros where none was given), and a finished one hands its rows' state to hn/cn
+ * where asked and leaves by moving the last row into its place (through the host: the
+ * backend interface has no row copy), so every matmul runs over contiguous rows.
  *
  * The first layer's input projection W_ih x + b of a sequence is computed ahead, one
  * matmul over up to STREAM_CHUNK of its steps at a time (when it is added, then whenever
@@ -47,6 +48,10 @@ typedef struct {
     uint64_t rng;         /* sampler state (xorshift64*) */
     int32_t *gen_out;
     int *gen_n;
+    float *state0;        /* h0 then c0, each num_layers x directions x H, copied */
+    size_t state_cap;     /* capacity of state0, in floats */
+    int has_h0, has_c0;
+    float *hn, *cn;       /* the caller's, for the final state; or NULL */
 } stream_slot;
 
 struct model_stream {
@@ -64,9 +69,16 @@ struct model_stream {
     int *outrows;
 };
 
-static engine_seq slot_seq(const stream_slot *sl)
+static engine_seq slot_seq(const model_stream *s, const stream_slot *sl)
 {
-    return (engine_seq){sl->tokens, sl->features, sl->len};
+    size_t n = model_state_floats(&s->m->spec);
+    return (engine_seq){.tokens = sl->tokens,
+                        .features = sl->features,
+                        .len = sl->len,
+                        .h0 = sl->has_h0 ? sl->state0 : NULL,
+                        .c0 = sl->has_c0 ? sl->state0 + n : NULL,
+                        .hn = sl->hn,
+                        .cn = sl->cn};
 }
 
 /* Empties a slot for the next sequence but keeps its buffers: the scheduler thread then
@@ -80,6 +92,8 @@ static void slot_clear(stream_slot *sl)
     keep.features = sl->features;
     keep.in_cap = sl->in_cap;
     keep.proj = sl->proj;
+    keep.state0 = sl->state0;
+    keep.state_cap = sl->state_cap;
     *sl = keep;
 }
 
@@ -88,6 +102,7 @@ static void slot_release(stream_slot *sl)
     free(sl->tokens);
     free(sl->features);
     free(sl->proj);
+    free(sl->state0);
     memset(sl, 0, sizeof *sl);
 }
 
@@ -185,7 +200,7 @@ static balsa_status slot_project(model_stream *s, stream_slot *sl, int from)
     balsa_backend *be = m->be;
     int I = m->spec.input_size, H = m->spec.hidden_size;
     int n = sl->len - from < STREAM_CHUNK ? sl->len - from : STREAM_CHUNK;
-    engine_seq q = slot_seq(sl);
+    engine_seq q = slot_seq(s, sl);
     for (int t = 0; t < n; t++)
         model_input_row(m, &q, from + t, s->hx.p + (size_t)t * I);
     balsa_status st = be->ops->to_device(be, s->xin.p, s->hx.p, (size_t)n * I * sizeof(float));
@@ -237,10 +252,26 @@ static balsa_status stream_add(model_stream *s, const engine_seq *seq, int all_s
             memcpy(p, seq->features, sizeof(float) * nf);
         }
     }
+    size_t ns = model_state_floats(sp);
+    if (ok && (seq->h0 || seq->c0)) {
+        float *p = input_reserve(sl->state0, &sl->state_cap, 2 * ns, sizeof *p);
+        ok = p != NULL;
+        if (ok) {
+            sl->state0 = p;
+            if (seq->h0)
+                memcpy(p, seq->h0, sizeof(float) * ns);
+            if (seq->c0)
+                memcpy(p + ns, seq->c0, sizeof(float) * ns);
+        }
+    }
     if (!ok) {
         slot_clear(sl);
         return BALSA_ERR_OOM;
     }
+    sl->has_h0 = seq->h0 != NULL;
+    sl->has_c0 = seq->c0 != NULL;
+    sl->hn = seq->hn;
+    sl->cn = seq->cn;
     if (!s->whole) {
         if (!sl->proj)
             sl->proj = malloc(sizeof(float) * STREAM_CHUNK * 4 * sp->hidden_size);
@@ -393,7 +424,7 @@ static balsa_status step_whole(model_stream *s, void **done, int *ndone)
         for (int i = 0; i < n; i++) {
             stream_slot *sl = &s->slots[s->pending[i]];
             if (sl->all_steps == all) {
-                q[k] = slot_seq(sl);
+                q[k] = slot_seq(s, sl);
                 outs[k++] = sl->out;
             }
         }
@@ -430,6 +461,44 @@ static balsa_status move_row(model_stream *s, int from, int to)
         }
     }
     return st;
+}
+
+/* Sets row r of every layer's c and h to the initial state of the slot's sequence (a
+ * stepped model is unidirectional, so state entry l is layer l). */
+static balsa_status row_init_state(model_stream *s, const stream_slot *sl, int r)
+{
+    balsa_backend *be = s->m->be;
+    int H = s->m->spec.hidden_size;
+    size_t ns = model_state_floats(&s->m->spec), row = (size_t)r * H;
+    balsa_status st = BALSA_OK;
+    for (int l = 0; l < s->m->spec.num_layers && st == BALSA_OK; l++) {
+        size_t at = (size_t)l * H;
+        st = sl->has_c0 ? be->ops->to_device(be, s->c[l] + row, sl->state0 + ns + at,
+                                             H * sizeof(float))
+                        : dev_zero(be, s->c[l] + row, H);
+        if (st == BALSA_OK)
+            st = sl->has_h0 ? be->ops->to_device(be, s->h[l] + row, sl->state0 + at,
+                                                 H * sizeof(float))
+                            : dev_zero(be, s->h[l] + row, H);
+    }
+    return st;
+}
+
+/* Copies row r of every layer's h and c to the slot's hn/cn (where given). */
+static balsa_status row_save_state(model_stream *s, const stream_slot *sl, int r)
+{
+    balsa_backend *be = s->m->be;
+    int H = s->m->spec.hidden_size;
+    size_t row = (size_t)r * H;
+    balsa_status st = BALSA_OK;
+    for (int l = 0; l < s->m->spec.num_layers && st == BALSA_OK; l++) {
+        size_t at = (size_t)l * H;
+        if (sl->hn)
+            st = be->ops->to_host(be, sl->hn + at, s->h[l] + row, H * sizeof(float));
+        if (st == BALSA_OK && sl->cn)
+            st = be->ops->to_host(be, sl->cn + at, s->c[l] + row, H * sizeof(float));
+    }
+    return st == BALSA_OK ? be->ops->synchronize(be) : st;
 }
 
 /* Output of this step for the rows that need one: every row with all_steps, and rows
@@ -478,15 +547,11 @@ static balsa_status step_lstm(model_stream *s, void **done, int *ndone)
     balsa_backend *be = m->be;
     int H = m->spec.hidden_size;
     balsa_status st = BALSA_OK;
-    /* Newcomers join with zero state. */
+    /* Newcomers join with their initial state (zeros unless given). */
     for (int i = 0; i < s->npending && st == BALSA_OK; i++) {
         int r = s->nrows++;
         s->row_slot[r] = s->pending[i];
-        for (int l = 0; l < m->spec.num_layers && st == BALSA_OK; l++) {
-            st = dev_zero(be, s->c[l] + (size_t)r * H, H);
-            if (st == BALSA_OK)
-                st = dev_zero(be, s->h[l] + (size_t)r * H, H);
-        }
+        st = row_init_state(s, &s->slots[s->pending[i]], r);
     }
     s->npending = 0;
     int n = s->nrows;
@@ -507,7 +572,8 @@ static balsa_status step_lstm(model_stream *s, void **done, int *ndone)
         if (l > 0)
             st = be->ops->matmul(be, w->w_ih, s->h[l - 1], H, n, w->bias, 0, BALSA_ACT_NONE,
                                  s->g.p, 4 * H);
-        /* A row that just joined has h = 0, so this adds exactly nothing to it. */
+        /* A row that just joined adds W_hh h0 (exactly nothing when h0 is zero, as in
+         * model_run, which skips the term then). */
         if (st == BALSA_OK)
             st = be->ops->matmul(be, w->w_hh, s->h[l], H, n, NULL, 1, BALSA_ACT_NONE, s->g.p,
                                  4 * H);
@@ -526,6 +592,8 @@ static balsa_status step_lstm(model_stream *s, void **done, int *ndone)
         stream_slot *sl = &s->slots[s->row_slot[r]];
         if (sl->pos < sl->len)
             continue;
+        if ((sl->hn || sl->cn) && (st = row_save_state(s, sl, r)) != BALSA_OK)
+            break; /* the slot is still used: drop_all reports it */
         done[(*ndone)++] = sl->tag;
         slot_clear(sl);
         int last = s->nrows - 1;

@@ -41,6 +41,8 @@ void api_request_free(api_request *r)
     free(r->gen_tokens);
     free(r->gen_counts);
     free(r->gen_storage);
+    free(r->state_in);
+    free(r->state_out);
     memset(r, 0, sizeof *r);
 }
 
@@ -298,6 +300,133 @@ static int parse_gen(const cJSON *generate, const cJSON *temperature, const cJSO
     return 0;
 }
 
+/* The layout of one h or c of the model, for messages. */
+static void state_layout(const model_info *info, char *buf, size_t len)
+{
+    int D = info->bidirectional ? 2 : 1;
+    snprintf(buf, len, "num_layers %d x directions %d, layer-major%s", info->num_layers, D,
+             D == 2 ? ", forward then reverse" : "");
+}
+
+/* One h or c of initial_state[i] (v, named by which): layers x directions vectors of
+ * hidden_size numbers, into dst. */
+static int parse_state_matrix(const cJSON *v, int i, const char *which, const model_info *info,
+                              float *dst, char *err, size_t errlen)
+{
+    int rows = info->num_layers * (info->bidirectional ? 2 : 1), H = info->hidden_size;
+    char layout[96];
+    state_layout(info, layout, sizeof layout);
+    if (!cJSON_IsArray(v))
+        return fail(err, errlen, 400,
+                    "initial_state[%d].%s: must be an array of %d vectors of %d numbers (%s)", i,
+                    which, rows, H, layout);
+    if (cJSON_GetArraySize(v) != rows)
+        return fail(err, errlen, 400,
+                    "initial_state[%d].%s: must be an array of %d vectors of %d numbers (%s), "
+                    "got %d vectors", i, which, rows, H, layout, cJSON_GetArraySize(v));
+    int j = 0;
+    const cJSON *row;
+    cJSON_ArrayForEach(row, v)
+    {
+        if (!cJSON_IsArray(row) || cJSON_GetArraySize(row) != H)
+            return fail(err, errlen, 400,
+                        "initial_state[%d].%s[%d]: must be an array of %d numbers (hidden_size)%s",
+                        i, which, j, H, cJSON_IsArray(row) ? ", got a different count" : "");
+        int k = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, row)
+        {
+            if (!cJSON_IsNumber(e))
+                return fail(err, errlen, 400, "initial_state[%d].%s[%d][%d]: must be a number",
+                            i, which, j, k);
+            float f = (float)e->valuedouble;
+            if (!isfinite(f))
+                return fail(err, errlen, 400,
+                            "initial_state[%d].%s[%d][%d]: %.9g does not fit a float", i, which,
+                            j, k, e->valuedouble);
+            dst[(size_t)j * H + k++] = f;
+        }
+        j++;
+    }
+    return 0;
+}
+
+/* "initial_state" (v): one entry per sequence, null (zero state) or {"h": ..., "c": ...};
+ * points the sequences' h0/c0 into r->state_in. */
+static int parse_initial_state(const cJSON *v, const api_model *am, api_request *r, char *err,
+                               size_t errlen)
+{
+    if (am->info->hidden_size == 0)
+        return fail(err, errlen, 400, "initial_state: model \"%s\" has no LSTM, so no state",
+                    am->name);
+    if (!cJSON_IsArray(v))
+        return fail(err, errlen, 400, "initial_state: must be an array with one entry per "
+                    "sequence (null, or {\"h\": ..., \"c\": ...})");
+    int n = cJSON_GetArraySize(v);
+    if (n != r->nseqs)
+        return fail(err, errlen, 400,
+                    "initial_state: %d entries for %d sequences (one per sequence; null for a "
+                    "zero state)", n, r->nseqs);
+    size_t S = r->state_size;
+    r->state_in = malloc((size_t)n * 2 * S * sizeof(float));
+    if (!r->state_in)
+        return fail(err, errlen, 500, "out of memory");
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, v)
+    {
+        if (cJSON_IsNull(e)) {
+            i++;
+            continue;
+        }
+        if (!cJSON_IsObject(e))
+            return fail(err, errlen, 400, "initial_state[%d]: must be null or an object "
+                        "{\"h\": ..., \"c\": ...}", i);
+        const cJSON *hc[2] = {NULL, NULL}, *f;
+        cJSON_ArrayForEach(f, e)
+        {
+            int k = !strcmp(f->string, "h") ? 0 : !strcmp(f->string, "c") ? 1 : -1;
+            if (k < 0)
+                return fail(err, errlen, 400,
+                            "initial_state[%d].%.32s: unknown field (expected h, c)", i,
+                            f->string);
+            if (hc[k])
+                return fail(err, errlen, 400, "initial_state[%d].%s: given twice", i,
+                            f->string);
+            hc[k] = f;
+        }
+        float *h0 = r->state_in + (size_t)i * 2 * S;
+        for (int k = 0; k < 2; k++) {
+            const char *which = k ? "c" : "h";
+            if (!hc[k])
+                return fail(err, errlen, 400, "initial_state[%d].%s: required (give both h "
+                            "and c, or null for a zero state)", i, which);
+            int code = parse_state_matrix(hc[k], i, which, am->info, h0 + k * S, err, errlen);
+            if (code)
+                return code;
+        }
+        r->seqs[i].h0 = h0;
+        r->seqs[i].c0 = h0 + S;
+        i++;
+    }
+    return 0;
+}
+
+/* "return_state" (v, may be NULL). */
+static int parse_return_state(const cJSON *v, const api_model *am, api_request *r, char *err,
+                              size_t errlen)
+{
+    if (!v)
+        return 0;
+    if (!cJSON_IsBool(v))
+        return fail(err, errlen, 400, "return_state: must be true or false");
+    r->return_state = cJSON_IsTrue(v);
+    if (r->return_state && am->info->hidden_size == 0)
+        return fail(err, errlen, 400, "return_state: model \"%s\" has no LSTM, so no state",
+                    am->name);
+    return 0;
+}
+
 /* The rest of parse_root, once the sequences (inputs) are known. */
 /* The step limit for `steps` input steps plus the tokens r generates. */
 static int check_steps(long steps, const api_request *r, const seq_src *src,
@@ -311,13 +440,23 @@ static int check_steps(long steps, const api_request *r, const seq_src *src,
     return 0;
 }
 
-static int parse_body(const cJSON *inputs, const seq_src *src, const api_model *am,
-                      const cJSON *output, const cJSON *top_k, const cJSON *timeout,
-                      const cJSON *generate, const cJSON *temperature, const cJSON *seed,
+/* A request's fields (NULL when absent); inputs holds the sequences once "text" has
+ * been turned into an array of strings. */
+typedef struct {
+    const cJSON *model, *inputs, *text, *output, *top_k, *timeout, *generate, *temperature,
+        *seed, *init_state, *ret_state;
+} req_fields;
+
+static int parse_body(const req_fields *q, const seq_src *src, const api_model *am,
                       const api_limits *lim, api_request *r, char *err, size_t errlen)
 {
     const model_info *info = am->info;
+    const cJSON *inputs = q->inputs, *output = q->output, *top_k = q->top_k;
     int code;
+    r->state_size = (size_t)info->num_layers * (info->bidirectional ? 2 : 1) *
+                    (size_t)info->hidden_size;
+    if ((code = parse_return_state(q->ret_state, am, r, err, errlen)))
+        return code;
     if (output) {
         if (cJSON_IsString(output) && !strcmp(output->valuestring, "last"))
             r->all_steps = 0;
@@ -330,10 +469,11 @@ static int parse_body(const cJSON *inputs, const seq_src *src, const api_model *
     if (top_k && (code = int_field(top_k, "top_k", 1, info->output_size, &r->top_k, err, errlen)))
         return code;
     r->timeout_ms = -1;
-    if (timeout && (code = int_field(timeout, "timeout_ms", 1, 3600000, &r->timeout_ms, err,
-                                     errlen)))
+    if (q->timeout && (code = int_field(q->timeout, "timeout_ms", 1, 3600000, &r->timeout_ms,
+                                        err, errlen)))
         return code;
-    if ((code = parse_gen(generate, temperature, seed, output, top_k, am, r, err, errlen)))
+    if ((code = parse_gen(q->generate, q->temperature, q->seed, output, top_k, am, r, err,
+                          errlen)))
         return code;
     long given = 0;
     if ((code = measure_inputs(inputs, src, am, &r->nseqs, &r->total_steps, &given, err,
@@ -355,11 +495,14 @@ static int parse_body(const cJSON *inputs, const seq_src *src, const api_model *
         return code;
     long per_vec = r->generate ? r->generate : r->top_k ? 2L * r->top_k : info->output_size;
     long vecs = r->all_steps ? r->total_steps : r->nseqs;
-    if (vecs * per_vec > lim->max_output_values)
+    long values = vecs * per_vec + (r->return_state ? 2L * r->nseqs * (long)r->state_size : 0);
+    if (values > lim->max_output_values)
         return fail(err, errlen, 400,
                     "inputs: the response would carry %ld values, more than the limit %ld "
-                    "(use fewer steps, \"output\": \"last\" or top_k)",
-                    vecs * per_vec, lim->max_output_values);
+                    "(use fewer steps, \"output\": \"last\" or top_k%s)",
+                    values, lim->max_output_values, r->return_state ? ", or no return_state" : "");
+    if (q->init_state && (code = parse_initial_state(q->init_state, am, r, err, errlen)))
+        return code;
     /* The engine's own check is the last word (length, range, finiteness). */
     for (int i = 0; i < r->nseqs; i++) {
         char why[200], name[32];
@@ -374,30 +517,32 @@ static int parse_root(const cJSON *root, const api_model *models, int nmodels,
 {
     if (!cJSON_IsObject(root))
         return fail(err, errlen, 400, "body: must be a JSON object {\"model\", \"inputs\", ...}");
-    const cJSON *f, *model = NULL, *inputs = NULL, *text = NULL, *output = NULL, *top_k = NULL,
-                   *timeout = NULL, *generate = NULL, *temperature = NULL, *seed = NULL;
+    req_fields q = {0};
+    const cJSON *f;
     cJSON_ArrayForEach(f, root)
     {
-        const cJSON **slot = !strcmp(f->string, "model")         ? &model
-                             : !strcmp(f->string, "inputs")      ? &inputs
-                             : !strcmp(f->string, "text")        ? &text
-                             : !strcmp(f->string, "output")      ? &output
-                             : !strcmp(f->string, "top_k")       ? &top_k
-                             : !strcmp(f->string, "timeout_ms")  ? &timeout
-                             : !strcmp(f->string, "generate")    ? &generate
-                             : !strcmp(f->string, "temperature") ? &temperature
-                             : !strcmp(f->string, "seed")        ? &seed
-                                                                 : NULL;
+        const cJSON **slot = !strcmp(f->string, "model")           ? &q.model
+                             : !strcmp(f->string, "inputs")        ? &q.inputs
+                             : !strcmp(f->string, "text")          ? &q.text
+                             : !strcmp(f->string, "output")        ? &q.output
+                             : !strcmp(f->string, "top_k")         ? &q.top_k
+                             : !strcmp(f->string, "timeout_ms")    ? &q.timeout
+                             : !strcmp(f->string, "generate")      ? &q.generate
+                             : !strcmp(f->string, "temperature")   ? &q.temperature
+                             : !strcmp(f->string, "seed")          ? &q.seed
+                             : !strcmp(f->string, "initial_state") ? &q.init_state
+                             : !strcmp(f->string, "return_state")  ? &q.ret_state
+                                                                   : NULL;
         if (!slot)
             return fail(err, errlen, 400,
                         "%.64s: unknown field (expected model, inputs, text, output, top_k, "
-                        "timeout_ms, generate, temperature, seed)",
+                        "timeout_ms, generate, temperature, seed, initial_state, return_state)",
                         f->string);
         if (*slot)
             return fail(err, errlen, 400, "%s: given twice", f->string);
         *slot = f;
     }
-    int code = find_model(model, models, nmodels, &r->model, err, errlen);
+    int code = find_model(q.model, models, nmodels, &r->model, err, errlen);
     if (code)
         return code;
     const api_model *am = &models[r->model];
@@ -405,11 +550,12 @@ static int parse_root(const cJSON *root, const api_model *models, int nmodels,
         return fail(err, errlen, 503, "model: \"%s\" is still loading", am->name);
     const model_info *info = am->info;
     r->engine_model = am->model;
-    if (inputs && text)
+    const cJSON *text = q.text;
+    if (q.inputs && text)
         return fail(err, errlen, 400, "text: give either inputs or text, not both");
-    if (!inputs && !text)
+    if (!q.inputs && !text)
         return fail(err, errlen, 400, "inputs: required (an array of sequences)");
-    seq_src src = {inputs ? "inputs" : "text", 0};
+    seq_src src = {q.inputs ? "inputs" : "text", 0};
     cJSON *one = NULL; /* "text": "..." stands for "text": ["..."] */
     if (text) {
         if (!info->has_vocabulary)
@@ -422,7 +568,7 @@ static int parse_root(const cJSON *root, const api_model *models, int nmodels,
                 return fail(err, errlen, 500, "out of memory");
             }
             src.single = 1;
-            inputs = one;
+            q.inputs = one;
         } else if (cJSON_IsArray(text)) {
             const cJSON *e;
             int i = 0;
@@ -432,13 +578,12 @@ static int parse_root(const cJSON *root, const api_model *models, int nmodels,
                     return fail(err, errlen, 400, "text[%d]: must be a string", i);
                 i++;
             }
-            inputs = text;
+            q.inputs = text;
         } else {
             return fail(err, errlen, 400, "text: must be a string or an array of strings");
         }
     }
-    code = parse_body(inputs, &src, am, output, top_k, timeout, generate, temperature, seed, lim,
-                      r, err, errlen);
+    code = parse_body(&q, &src, am, lim, r, err, errlen);
     cJSON_Delete(one);
     return code;
 }
@@ -489,6 +634,16 @@ int api_parse_request(const char *body, size_t len, const api_model *models, int
 
 int api_alloc_outputs(api_request *r, const model_info *info)
 {
+    if (r->return_state) {
+        size_t S = r->state_size;
+        r->state_out = malloc((size_t)r->nseqs * 2 * S * sizeof(float));
+        if (!r->state_out)
+            return -1;
+        for (int i = 0; i < r->nseqs; i++) {
+            r->seqs[i].hn = r->state_out + (size_t)i * 2 * S;
+            r->seqs[i].cn = r->seqs[i].hn + S;
+        }
+    }
     if (r->generate) {
         size_t n = (size_t)r->nseqs;
         r->gen_tokens = calloc(n, sizeof *r->gen_tokens);
@@ -578,6 +733,20 @@ static int render_generated(jsonw *w, const balsa_model *m, const int32_t *ids, 
     return 0;
 }
 
+/* One sequence's final state: {"h": [[H floats] x rows], "c": [...]}. */
+static void render_state(jsonw *w, const float *hn, const float *cn, int rows, int H)
+{
+    for (int k = 0; k < 2; k++) {
+        jsonw_str(w, k ? "],\"c\":[" : "{\"h\":[");
+        for (int j = 0; j < rows; j++) {
+            if (j)
+                jsonw_str(w, ",");
+            jsonw_float_array(w, (k ? cn : hn) + (size_t)j * H, H);
+        }
+    }
+    jsonw_str(w, "]}");
+}
+
 char *api_render_response(const api_request *r, const char *model_name,
                           const model_info *info, size_t *len)
 {
@@ -622,7 +791,13 @@ char *api_render_response(const api_request *r, const char *model_name,
         }
         jsonw_str(&w, "]");
     }
-    jsonw_str(&w, "]}\n");
+    jsonw_str(&w, "]");
+    for (int i = 0; r->return_state && i < r->nseqs; i++) {
+        jsonw_str(&w, i ? "," : ",\"states\":[");
+        render_state(&w, r->seqs[i].hn, r->seqs[i].cn,
+                     info->num_layers * (info->bidirectional ? 2 : 1), info->hidden_size);
+    }
+    jsonw_str(&w, r->return_state ? "]}\n" : "}\n");
     free(idx);
     free(val);
     if (oom) {
@@ -762,9 +937,10 @@ int api_parse_generate(const char *body, size_t len, const api_model *models, in
     }
     if (!code) {
         seq_src src = {"text_input", 1};
+        req_fields q = {.inputs = inputs, .generate = generate, .temperature = temperature,
+                        .seed = seed};
         r->engine_model = am->model;
-        code = parse_body(inputs, &src, am, NULL, NULL, NULL, generate, temperature, seed, lim, r,
-                          err, errlen);
+        code = parse_body(&q, &src, am, lim, r, err, errlen);
     }
     cJSON_Delete(inputs);
     cJSON_Delete(generate);

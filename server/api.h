@@ -1,10 +1,12 @@
 /* The inference API shared by POST /infer and `balsa run`: parses a request body
  * ({"model", "inputs" | "text", "output", "top_k", "timeout_ms", "generate",
- * "temperature", "seed"}) into engine sequences, checked against the model, and renders
- * the response ({"model", "outputs"}) with floats written by hand. A sequence is token
- * ids, feature vectors, or text for a model with a vocabulary; "generate" continues each
- * sequence by that many tokens. Every client mistake gets a message naming the field and
- * the rule. */
+ * "temperature", "seed", "initial_state", "return_state"}) into engine sequences, checked
+ * against the model, and renders the response ({"model", "outputs"[, "states"]}) with
+ * floats written by hand. A sequence is token ids, feature vectors, or text for a model
+ * with a vocabulary; "generate" continues each sequence by that many tokens;
+ * "initial_state" starts sequences from a given LSTM state and "return_state" gives back
+ * each one's final state (PyTorch's h_n, c_n), so that a client can continue a sequence in
+ * a later request. Every client mistake gets a message naming the field and the rule. */
 #ifndef BALSA_API_H
 #define BALSA_API_H
 
@@ -44,6 +46,12 @@ typedef struct {
     int *gen_counts;
     int32_t *gen_storage;
     const balsa_model *engine_model; /* for token texts in the response */
+    int return_state;   /* "return_state": true */
+    size_t state_size;  /* floats in one h or c: num_layers x directions x hidden_size */
+    float *state_in;    /* "initial_state": h then c for each sequence (seqs' h0/c0 point
+                         * here; NULL for a sequence whose entry is null) */
+    float *state_out;   /* with return_state: h then c for each sequence (seqs' hn/cn point
+                         * here; api_alloc_outputs) */
 } api_request;
 
 struct cJSON;
@@ -76,7 +84,8 @@ int api_parse_generate(const char *body, size_t len, const api_model *models, in
 char *api_render_generate(const api_request *r, const char *model_name, size_t *len);
 
 /* Allocates r's output buffers for the model (sizes as in model_run, or the generated
- * tokens' buffers with generate); -1 when out of memory. */
+ * tokens' buffers with generate; with return_state the final states', pointed to by the
+ * sequences' hn/cn); -1 when out of memory. */
 int api_alloc_outputs(api_request *r, const model_info *info);
 
 void api_request_free(api_request *r);
@@ -84,7 +93,10 @@ void api_request_free(api_request *r);
 /* Renders the response for a request whose outputs are filled: a NUL-terminated string
  * (free()), its length in *len; NULL when out of memory. With generate each output is
  * {"tokens": [ids], "text": "..."} (text when the model has a vocabulary) and a sampling
- * request's seed is given back; top-k outputs of such a model carry their tokens' texts. */
+ * request's seed is given back; top-k outputs of such a model carry their tokens' texts.
+ * With return_state a top-level "states" array beside "outputs" holds one
+ * {"h": [[floats] x layers*directions], "c": [...]} per sequence, the shape that
+ * "initial_state" takes. */
 char *api_render_response(const api_request *r, const char *model_name,
                           const model_info *info, size_t *len);
 

@@ -211,7 +211,7 @@ int bench_lstm_main(int argc, char **argv)
                 for (size_t j = 0; j < (size_t)B * o.steps * H; j++)
                     x[j] = rnd();
                 for (int b = 0; b < B && rc == 0; b++) {
-                    q[b] = (engine_seq){NULL, x + (size_t)b * o.steps * H, o.steps};
+                    q[b] = (engine_seq){.features = x + (size_t)b * o.steps * H, .len = o.steps};
                     if (!(outs[b] = malloc(sizeof(float) * H)))
                         rc = 1;
                 }

@@ -40,7 +40,7 @@ TEST(hand_checked_lstm_cell)
     char err[256];
     REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
     float x[3] = {1.0f, -2.0f, 0.5f};
-    engine_seq q = {NULL, x, 3};
+    engine_seq q = {.features = x, .len = 3};
     float out[3];
     float *outs[1] = {out};
     REQUIRE(model_run(m, &q, 1, 1, outs) == BALSA_OK);
@@ -80,7 +80,7 @@ TEST(hand_checked_fc_softmax)
     char err[256];
     REQUIRE(model_build(&s, &h, be, &m, err, sizeof err) == BALSA_OK);
     float x[2] = {1, 2};
-    engine_seq q = {NULL, x, 1};
+    engine_seq q = {.features = x, .len = 1};
     float out[3];
     float *outs[1] = {out};
     REQUIRE(model_run(m, &q, 1, 0, outs) == BALSA_OK);
@@ -320,20 +320,20 @@ TEST(check_seq_refuses_bad_input)
     REQUIRE(m);
     char err[256];
     int32_t ok[3] = {0, 22, 5}, neg[2] = {1, -1}, big[2] = {23, 1};
-    engine_seq q = {ok, NULL, 3};
+    engine_seq q = {.tokens = ok, .len = 3};
     CHECK(model_check_seq(m, &q, err, sizeof err) == BALSA_OK);
     q.len = 0;
     CHECK(model_check_seq(m, &q, err, sizeof err) == BALSA_ERR_INVALID && strstr(err, "length"));
-    q = (engine_seq){neg, NULL, 2};
+    q = (engine_seq){.tokens = neg, .len = 2};
     CHECK(model_check_seq(m, &q, err, sizeof err) == BALSA_ERR_INVALID && strstr(err, "-1"));
-    q = (engine_seq){big, NULL, 2};
+    q = (engine_seq){.tokens = big, .len = 2};
     CHECK(model_check_seq(m, &q, err, sizeof err) == BALSA_ERR_INVALID && strstr(err, "23"));
     float f[4] = {0};
-    q = (engine_seq){NULL, f, 1};
+    q = (engine_seq){.features = f, .len = 1};
     CHECK(model_check_seq(m, &q, err, sizeof err) == BALSA_ERR_INVALID && strstr(err, "token"));
     float out[4];
     float *outs[1] = {out};
-    q = (engine_seq){big, NULL, 2};
+    q = (engine_seq){.tokens = big, .len = 2};
     CHECK(model_run(m, &q, 1, 0, outs) == BALSA_ERR_INVALID);
     model_free(m);
     model_host_free(&h);
@@ -342,7 +342,7 @@ TEST(check_seq_refuses_bad_input)
     m = random_model(&s, &h, 0, 1, be);
     REQUIRE(m);
     float x[4] = {1, 2, NAN, 4};
-    q = (engine_seq){NULL, x, 2};
+    q = (engine_seq){.features = x, .len = 2};
     CHECK(model_check_seq(m, &q, err, sizeof err) == BALSA_ERR_INVALID &&
           strstr(err, "not finite"));
     x[2] = 3;

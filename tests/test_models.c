@@ -565,7 +565,7 @@ TEST(convert_and_inspect_commands)
     CHECK(model_get_info(m)->head == MODEL_HEAD_NONE);
     float x[4] = {1, 1, 1, 1}, out[3];
     float *outs_[1] = {out};
-    engine_seq q = {NULL, x, 1};
+    engine_seq q = {.features = x, .len = 1};
     CHECK(model_run(m, &q, 1, 0, outs_) == BALSA_OK);
     /* each row keeps its 2 largest of 4: entries 2 and 3 of the row */
     for (int r = 0; r < 3; r++) {

@@ -3,8 +3,10 @@
  * side for the sparse cases), and writes PyTorch's outputs in float64. Here each is
  * converted with model_convert (the same pruning again, so already-pruned weights must
  * come out unchanged), loaded, and run as one mixed-length batch with model_run, for
- * output "last" and "all"; the largest relative error must stay below 1e-4. Without
- * python3 or torch the test is skipped. */
+ * output "last" and "all"; the largest relative error must stay below 1e-4. The "state"
+ * cases start most sequences from a given h_0/c_0 (the rest with no state given, in the
+ * same batch) and compare the final state h_n/c_n too. Without python3 or torch the test
+ * is skipped. */
 #include <cJSON.h>
 #include <unistd.h>
 
@@ -47,6 +49,7 @@ static double run_case(const cJSON *c)
     const char *name = cJSON_GetObjectItem(c, "name")->valuestring;
     const cJSON *lens_j = cJSON_GetObjectItem(c, "lens");
     const cJSON *keep_j = cJSON_GetObjectItem(c, "keep_dense");
+    const cJSON *mask_j = cJSON_GetObjectItem(c, "state_mask");
     int O = cJSON_GetObjectItem(c, "output_size")->valueint;
     const char *keep[8];
     int nkeep = 0;
@@ -73,12 +76,21 @@ static double run_case(const cJSON *c)
     }
     const model_info *info = model_get_info(m);
     int n = cJSON_GetArraySize(lens_j), total = 0;
+    int with_state = cJSON_GetArraySize(mask_j) > 0;
+    size_t ns = model_state_floats(model_get_spec(m));
     engine_seq *q = calloc(n, sizeof *q);
     float **outs = calloc(n, sizeof *outs);
     size_t in_n = 0, last_n = 0, all_n = 0;
     char *in = read_all(path_of(name, ".in.bin"), &in_n);
     double *want_last = read_all(path_of(name, ".last.bin"), &last_n);
     double *want_all = read_all(path_of(name, ".all.bin"), &all_n);
+    size_t h0_n = 0, c0_n = 0, hn_n = 0, cn_n = 0;
+    float *h0 = with_state ? read_all(path_of(name, ".h0.bin"), &h0_n) : NULL;
+    float *c0 = with_state ? read_all(path_of(name, ".c0.bin"), &c0_n) : NULL;
+    double *want_hn = with_state ? read_all(path_of(name, ".hn.bin"), &hn_n) : NULL;
+    double *want_cn = with_state ? read_all(path_of(name, ".cn.bin"), &cn_n) : NULL;
+    float *hn = calloc((size_t)n * ns + 1, sizeof(float));
+    float *cn = calloc((size_t)n * ns + 1, sizeof(float));
     int i = 0;
     size_t at = 0;
     cJSON_ArrayForEach(e, lens_j)
@@ -91,11 +103,22 @@ static double run_case(const cJSON *c)
         at += (size_t)q[i].len * (info->input_kind == MODEL_INPUT_TOKENS ? 1 : info->input_size);
         total += q[i].len;
         outs[i] = calloc((size_t)q[i].len * O, sizeof(float));
+        if (with_state) {
+            /* a sequence whose mask is 0 gives no state (zeros in the files) */
+            if (h0 && h0_n == (size_t)n * ns * 4 && cJSON_GetArrayItem(mask_j, i)->valueint) {
+                q[i].h0 = h0 + (size_t)i * ns;
+                q[i].c0 = c0 && c0_n == h0_n ? c0 + (size_t)i * ns : NULL;
+            }
+            q[i].hn = hn + (size_t)i * ns;
+            q[i].cn = cn + (size_t)i * ns;
+        }
         i++;
     }
     double worst = INFINITY;
     if (O != info->output_size || at * 4 != in_n || last_n != (size_t)n * O * 8 ||
-        all_n != (size_t)total * O * 8) {
+        all_n != (size_t)total * O * 8 ||
+        (with_state && (h0_n != (size_t)n * ns * 4 || c0_n != h0_n ||
+                        hn_n != (size_t)n * ns * 8 || cn_n != hn_n))) {
         printf("  %s: files do not match the model\n", name);
         goto out;
     }
@@ -114,6 +137,15 @@ static double run_case(const cJSON *c)
             off += cnt;
         }
     }
+    double state_err = 0;
+    for (i = 0; with_state && i < n; i++) {
+        double eh = h_max_rel_err(q[i].hn, want_hn + (size_t)i * ns, ns, 1e-3);
+        double ec = h_max_rel_err(q[i].cn, want_cn + (size_t)i * ns, ns, 1e-3);
+        state_err = fmax(state_err, fmax(eh, ec));
+    }
+    worst = fmax(worst, state_err);
+    if (with_state)
+        printf("  %-26s h_n/c_n max rel err %.2e\n", name, state_err);
     printf("  %-26s batch %2d, %5d steps, sparsity %.2f: max rel err %.2e\n", name, n, total,
            info->sparsity, worst);
 out:
@@ -124,6 +156,12 @@ out:
     free(in);
     free(want_last);
     free(want_all);
+    free(h0);
+    free(c0);
+    free(want_hn);
+    free(want_cn);
+    free(hn);
+    free(cn);
     model_free(m);
     return worst;
 }
@@ -155,7 +193,7 @@ TEST(pytorch_parity)
                   cJSON_GetObjectItem(c, "name")->valuestring, e);
         cases++;
     }
-    CHECK(cases >= 10);
+    CHECK(cases >= 14);
     cJSON_Delete(root);
 }
 

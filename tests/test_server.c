@@ -71,7 +71,7 @@ static pthread_mutex_t ref_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static void expected_last(const int32_t *tok, int len, float *out)
 {
-    engine_seq q = {tok, NULL, len};
+    engine_seq q = {.tokens = tok, .len = len};
     float *o[1] = {out};
     pthread_mutex_lock(&ref_mu);
     BALSA_ASSERT(model_run(ref_model, &q, 1, 0, o) == BALSA_OK);

@@ -228,7 +228,7 @@ static void greedy_by_model_run(balsa_model *m, const int32_t *prompt, int plen,
     float *v = malloc(sizeof *v * (size_t)O);
     memcpy(seq, prompt, sizeof *seq * (size_t)plen);
     for (int j = 0; j < max_new; j++) {
-        engine_seq q = {seq, NULL, plen + j};
+        engine_seq q = {.tokens = seq, .len = plen + j};
         float *outs[1] = {v};
         BALSA_ASSERT(model_run(m, &q, 1, 0, outs) == BALSA_OK);
         out[j] = seq[plen + j] = argmax(v, O);
@@ -247,7 +247,7 @@ TEST(greedy_generation_is_argmax_of_model_run)
         int32_t got[24], want[24];
         int n = -1;
         model_gen_opts g = {24, 0.0f, 0};
-        REQUIRE(model_generate(m, &(engine_seq){prompt, NULL, 5}, &g, got, &n) == BALSA_OK);
+        REQUIRE(model_generate(m, &(engine_seq){.tokens = prompt, .len = 5}, &g, got, &n) == BALSA_OK);
         greedy_by_model_run(m, prompt, 5, 24, want);
         CHECK(n == 24);
         int distinct = 0;
@@ -274,16 +274,16 @@ TEST(generating_sequences_share_a_stream)
     int32_t ta[9], tc[5], td[6];
     int na = 0, nc = 0, nd = 0;
     float *ob = malloc(sizeof(float) * 7 * (size_t)O), *oa = malloc(sizeof(float) * (size_t)O);
-    REQUIRE(model_stream_add_gen(s, &(engine_seq){pa, NULL, 2}, &ga, ta, &na, oa, &ga) ==
+    REQUIRE(model_stream_add_gen(s, &(engine_seq){.tokens = pa, .len = 2}, &ga, ta, &na, oa, &ga) ==
             BALSA_OK);
-    REQUIRE(model_stream_add(s, &(engine_seq){pb, NULL, 7}, 1, ob, &pb) == BALSA_OK);
-    REQUIRE(model_stream_add_gen(s, &(engine_seq){pc, NULL, 4}, &gc, tc, &nc, NULL, &gc) ==
+    REQUIRE(model_stream_add(s, &(engine_seq){.tokens = pb, .len = 7}, 1, ob, &pb) == BALSA_OK);
+    REQUIRE(model_stream_add_gen(s, &(engine_seq){.tokens = pc, .len = 4}, &gc, tc, &nc, NULL, &gc) ==
             BALSA_OK);
     void *done[4];
     int ndone, finished = 0, steps = 0;
     while (model_stream_active(s) > 0 && steps < 100) {
         if (steps == 2) /* D joins while the others run */
-            REQUIRE(model_stream_add_gen(s, &(engine_seq){pd, NULL, 1}, &gd, td, &nd, NULL,
+            REQUIRE(model_stream_add_gen(s, &(engine_seq){.tokens = pd, .len = 1}, &gd, td, &nd, NULL,
                                          &gd) == BALSA_OK);
         REQUIRE(model_stream_step(s, done, &ndone) == BALSA_OK);
         finished += ndone;
@@ -293,21 +293,21 @@ TEST(generating_sequences_share_a_stream)
     /* each the same as alone */
     int32_t alone[9];
     int n;
-    REQUIRE(model_generate(m, &(engine_seq){pa, NULL, 2}, &ga, alone, &n) == BALSA_OK);
+    REQUIRE(model_generate(m, &(engine_seq){.tokens = pa, .len = 2}, &ga, alone, &n) == BALSA_OK);
     CHECK(n == 9 && memcmp(alone, ta, sizeof ta) == 0);
-    REQUIRE(model_generate(m, &(engine_seq){pc, NULL, 4}, &gc, alone, &n) == BALSA_OK);
+    REQUIRE(model_generate(m, &(engine_seq){.tokens = pc, .len = 4}, &gc, alone, &n) == BALSA_OK);
     CHECK(n == 5 && memcmp(alone, tc, sizeof tc) == 0);
-    REQUIRE(model_generate(m, &(engine_seq){pd, NULL, 1}, &gd, alone, &n) == BALSA_OK);
+    REQUIRE(model_generate(m, &(engine_seq){.tokens = pd, .len = 1}, &gd, alone, &n) == BALSA_OK);
     CHECK(n == 6 && memcmp(alone, td, sizeof td) == 0);
     /* the plain sequence's outputs are model_run's */
     float *ref = malloc(sizeof(float) * 7 * (size_t)O);
     float *refs[1] = {ref};
-    REQUIRE(model_run(m, &(engine_seq){pb, NULL, 7}, 1, 1, refs) == BALSA_OK);
+    REQUIRE(model_run(m, &(engine_seq){.tokens = pb, .len = 7}, 1, 1, refs) == BALSA_OK);
     CHECK(rel_diff(ob, ref, 7 * O) < 1e-5);
     /* A's out: the scores its last token was drawn from (prompt + the first 8 tokens) */
     int32_t full[10] = {1, 2};
     memcpy(full + 2, ta, 8 * sizeof *ta);
-    REQUIRE(model_run(m, &(engine_seq){full, NULL, 10}, 1, 0, refs) == BALSA_OK);
+    REQUIRE(model_run(m, &(engine_seq){.tokens = full, .len = 10}, 1, 0, refs) == BALSA_OK);
     CHECK(rel_diff(oa, ref, O) < 1e-5 && argmax(oa, O) == ta[8]);
     free(ref);
     free(ob);
@@ -324,7 +324,7 @@ static void check_sampling(balsa_model *m, const int32_t *prompt, int plen, floa
     int O = model_get_info(m)->output_size;
     float *v = malloc(sizeof *v * (size_t)O);
     float *outs[1] = {v};
-    BALSA_ASSERT(model_run(m, &(engine_seq){prompt, NULL, plen}, 1, 0, outs) == BALSA_OK);
+    BALSA_ASSERT(model_run(m, &(engine_seq){.tokens = prompt, .len = plen}, 1, 0, outs) == BALSA_OK);
     double *p = malloc(sizeof *p * (size_t)O), sum = 0;
     for (int i = 0; i < O; i++)
         sum += p[i] = exp(v[i] / t); /* v is log-softmax: log p */
@@ -333,7 +333,7 @@ static void check_sampling(balsa_model *m, const int32_t *prompt, int plen, floa
         model_gen_opts g = {1, t, (uint64_t)k};
         int32_t tok;
         int got = 0;
-        BALSA_ASSERT(model_generate(m, &(engine_seq){prompt, NULL, plen}, &g, &tok, &got) ==
+        BALSA_ASSERT(model_generate(m, &(engine_seq){.tokens = prompt, .len = plen}, &g, &tok, &got) ==
                      BALSA_OK);
         count[tok]++;
     }
@@ -361,14 +361,14 @@ TEST(sampling_follows_the_model)
     int32_t a[30], b[30], c[30], greedy[30];
     int n;
     model_gen_opts g = {30, 1.0f, 123};
-    REQUIRE(model_generate(m, &(engine_seq){prompt, NULL, 3}, &g, a, &n) == BALSA_OK);
-    REQUIRE(model_generate(m, &(engine_seq){prompt, NULL, 3}, &g, b, &n) == BALSA_OK);
+    REQUIRE(model_generate(m, &(engine_seq){.tokens = prompt, .len = 3}, &g, a, &n) == BALSA_OK);
+    REQUIRE(model_generate(m, &(engine_seq){.tokens = prompt, .len = 3}, &g, b, &n) == BALSA_OK);
     CHECK(memcmp(a, b, sizeof a) == 0);
     g.seed = 124;
-    REQUIRE(model_generate(m, &(engine_seq){prompt, NULL, 3}, &g, c, &n) == BALSA_OK);
+    REQUIRE(model_generate(m, &(engine_seq){.tokens = prompt, .len = 3}, &g, c, &n) == BALSA_OK);
     CHECK(memcmp(a, c, sizeof a) != 0);
     g.temperature = 1e-4f;
-    REQUIRE(model_generate(m, &(engine_seq){prompt, NULL, 3}, &g, c, &n) == BALSA_OK);
+    REQUIRE(model_generate(m, &(engine_seq){.tokens = prompt, .len = 3}, &g, c, &n) == BALSA_OK);
     greedy_by_model_run(m, prompt, 3, 30, greedy);
     CHECK(memcmp(c, greedy, sizeof c) == 0);
     model_free(m);
@@ -380,14 +380,14 @@ TEST(generation_refusals)
     REQUIRE(m);
     int32_t prompt[] = {1}, out[4];
     int n;
-    engine_seq q = {prompt, NULL, 1};
+    engine_seq q = {.tokens = prompt, .len = 1};
     model_gen_opts zero = {0, 0, 0}, nan_t = {2, NAN, 0}, neg = {2, -1, 0};
     CHECK(model_generate(m, &q, &zero, out, &n) == BALSA_ERR_INVALID);
     CHECK(model_generate(m, &q, &nan_t, out, &n) == BALSA_ERR_INVALID);
     CHECK(model_generate(m, &q, &neg, out, &n) == BALSA_ERR_INVALID);
     int32_t bad[] = {NV};
     model_gen_opts ok = {2, 0, 0};
-    CHECK(model_generate(m, &(engine_seq){bad, NULL, 1}, &ok, out, &n) == BALSA_ERR_INVALID);
+    CHECK(model_generate(m, &(engine_seq){.tokens = bad, .len = 1}, &ok, out, &n) == BALSA_ERR_INVALID);
     model_free(m);
     /* models that cannot generate: bidirectional, and output size != vocabulary */
     char err[256];
@@ -564,7 +564,7 @@ TEST(serve_generates_text_with_the_demo_model)
     int plen = 0, n = 0;
     REQUIRE(model_encode_text(m, "And the", 7, prompt, &plen, err, sizeof err) == BALSA_OK);
     model_gen_opts g = {40, 0.0f, 0};
-    REQUIRE(model_generate(m, &(engine_seq){prompt, NULL, plen}, &g, want, &n) == BALSA_OK);
+    REQUIRE(model_generate(m, &(engine_seq){.tokens = prompt, .len = plen}, &g, want, &n) == BALSA_OK);
     char want_text[512] = "";
     for (int j = 0; j < 40; j++)
         strcat(want_text, model_token_str(m, want[j]));

@@ -3,7 +3,9 @@ input, 1-2 LSTM layers, uni- and bidirectional, odd sizes, FC layers, heads), ex
 dense with models/tools/balsa_export.py (pruned first on the PyTorch side with the same
 balanced pruning `balsa convert` applies, for the sparse cases), random batches of
 sequences of lengths 1..50, and PyTorch's outputs (computed in float64) for "last" and
-"all". Writes DIR/manifest.json plus per-case .safetensors/.bin files.
+"all". The "state" cases give most sequences a random initial state (h_0, c_0) and write
+PyTorch's final state (h_n, c_n) too. Writes DIR/manifest.json plus per-case
+.safetensors/.bin files.
 
     /usr/bin/python3 tests/parity/gen_parity.py DIR
 
@@ -30,7 +32,8 @@ ACTS = {"none": lambda x: x, "relu": torch.relu, "tanh": torch.tanh, "sigmoid": 
 # optionally extras: "dtype" (the exported file's: float16/bfloat16; the reference uses the
 # rounded weights), "quantize" (weights rounded to multiples of it, so that banks hold
 # equal magnitudes) and "export_unpruned" (export before pruning on the PyTorch side, so
-# that balsa convert's pruning, ties included, must pick what PyTorch's picked)
+# that balsa convert's pruning, ties included, must pick what PyTorch's picked), "state"
+# (random h_0/c_0 for every sequence but each third, whose state is zero; h_n/c_n written)
 CASES = [
     ("vec_1l_dense", ("vectors", 19), (37, 1, False, True), [], "none", None, []),
     ("vec_2l_sparse", ("vectors", 19), (37, 2, False, True), [(11, "relu", True)], "softmax",
@@ -51,6 +54,14 @@ CASES = [
      (0.5, 4), [], {"dtype": torch.bfloat16}),
     ("vec_f16_dense", ("vectors", 6), (10, 2, False, True), [], "none", None,
      [], {"dtype": torch.float16}),
+    ("vec_1l_state", ("vectors", 11), (23, 1, False, True), [(5, "none", True)], "softmax",
+     None, [], {"state": True}),
+    ("tok_2l_state_sparse", ("tokens", 40, 12), (32, 2, False, True), [(40, "none", True)],
+     "log_softmax", (0.75, 8), [], {"state": True}),
+    ("vec_2l_bidir_state_sparse", ("vectors", 9), (24, 2, True, True), [(6, "tanh", True)],
+     "none", (0.5, 8), [], {"state": True}),
+    ("tok_1l_bidir_state", ("tokens", 30, 10), (17, 1, True, True), [], "none", None, [],
+     {"state": True}),
 ]
 
 
@@ -81,11 +92,14 @@ def build(case, rng_seed):
     return emb, lstm, fc, in_size, extra
 
 
-def forward(emb, lstm, fc, head, x, all_steps):
-    """One sequence (1 x len [x features]) in float64; (len or 1) x out."""
+def forward(emb, lstm, fc, head, x, all_steps, state=None):
+    """One sequence (1 x len [x features]) in float64, from state (h_0, c_0) or zeros;
+    (len or 1) x out, and the final state (h_n, c_n) or None without an LSTM."""
     h = emb(x) if emb is not None else x
+    final = None
     if lstm is not None:
-        out, (hn, _) = lstm(h)
+        out, (hn, cn) = lstm(h, state) if state is not None else lstm(h)
+        final = (hn, cn)
         if all_steps:
             h = out[0]
         elif lstm.bidirectional:
@@ -100,7 +114,7 @@ def forward(emb, lstm, fc, head, x, all_steps):
         h = torch.softmax(h, dim=-1)
     elif head == "log_softmax":
         h = torch.log_softmax(h, dim=-1)
-    return h
+    return h, final
 
 
 def main():
@@ -127,6 +141,8 @@ def main():
         if n > 2:
             lens[1] = 1
         inputs, last, every = [], [], []
+        use_state = extra.get("state", False)
+        state_mask, h0s, c0s, hns, cns = [], [], [], [], []
         mods = [m for m in (emb, lstm) if m is not None] + [l for l, _ in fc]
         for m in mods:
             m.double()
@@ -140,18 +156,44 @@ def main():
                                        for _ in range(ln)]], dtype=torch.float32)
                     inputs.append(x.flatten())
                     x = x.double()
-                last.append(forward(emb, lstm, fc, head, x, False).flatten())
-                every.append(forward(emb, lstm, fc, head, x, True).flatten())
+                state = None
+                if use_state:
+                    given = len(state_mask) % 3 != 2
+                    state_mask.append(1 if given else 0)
+                    shape = (lstm.num_layers * (2 if lstm.bidirectional else 1), 1,
+                             lstm.hidden_size)
+                    h0 = torch.tensor([[[rng.uniform(-1, 1) for _ in range(shape[2])]]
+                                       for _ in range(shape[0])], dtype=torch.float32)
+                    c0 = torch.tensor([[[rng.uniform(-2, 2) for _ in range(shape[2])]]
+                                       for _ in range(shape[0])], dtype=torch.float32)
+                    if not given:
+                        h0, c0 = torch.zeros(shape), torch.zeros(shape)
+                    h0s.append(h0.flatten())
+                    c0s.append(c0.flatten())
+                    state = (h0.double(), c0.double())
+                y, final = forward(emb, lstm, fc, head, x, False, state)
+                last.append(y.flatten())
+                every.append(forward(emb, lstm, fc, head, x, True, state)[0].flatten())
+                if use_state:
+                    hns.append(final[0].flatten())
+                    cns.append(final[1].flatten())
         with open(os.path.join(out_dir, name + ".in.bin"), "wb") as f:
             f.write(torch.cat(inputs).numpy().tobytes())
         with open(os.path.join(out_dir, name + ".last.bin"), "wb") as f:
             f.write(torch.cat(last).numpy().tobytes())
         with open(os.path.join(out_dir, name + ".all.bin"), "wb") as f:
             f.write(torch.cat(every).numpy().tobytes())
+        # h0/c0 (float32) for every sequence, zeros where state_mask is 0; h_n/c_n float64
+        for suffix, parts in ((".h0.bin", h0s), (".c0.bin", c0s), (".hn.bin", hns),
+                              (".cn.bin", cns)):
+            if use_state:
+                with open(os.path.join(out_dir, name + suffix), "wb") as f:
+                    f.write(torch.cat(parts).numpy().tobytes())
         manifest.append({"name": name, "lens": lens, "output_size": fc[-1][0].out_features
                          if fc else desc["hidden_size"] * (2 if desc["bidirectional"] else 1),
                          "sparsity": prune[0] if prune else 0.0,
-                         "bank": prune[1] if prune else 32, "keep_dense": keep})
+                         "bank": prune[1] if prune else 32, "keep_dense": keep,
+                         "state_mask": state_mask})
     with open(os.path.join(out_dir, "manifest.json"), "w") as f:
         json.dump({"cases": manifest}, f)
 
