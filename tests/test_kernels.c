@@ -13,6 +13,7 @@
  * same S bounds the error after them. Bound: 1e-5. */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
 
 #include "harness.h"
 #include "kernels/cpu/cpu.h"
@@ -596,6 +597,19 @@ TEST(threadpool_runs_each_task_once)
     CHECK_MSG(atomic_load(&pool_hits[2]) == 666 + c3, "task 2: %d",
               atomic_load(&pool_hits[2]));
     CHECK(atomic_load(&pool_hits[3]) == 0);
+    /* Bursts of back-to-back calls between pauses of 0.1-0.4 ms: the workers' spin shrinks
+     * after the pauses (they sleep and are woken) and grows back within the bursts. */
+    for (int i = 0; i < 4; i++)
+        atomic_store(&pool_hits[i], 0);
+    for (int call = 0; call < 300; call++) {
+        if (call % 10 == 0)
+            nanosleep(&(struct timespec){0, 100000L * (1 + call % 4)}, NULL);
+        threadpool_run(p, pool_count, &one, 3);
+    }
+    CHECK_MSG(atomic_load(&pool_hits[0]) == 300 * 4 && atomic_load(&pool_hits[1]) == 300 * 4 &&
+                  atomic_load(&pool_hits[2]) == 300 * 4,
+              "after pauses: %d %d %d", atomic_load(&pool_hits[0]), atomic_load(&pool_hits[1]),
+              atomic_load(&pool_hits[2]));
     threadpool_free(p);
 }
 
