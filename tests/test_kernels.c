@@ -283,8 +283,8 @@ TEST(spmm_avx512_path) { spmm_isa_test(CPU_ISA_AVX512); }
 
 /* Batches past 16 that are not a multiple of it: the transposed kernels end on a
  * narrower chunk (35 = 16 + 16 + 4 with 3 used, as in a 35-step input projection; 28 =
- * 16 + 16 with 12 used, one whole 8 x 8 transpose tile and 4 rows after it), with every
- * kernel, 1 and 2 threads, bias, accumulate and an activation. */
+ * 16 + 16 with 12 used), with every kernel, 1 and 2 threads, bias, accumulate and an
+ * activation. */
 TEST(spmm_batch_remainders)
 {
     static const int batches[] = {17, 20, 24, 28, 33, 35, 40};

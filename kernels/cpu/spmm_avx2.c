@@ -280,29 +280,6 @@ size_t spmm_avx2_xt_floats(const cpu_packed *w, int n)
     return ((size_t)full + (size_t)xt_chunk_width(n, full)) * xt_rows(w);
 }
 
-/* dst[k * ldd + i] = src[i * lds + k] for i, k in 0..7. */
-static inline void transpose8_avx2(const float *src, int lds, float *dst, int ldd)
-{
-    __m256 r[8], u[8], v[8];
-    for (int i = 0; i < 8; i++)
-        r[i] = _mm256_loadu_ps(src + (size_t)i * lds);
-    for (int i = 0; i < 8; i += 2) { /* pairs of rows interleaved */
-        u[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-        u[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-    }
-    for (int i = 0; i < 8; i += 4) { /* 4 x 4 blocks within each 128-bit half */
-        v[i] = _mm256_shuffle_ps(u[i], u[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
-        v[i + 1] = _mm256_shuffle_ps(u[i], u[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
-        v[i + 2] = _mm256_shuffle_ps(u[i + 1], u[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
-        v[i + 3] = _mm256_shuffle_ps(u[i + 1], u[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
-    }
-    for (int k = 0; k < 4; k++) { /* low halves give columns 0-3, high halves 4-7 */
-        _mm256_storeu_ps(dst + (size_t)k * ldd, _mm256_permute2f128_ps(v[k], v[k + 4], 0x20));
-        _mm256_storeu_ps(dst + (size_t)(k + 4) * ldd,
-                         _mm256_permute2f128_ps(v[k], v[k + 4], 0x31));
-    }
-}
-
 void spmm_avx2_prepare(const cpu_spmm_args *a)
 {
     if (a->n < XT_MIN_BATCH)
@@ -316,21 +293,7 @@ void spmm_avx2_prepare(const cpu_spmm_args *a)
          * n sequential streams. Unused batch lanes and the padding rows hold zeros. */
         const int cnt = a->n - i0 < nc ? a->n - i0 : nc;
         const float *x = a->x + (size_t)i0 * a->ldx;
-        /* Whole 8 x 8 tiles by register transposes (the scalar copy below took 1 ns per
-         * float, 5% of a batch-32 LSTM step); what is left over goes through it. */
-        int c8 = cnt >= 8 ? cols / 8 * 8 : 0;
-        for (int i = 0; i + 8 <= cnt; i += 8)
-            for (int c = 0; c < c8; c += 8)
-                transpose8_avx2(x + (size_t)i * a->ldx + c, a->ldx, t + (size_t)c * nc + i, nc);
-        for (int c = 0; c < c8; c++) { /* rows past the last whole tile */
-            float *tr = t + (size_t)c * nc;
-            int i = cnt / 8 * 8;
-            for (; i < cnt; i++)
-                tr[i] = x[(size_t)i * a->ldx + c];
-            for (; i < nc; i++)
-                tr[i] = 0.0f;
-        }
-        for (int c = c8; c < cols; c++) {
+        for (int c = 0; c < cols; c++) {
             float *tr = t + (size_t)c * nc;
             int i = 0;
             for (; i < cnt; i++)
