@@ -3,10 +3,10 @@
  * products, like the steps of an LSTM, do not pay a futex wake-up each) and then sleep on
  * a condition variable, so an idle server does not burn its cores.
  *
- * The spin adapts to the gaps actually seen: a worker spins about twice the longest
- * recent gap between finishing a task and the next job being posted, but only while that
- * gap is short (SPIN_WORTH_NS); when jobs come further apart it spins SPIN_MIN_NS and
- * sleeps. The caller does likewise for its recent waits on the workers. A fixed 50 us
+ * The spin adapts to the gaps actually seen: a worker spins one and a half times the
+ * longest recent gap between finishing a task and the next job being posted, but only
+ * while that gap is short (SPIN_WORTH_NS); when jobs come further apart it spins
+ * SPIN_MIN_NS and sleeps. The caller does likewise for its recent waits on the workers. A fixed 50 us
  * spin cost a quarter of the CPU of `balsa serve` with batching (perf: clock_gettime 14% +
  * worker_main 6%): between the products of one step the caller runs the LSTM cell alone
  * for tens of microseconds, and a worker spinning through that takes the CPU that the
@@ -22,8 +22,13 @@
 
 /* The shortest spin: enough to catch the next product of a pair issued back to back. */
 #define SPIN_MIN_NS 2000
-/* Recent gaps longer than this make spinning cost more CPU than the wake-ups it saves. */
-#define SPIN_WORTH_NS 10000
+/* Recent gaps longer than this are slept through. It is a trade: a sleeping worker costs a
+ * futex wake-up and joins the next product late (the caller takes more of its chunks
+ * meanwhile), a spinning one burns the gap. 25 us covers the cell between the products of
+ * `balsa bench lstm` at hidden 1500, batch 1 (about 14 us), where joining late would cost
+ * a good part of each 2-thread product; it excludes the demo model's cell at batch 32
+ * under `balsa serve` (about 40 us), where the spin took the HTTP threads' CPU. */
+#define SPIN_WORTH_NS 25000
 /* How often (in pause instructions) a spin reads the clock: a read costs more than a
  * pause, and the deadline needs no precision. */
 #define SPIN_CLOCK_EVERY 16
@@ -74,11 +79,11 @@ static long long recent_update(long long recent, long long gap)
     return gap > decayed ? gap : decayed;
 }
 
-/* The spin for a recent-longest gap estimate: twice it while that is short, else
+/* The spin for a recent-longest gap estimate: 1.5 times it while that is short, else
  * SPIN_MIN_NS. */
 static long long spin_budget(long long recent)
 {
-    long long b = 2 * recent;
+    long long b = recent + recent / 2;
     return b < SPIN_MIN_NS || recent > SPIN_WORTH_NS ? SPIN_MIN_NS : b;
 }
 
