@@ -3,8 +3,7 @@
  * products, like the steps of an LSTM, do not pay a futex wake-up each) and then sleep on
  * a condition variable, so an idle server does not burn its cores.
  *
- * The spin adapts to the gaps actually seen: a worker spins one and a half times the
- * longest recent gap between finishing a task and the next job being posted, but only
+ * The spin adapts to the gaps actually seen: a worker spins twice the longest recent gap between finishing a task and the next job being posted, but only
  * while that gap is short (SPIN_WORTH_NS); when jobs come further apart it spins
  * SPIN_MIN_NS and sleeps. The caller does likewise for its recent waits on the workers. A fixed 50 us
  * spin cost a quarter of the CPU of `balsa serve` with batching (perf: clock_gettime 14% +
@@ -24,11 +23,12 @@
 #define SPIN_MIN_NS 2000
 /* Recent gaps longer than this are slept through. It is a trade: a sleeping worker costs a
  * futex wake-up and joins the next product late (the caller takes more of its chunks
- * meanwhile), a spinning one burns the gap. 25 us covers the cell between the products of
- * `balsa bench lstm` at hidden 1500, batch 1 (about 14 us), where joining late would cost
- * a good part of each 2-thread product; it excludes the demo model's cell at batch 32
- * under `balsa serve` (about 40 us), where the spin took the HTTP threads' CPU. */
-#define SPIN_WORTH_NS 25000
+ * meanwhile), a spinning one burns the gap. 30 us covers the gaps of `balsa bench lstm`
+ * at hidden 1500 (the cell at batch 1, about 14 us; the caller's transpose of the input
+ * before each product at batch 16, about 20 us), where joining late costs a good part of
+ * each 2-thread product; it excludes the demo model's cell at batch 32 under
+ * `balsa serve` (about 40 us), where the spin took the HTTP threads' CPU. */
+#define SPIN_WORTH_NS 30000
 /* How often (in pause instructions) a spin reads the clock: a read costs more than a
  * pause, and the deadline needs no precision. */
 #define SPIN_CLOCK_EVERY 16
@@ -68,22 +68,23 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* Folds one observed gap into a recent-longest estimate, which otherwise decays by a
- * quarter per job. Gaps are capped at twice SPIN_WORTH_NS, so that after a long idle time
- * a few closely spaced jobs bring the spin back. */
+/* Folds one observed gap into a recent-longest estimate, which otherwise decays by an
+ * eighth per job (slowly, so that the short gaps between a step's products do not hide
+ * the longer one before its next step). Gaps are capped at twice SPIN_WORTH_NS, so that
+ * after a long idle time a few closely spaced jobs bring the spin back. */
 static long long recent_update(long long recent, long long gap)
 {
-    long long decayed = recent - recent / 4;
+    long long decayed = recent - recent / 8;
     if (gap > 2 * SPIN_WORTH_NS)
         gap = 2 * SPIN_WORTH_NS;
     return gap > decayed ? gap : decayed;
 }
 
-/* The spin for a recent-longest gap estimate: 1.5 times it while that is short, else
+/* The spin for a recent-longest gap estimate: twice it while that is short, else
  * SPIN_MIN_NS. */
 static long long spin_budget(long long recent)
 {
-    long long b = recent + recent / 2;
+    long long b = 2 * recent;
     return b < SPIN_MIN_NS || recent > SPIN_WORTH_NS ? SPIN_MIN_NS : b;
 }
 
