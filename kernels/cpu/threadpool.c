@@ -3,10 +3,11 @@
  * products, like the steps of an LSTM, do not pay a futex wake-up each) and then sleep on
  * a condition variable, so an idle server does not burn its cores.
  *
- * The spin adapts to the gaps actually seen: a worker spins twice the longest recent gap between finishing a task and the next job being posted, but only
- * while that gap is short (SPIN_WORTH_NS); when jobs come further apart it spins
- * SPIN_MIN_NS and sleeps. The caller does likewise for its recent waits on the workers. A fixed 50 us
- * spin cost a quarter of the CPU of `balsa serve` with batching (perf: clock_gettime 14% +
+ * The spin adapts to the gaps actually seen: a worker spins twice the longest recent gap
+ * between finishing a task and the next job being posted, but only while that gap is
+ * short (SPIN_WORTH_NS); when jobs come further apart it spins SPIN_MIN_NS and sleeps.
+ * The caller does likewise for its recent waits on the workers. A fixed 50 us spin cost
+ * a quarter of the CPU of `balsa serve` with batching (perf: clock_gettime 14% +
  * worker_main 6%): between the products of one step the caller runs the LSTM cell alone
  * for tens of microseconds, and a worker spinning through that takes the CPU that the
  * HTTP threads and the clients need on a small machine, to save one futex wake-up (a few
