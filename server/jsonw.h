@@ -28,6 +28,11 @@ void jsonw_printf(jsonw *w, const char *fmt, ...) __attribute__((format(printf, 
 void jsonw_quoted(jsonw *w, const char *s);
 /* Appends a float as "%.9g"; NaN and infinities (not valid JSON) become null. */
 void jsonw_float(jsonw *w, float v);
+/* Writes a finite float into buf (at least JSONW_FLOAT_MAX bytes) exactly as
+ * snprintf("%.9g", (double)v) would, NUL-terminated, and returns its length. About five
+ * times faster than snprintf; exposed for the tests that hold it to snprintf. */
+#define JSONW_FLOAT_MAX 24
+int jsonw_format_float(char *buf, float v);
 /* Appends n floats as a JSON array. */
 void jsonw_float_array(jsonw *w, const float *v, int n);
 

@@ -13,6 +13,7 @@
  * same S bounds the error after them. Bound: 1e-5. */
 #include <pthread.h>
 #include <stdatomic.h>
+#include <time.h>
 
 #include "harness.h"
 #include "kernels/cpu/cpu.h"
@@ -300,11 +301,12 @@ TEST(spmm_avx2_path) { spmm_isa_test(CPU_ISA_AVX2); }
 TEST(spmm_avx512_path) { spmm_isa_test(CPU_ISA_AVX512); }
 
 /* Batches past 16 that are not a multiple of it: the transposed kernels end on a
- * narrower chunk (35 = 16 + 16 + 4 with 3 used, as in a 35-step input projection), with
- * every kernel, 1 and 2 threads, bias, accumulate and an activation. */
+ * narrower chunk (35 = 16 + 16 + 4 with 3 used, as in a 35-step input projection; 28 =
+ * 16 + 16 with 12 used), with every kernel, 1 and 2 threads, bias, accumulate and an
+ * activation. */
 TEST(spmm_batch_remainders)
 {
-    static const int batches[] = {17, 20, 24, 33, 35, 40};
+    static const int batches[] = {17, 20, 24, 28, 33, 35, 40};
     int failures = 0, cases = 0;
     for (int isa = CPU_ISA_SCALAR; isa <= CPU_ISA_AVX512; isa++) {
         if (!cpu_isa_supported((cpu_isa)isa))
@@ -609,6 +611,19 @@ TEST(threadpool_runs_each_task_once)
     CHECK_MSG(atomic_load(&pool_hits[2]) == 666 + c3, "task 2: %d",
               atomic_load(&pool_hits[2]));
     CHECK(atomic_load(&pool_hits[3]) == 0);
+    /* Bursts of back-to-back calls between pauses of 0.1-0.4 ms: the workers' spin shrinks
+     * after the pauses (they sleep and are woken) and grows back within the bursts. */
+    for (int i = 0; i < 4; i++)
+        atomic_store(&pool_hits[i], 0);
+    for (int call = 0; call < 300; call++) {
+        if (call % 10 == 0)
+            nanosleep(&(struct timespec){0, 100000L * (1 + call % 4)}, NULL);
+        threadpool_run(p, pool_count, &one, 3);
+    }
+    CHECK_MSG(atomic_load(&pool_hits[0]) == 300 * 4 && atomic_load(&pool_hits[1]) == 300 * 4 &&
+                  atomic_load(&pool_hits[2]) == 300 * 4,
+              "after pauses: %d %d %d", atomic_load(&pool_hits[0]), atomic_load(&pool_hits[1]),
+              atomic_load(&pool_hits[2]));
     threadpool_free(p);
 }
 

@@ -13,11 +13,19 @@
 #include "cpu.h"
 #include "threadpool.h"
 
-/* Below this many multiply-adds (non-zeros x batch) a product runs on the caller alone.
- * 100k multiply-adds take about 50 us at batch 1 on the development machine (0.5 ns each),
- * so a split saves about 25 us, well above what waking a sleeping worker costs (a futex
- * wake, microseconds); smaller products would mostly pay for the wake-up. */
-#define PARALLEL_MIN_WORK 100000
+/* A product runs on the caller alone when it would take less than PARALLEL_MIN_NS there:
+ * a split saves at most half of it, and costs a worker's wake-up and moving the input and
+ * output between the cores' caches. The time is estimated from the multiply-adds
+ * (non-zeros x batch) at the AVX2 kernels' rates on the development machine (AMD EPYC,
+ * Zen 1): about 0.5 ns each at batch 1 and 0.2 ns from batch 2 on, where each weight
+ * serves several batch columns. The threshold was 100k multiply-adds whatever the batch
+ * (50 us at batch 1, but 20 us at batch 32): the demo model's 512 x 128 products at batch
+ * 32 (200k, about 34 us) were split, and under `balsa serve`, whose HTTP threads and
+ * clients share the cores, the split cost more CPU than it saved (server CPU per request
+ * 233 us with 2 backend threads against 184 us with 1). */
+#define PARALLEL_MIN_NS 50000.0
+#define NS_PER_MAC_BATCH1 0.5
+#define NS_PER_MAC_BATCHED 0.2
 
 typedef struct {
     balsa_backend base; /* first, so that a balsa_backend * converts back */
@@ -174,7 +182,8 @@ static balsa_status sparse_matmul(cpu_backend *cb, const balsa_mat *w, const flo
     args.xt = need ? cb->xt : NULL;
     cpu_spmm_prepare(cb->isa, &args);
     double work = (double)w->sp.rows * w->sp.nbanks * w->sp.k * n;
-    int tasks = work < PARALLEL_MIN_WORK ? 1 : threadpool_threads(cb->pool);
+    double est_ns = work * (n == 1 ? NS_PER_MAC_BATCH1 : NS_PER_MAC_BATCHED);
+    int tasks = est_ns < PARALLEL_MIN_NS ? 1 : threadpool_threads(cb->pool);
     if (tasks > w->sp.ngroups)
         tasks = w->sp.ngroups;
     spmm_job job = {.isa = cb->isa, .args = &args};
