@@ -533,7 +533,12 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         return;
     *con_cls = NULL;
     uint64_t t1 = x->t0 ? queue_now_ns() : 0;
-    int code = x->code ? x->code : 500;
+    /* No answer queued: the client closed the connection (or stopped sending) first, which
+     * is counted apart from the server's own failures, as nginx's 499. */
+    int client_gone = toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT ||
+                      toe == MHD_REQUEST_TERMINATED_READ_ERROR ||
+                      toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED;
+    int code = x->code ? x->code : client_gone ? 499 : 500;
     metrics_http(s->metrics, x->handler, code);
     if (x->model >= 0)
         metrics_infer(s->metrics, x->model, code, secs(x->t0, t1));

@@ -12,7 +12,8 @@
 #include <unistd.h>
 
 /* Status codes the server answers with; any other code is counted as 500. */
-static const int codes[] = {200, 400, 404, 405, 413, 415, 500, 503, 504};
+/* 499: the client went away before an answer was queued (nginx's code for it). */
+static const int codes[] = {200, 400, 404, 405, 413, 415, 499, 500, 503, 504};
 #define NCODES (int)(sizeof codes / sizeof *codes)
 
 static const char *handler_names[METRICS_NHANDLERS] = {"/infer",  "/models", "/metrics",
@@ -59,7 +60,7 @@ static int code_index(int code)
     for (int i = 0; i < NCODES; i++)
         if (codes[i] == code)
             return i;
-    return 6; /* 500 */
+    return code_index(500);
 }
 
 /* Boot time (seconds since the epoch) and this process's start, from /proc. */

@@ -271,6 +271,37 @@ TEST(error_statuses)
     free(r.body);
 }
 
+static int wait_metric(int port, const char *series, double want);
+
+/* A client that leaves in the middle of its body is counted as 499 (client closed), not
+ * as a server error, and the server goes on serving. */
+TEST(client_gone_is_499_not_500)
+{
+    const char *c499 = "balsa_http_requests_total{handler=\"/infer\",code=\"499\"}";
+    const char *c500 = "balsa_http_requests_total{handler=\"/infer\",code=\"500\"}";
+    su_resp r;
+    su_request_str(main_srv.port, "GET", "/metrics", NULL, NULL, &r);
+    double before499 = metric_value(r.body, c499), before500 = metric_value(r.body, c500);
+    free(r.body);
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)main_srv.port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(connect(fd, (struct sockaddr *)&a, sizeof a) == 0);
+    const char *part = "POST /infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                       "Content-Length: 100\r\n\r\n{\"inputs\": [[1,";
+    CHECK(write(fd, part, strlen(part)) == (ssize_t)strlen(part));
+    usleep(50000); /* let the server read the headers and start the request */
+    close(fd);
+    CHECK(wait_metric(main_srv.port, c499, before499 + 1));
+    su_request_str(main_srv.port, "GET", "/metrics", NULL, NULL, &r);
+    CHECK(metric_value(r.body, c500) == before500);
+    free(r.body);
+    su_request_str(main_srv.port, "GET", "/healthz", NULL, NULL, &r);
+    CHECK(r.code == 200);
+    free(r.body);
+}
+
 /* ---- 64 concurrent clients */
 
 #define NCLIENTS 64
@@ -437,8 +468,6 @@ static void *long_main(void *p)
 }
 
 /* Waits until the named gauge in /metrics reaches want (at most 10 s). */
-static int wait_metric(int port, const char *series, double want);
-
 /* The steps the server's model has executed so far. */
 static double steps_done(int port)
 {
@@ -736,6 +765,7 @@ int main(void)
     RUN(health_and_models);
     RUN(answers_equal_engine);
     RUN(error_statuses);
+    RUN(client_gone_is_499_not_500);
     RUN(concurrent_clients_get_their_own_answers);
     RUN(metrics_exposition);
     RUN(many_keepalive_connections);
