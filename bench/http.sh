@@ -7,7 +7,8 @@
 #      the same fixed JSON, and vs nginx returning the same bytes (context only);
 #   4. resident memory after 10,000 and after 100,000 requests.
 # Usage: bench/http.sh   (env: DUR seconds per point, default 5; BUILD, default
-# build/cuda or build/cpu; PORT_BASE, default 18180; BODY, the /infer body; PHASES, the
+# build/cuda or build/cpu; PORT_BASE, default 18180; MODEL, the model file served as `demo`
+# (default models/demo/demo.safetensors); BODY, the /infer body; PHASES, the
 # parts to run, default "sweep batching healthz memory"; SERVE_ARGS, extra flags for every
 # `balsa serve`, e.g. "--threads 1")
 # Needs wrk (tools/deps.sh); nginx is optional (apt-get install nginx-light).
@@ -21,7 +22,7 @@ if [ -z "${BUILD:-}" ]; then
 fi
 BALSA=$BUILD/balsa
 BARE=$BUILD/bench/bare_mhd
-MODEL=models/demo/demo.safetensors
+MODEL=${MODEL:-models/demo/demo.safetensors}
 BODY=${BODY:-'{"model": "demo", "inputs": [[12, 7, 99, 5, 310, 42, 8, 77, 501, 3, 64, 19, 230, 11, 900, 1]], "top_k": 5}'}
 # The memory phase sends many small requests: it looks for leaks per request.
 MEMBODY=${MEMBODY:-'{"model": "demo", "inputs": [[12, 7]], "top_k": 5}'}
@@ -236,4 +237,4 @@ echo
 echo "RSS growth from 10k to 100k requests: $(awk -v a="$rss1" -v b="$rss2" 'BEGIN { printf "%+.1f%%", 100 * (b - a) / a }') (goal within 10%)"
 fi
 echo
-echo "rerun: DUR=$DUR ROUNDS=$ROUNDS PHASES=\"$PHASES\" SERVE_ARGS=\"${SERVE_ARGS:-}\" bash bench/http.sh"
+echo "rerun: DUR=$DUR ROUNDS=$ROUNDS PHASES=\"$PHASES\" SERVE_ARGS=\"${SERVE_ARGS:-}\" MODEL=$MODEL bash bench/http.sh"

@@ -65,7 +65,8 @@ struct model_stream {
     int npending;
     float *c[MODEL_MAX_LAYERS], *h[MODEL_MAX_LAYERS];
     dev_buf g, xin, proj, fcin, fa, fb;
-    host_buf hx, hg, hrow, hout;
+    host_buf hx, hg, hrow, hout, hproj;
+    int *projrows; /* rows projected together this step (project_rows) */
     int *outrows;
 };
 
@@ -135,13 +136,14 @@ void model_stream_free(model_stream *s)
     dev_buf *devs[] = {&s->g, &s->xin, &s->proj, &s->fcin, &s->fa, &s->fb};
     for (size_t i = 0; i < sizeof devs / sizeof *devs; i++)
         dev_buf_release(be, devs[i]);
-    host_buf *hosts[] = {&s->hx, &s->hg, &s->hrow, &s->hout};
+    host_buf *hosts[] = {&s->hx, &s->hg, &s->hrow, &s->hout, &s->hproj};
     for (size_t i = 0; i < sizeof hosts / sizeof *hosts; i++)
         host_buf_release(hosts[i]);
     free(s->slots);
     free(s->row_slot);
     free(s->pending);
     free(s->outrows);
+    free(s->projrows);
     free(s);
 }
 
@@ -160,8 +162,10 @@ balsa_status model_stream_create(balsa_model *m, int max_slots, model_stream **o
     s->row_slot = calloc(max_slots, sizeof(int));
     s->pending = calloc(max_slots, sizeof(int));
     s->outrows = calloc(max_slots, sizeof(int));
-    balsa_status st = s->slots && s->row_slot && s->pending && s->outrows ? BALSA_OK
-                                                                          : BALSA_ERR_OOM;
+    s->projrows = calloc(max_slots, sizeof(int));
+    balsa_status st = s->slots && s->row_slot && s->pending && s->outrows && s->projrows
+                          ? BALSA_OK
+                          : BALSA_ERR_OOM;
     balsa_backend *be = m->be;
     int H = m->spec.hidden_size, I = m->spec.input_size, O = m->info.output_size;
     size_t n = (size_t)max_slots;
@@ -173,9 +177,11 @@ balsa_status model_stream_create(balsa_model *m, int max_slots, model_stream **o
     }
     if (!s->whole && st == BALSA_OK) {
         int fcw = m->max_fc_out > 0 ? m->max_fc_out : 1;
-        size_t chunk = STREAM_CHUNK;
+        /* xin and proj hold a chunk of one sequence's steps, or one step of every row. */
+        size_t chunk = STREAM_CHUNK > n ? STREAM_CHUNK : n;
         if (dev_buf_reserve(be, &s->g, n * 4 * H) || dev_buf_reserve(be, &s->xin, chunk * I) ||
             dev_buf_reserve(be, &s->proj, chunk * 4 * H) || dev_buf_reserve(be, &s->fcin, n * H) ||
+            host_buf_reserve(&s->hproj, n * 4 * H) ||
             dev_buf_reserve(be, &s->fa, n * fcw) || dev_buf_reserve(be, &s->fb, n * fcw) ||
             host_buf_reserve(&s->hx, chunk * I) || host_buf_reserve(&s->hg, n * 4 * H) ||
             host_buf_reserve(&s->hrow, n * H) || host_buf_reserve(&s->hout, n * O))
@@ -541,6 +547,48 @@ static balsa_status step_outputs(model_stream *s)
     return st;
 }
 
+/* Fills the first layer's gate rows (hg) for this step from each row's projection. A row
+ * whose step is not projected yet and has more steps ahead projects a chunk of them
+ * (slot_project); the rows for which this step is the last one known (a generating
+ * sequence's fed-back token above all, every step) are projected together, one matmul
+ * over all of them, instead of one small product each. */
+static balsa_status project_rows(model_stream *s)
+{
+    balsa_model *m = s->m;
+    balsa_backend *be = m->be;
+    int H = m->spec.hidden_size, I = m->spec.input_size, k = 0;
+    size_t row = (size_t)4 * H;
+    balsa_status st = BALSA_OK;
+    for (int r = 0; r < s->nrows && st == BALSA_OK; r++) {
+        stream_slot *sl = &s->slots[s->row_slot[r]];
+        if (sl->pos >= sl->proj_from + sl->proj_n && sl->len - sl->pos == 1) {
+            engine_seq q = slot_seq(s, sl);
+            model_input_row(m, &q, sl->pos, s->hx.p + (size_t)k * I);
+            s->projrows[k++] = r;
+            continue;
+        }
+        if (sl->pos >= sl->proj_from + sl->proj_n)
+            st = slot_project(s, sl, sl->pos);
+        if (st == BALSA_OK)
+            memcpy(s->hg.p + (size_t)r * row, sl->proj + (size_t)(sl->pos - sl->proj_from) * row,
+                   sizeof(float) * row);
+    }
+    if (k == 0 || st != BALSA_OK)
+        return st;
+    st = be->ops->to_device(be, s->xin.p, s->hx.p, (size_t)k * I * sizeof(float));
+    if (st == BALSA_OK)
+        st = be->ops->matmul(be, m->lstm[0][0].w_ih, s->xin.p, I, k, m->lstm[0][0].bias, 0,
+                             BALSA_ACT_NONE, s->proj.p, 4 * H);
+    if (st == BALSA_OK)
+        st = be->ops->to_host(be, s->hproj.p, s->proj.p, (size_t)k * row * sizeof(float));
+    if (st == BALSA_OK)
+        st = be->ops->synchronize(be);
+    for (int i = 0; i < k && st == BALSA_OK; i++)
+        memcpy(s->hg.p + (size_t)s->projrows[i] * row, s->hproj.p + (size_t)i * row,
+               sizeof(float) * row);
+    return st;
+}
+
 static balsa_status step_lstm(model_stream *s, void **done, int *ndone)
 {
     balsa_model *m = s->m;
@@ -557,14 +605,7 @@ static balsa_status step_lstm(model_stream *s, void **done, int *ndone)
     int n = s->nrows;
     if (n == 0 || st != BALSA_OK)
         return st;
-    for (int r = 0; r < n && st == BALSA_OK; r++) {
-        stream_slot *sl = &s->slots[s->row_slot[r]];
-        if (sl->pos >= sl->proj_from + sl->proj_n)
-            st = slot_project(s, sl, sl->pos);
-        if (st == BALSA_OK)
-            memcpy(s->hg.p + (size_t)r * 4 * H,
-                   sl->proj + (size_t)(sl->pos - sl->proj_from) * 4 * H, sizeof(float) * 4 * H);
-    }
+    st = project_rows(s);
     if (st == BALSA_OK)
         st = be->ops->to_device(be, s->g.p, s->hg.p, (size_t)n * 4 * H * sizeof(float));
     for (int l = 0; l < m->spec.num_layers && st == BALSA_OK; l++) {
