@@ -1,28 +1,13 @@
 /* Tests of the batching scheduler (engine/sched.c) driven directly, without HTTP: a
  * request runs and matches model_run, and an idle scheduler does not hold a request past
  * its deadline while it waits for company (max_queue_delay_us). */
-#include <pthread.h>
 
 #include "engine/queue.h"
 #include "engine/sched.h"
 #include "engine_ref.h"
+#include "sched_util.h"
 
 static balsa_backend *be;
-
-typedef struct {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int done;
-} waiter;
-
-static void on_done(sched_request *r)
-{
-    waiter *w = r->user;
-    pthread_mutex_lock(&w->mu);
-    w->done = 1;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-}
 
 static balsa_model *small_model(model_spec *s, model_host *h)
 {
@@ -61,7 +46,6 @@ TEST(deadline_cuts_the_batching_delay)
     sched_config cfg = {.max_batch_size = 4, .max_queue_delay_us = 2000000, .queue_capacity = 8};
     sched *sc;
     REQUIRE(sched_create(m, &cfg, NULL, NULL, &sc) == BALSA_OK);
-    waiter w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
     float *op[1] = {out};
     sched_request r;
     memset(&r, 0, sizeof r);
@@ -70,13 +54,7 @@ TEST(deadline_cuts_the_batching_delay)
     r.outputs = op;
     uint64_t t0 = queue_now_ns();
     r.deadline_ns = t0 + 300000000u;
-    r.done = on_done;
-    r.user = &w;
-    REQUIRE(sched_submit(sc, &r) == BALSA_OK);
-    pthread_mutex_lock(&w.mu);
-    while (!w.done)
-        pthread_cond_wait(&w.cv, &w.mu);
-    pthread_mutex_unlock(&w.mu);
+    REQUIRE(su_sched_run(sc, &r) == BALSA_OK);
     double waited_s = (double)(queue_now_ns() - t0) / 1e9;
     CHECK_MSG(r.status == BALSA_OK, "status %s", balsa_status_str(r.status));
     CHECK_MSG(waited_s < 1.5, "answered after %.3f s: it waited out the 2 s delay", waited_s);

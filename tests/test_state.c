@@ -8,11 +8,11 @@
  * through `balsa serve` (its scheduler batching the two). (Agreement with
  * PyTorch's h_0/c_0 and h_n/c_n is in tests/test_parity.c.) */
 #include <cJSON.h>
-#include <pthread.h>
 #include <stdarg.h>
 
 #include "engine/sched.h"
 #include "engine_ref.h"
+#include "sched_util.h"
 #include "server/api.h"
 #include "server_util.h"
 
@@ -460,21 +460,6 @@ TEST(fused_step_reads_initial_state)
     fused_be->ops->destroy(fused_be);
 }
 
-typedef struct {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    int done;
-} waiter;
-
-static void on_done(sched_request *r)
-{
-    waiter *w = r->user;
-    pthread_mutex_lock(&w->mu);
-    w->done = 1;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-}
-
 /* The scheduler passes each sequence's state through (it rides in engine_seq): a request
  * of sequences with and without state, batched, matches model_run alone. */
 TEST(scheduler_carries_state)
@@ -497,19 +482,12 @@ TEST(scheduler_carries_state)
         sched_config cfg = {.max_batch_size = 3, .max_queue_delay_us = 0, .queue_capacity = 4};
         sched *sc;
         REQUIRE(sched_create(m, &cfg, NULL, NULL, &sc) == BALSA_OK);
-        waiter w = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0};
         sched_request r;
         memset(&r, 0, sizeof r);
         r.seqs = seqs;
         r.nseqs = N;
         r.outputs = outs;
-        r.done = on_done;
-        r.user = &w;
-        REQUIRE(sched_submit(sc, &r) == BALSA_OK);
-        pthread_mutex_lock(&w.mu);
-        while (!w.done)
-            pthread_cond_wait(&w.cv, &w.mu);
-        pthread_mutex_unlock(&w.mu);
+        REQUIRE(su_sched_run(sc, &r) == BALSA_OK);
         CHECK(r.status == BALSA_OK);
         sched_free(sc);
         double worst = 0;
