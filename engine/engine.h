@@ -107,12 +107,21 @@ typedef struct {
     float temperature; /* 0: greedy (highest score, lower id on ties); > 0: sample from
                         * softmax(log-probabilities / temperature) */
     uint64_t seed;     /* the sampler's seed (the same seed gives the same tokens) */
+    /* Stop strings (models with a vocabulary): generation ends after the token with which
+     * the generated text first contains one of them. nstop 0..MODEL_GEN_MAX_STOP, each 1 to
+     * MODEL_GEN_MAX_STOP_BYTES bytes; the strings must stay valid until the sequence ends. */
+    const char *const *stop;
+    int nstop;
 } model_gen_opts;
+
+#define MODEL_GEN_MAX_STOP 4
+#define MODEL_GEN_MAX_STOP_BYTES 64
 
 /* As model_stream_add, for a sequence that generates (model_info.can_generate: a token
  * model with a unidirectional LSTM whose output size is its vocabulary size; otherwise
- * BALSA_ERR_INVALID, as for opts out of range). gen_out (room for opts->max_new) receives
- * the generated ids and *gen_n their count (max_new once the tag comes back done); out
+ * BALSA_ERR_INVALID, as for opts out of range, or stop strings without a vocabulary).
+ * gen_out (room for opts->max_new) receives the generated ids and *gen_n their count
+ * (max_new once the tag comes back done, unless a stop string ended it sooner); out
  * may be NULL, or receives the output vector of the last step run (the scores the last
  * generated token was drawn from). seq's hn/cn receive the state after that last step,
  * which has read the input and every generated token but the last: a continuation starts

@@ -48,6 +48,8 @@ typedef struct {
     uint64_t rng;         /* sampler state (xorshift64*) */
     int32_t *gen_out;
     int *gen_n;
+    const char *const *stop; /* model_gen_opts' stop strings (the caller's) */
+    int nstop;
     float *state0;        /* h0 then c0, each num_layers x directions x H, copied */
     size_t state_cap;     /* capacity of state0, in floats */
     int has_h0, has_c0;
@@ -320,8 +322,15 @@ balsa_status model_stream_add_gen(model_stream *s, const engine_seq *seq,
     const model_info *info = &s->m->info;
     if (!info->can_generate || !opts || !gen_out || !gen_n || opts->max_new < 1 ||
         opts->max_new > MODEL_MAX_SEQ_LEN || seq->len > MODEL_MAX_SEQ_LEN - opts->max_new ||
-        !(opts->temperature >= 0) || !isfinite(opts->temperature))
+        !(opts->temperature >= 0) || !isfinite(opts->temperature) || opts->nstop < 0 ||
+        opts->nstop > MODEL_GEN_MAX_STOP ||
+        (opts->nstop && (!opts->stop || !info->has_vocabulary)))
         return BALSA_ERR_INVALID;
+    for (int i = 0; i < opts->nstop; i++) {
+        size_t l = opts->stop[i] ? strlen(opts->stop[i]) : 0;
+        if (l == 0 || l > MODEL_GEN_MAX_STOP_BYTES)
+            return BALSA_ERR_INVALID;
+    }
     stream_slot *sl;
     balsa_status st = stream_add(s, seq, 0, opts, out, tag, &sl);
     if (st != BALSA_OK)
@@ -331,6 +340,8 @@ balsa_status model_stream_add_gen(model_stream *s, const engine_seq *seq,
     sl->rng = seed_mix(opts->seed);
     sl->gen_out = gen_out;
     sl->gen_n = gen_n;
+    sl->stop = opts->stop;
+    sl->nstop = opts->nstop;
     *gen_n = 0;
     return BALSA_OK;
 }
@@ -378,13 +389,47 @@ static int pick_token(const float *v, int n, model_head head, float temperature,
     return best; /* u fell past the sum by rounding */
 }
 
-/* A generating row's step output: records the picked token and, while more are wanted,
- * appends it to the input so that the row runs on. */
+/* 1 when the generated text, whose newest token was just added, now contains one of the
+ * slot's stop strings. Any match must take in the newest token (an older one would have
+ * stopped the sequence already), so only the text of the last tokens is looked at: the
+ * newest token and up to MODEL_GEN_MAX_STOP_BYTES - 1 bytes before it. */
+static int gen_stopped(const stream_slot *sl, const balsa_model *m)
+{
+    char win[MODEL_GEN_MAX_STOP_BYTES - 1 + MODEL_MAX_TOKEN_BYTES];
+    const char *newest = model_token_str(m, sl->gen_out[sl->gen_count - 1]);
+    size_t nlen = strlen(newest), before = 0;
+    int first = sl->gen_count - 1;
+    while (first > 0 && before < MODEL_GEN_MAX_STOP_BYTES - 1)
+        before += strlen(model_token_str(m, sl->gen_out[--first]));
+    /* the window: the last (at most MODEL_GEN_MAX_STOP_BYTES - 1) bytes before the newest
+     * token, then the newest token */
+    size_t skip = before > MODEL_GEN_MAX_STOP_BYTES - 1 ? before - (MODEL_GEN_MAX_STOP_BYTES - 1)
+                                                        : 0,
+           w = 0;
+    for (int i = first; i < sl->gen_count - 1; i++)
+        for (const char *t = model_token_str(m, sl->gen_out[i]); *t; t++) {
+            if (skip)
+                skip--;
+            else
+                win[w++] = *t;
+        }
+    memcpy(win + w, newest, nlen);
+    w += nlen;
+    for (int i = 0; i < sl->nstop; i++)
+        if (memmem(win, w, sl->stop[i], strlen(sl->stop[i])))
+            return 1;
+    return 0;
+}
+
+/* A generating row's step output: records the picked token and, while more are wanted
+ * and no stop string has appeared, appends it to the input so that the row runs on. */
 static void gen_advance(stream_slot *sl, const float *v, const balsa_model *m)
 {
     int t = pick_token(v, m->info.output_size, m->spec.head, sl->temperature, &sl->rng);
     sl->gen_out[sl->gen_count++] = t;
     *sl->gen_n = sl->gen_count;
+    if (sl->nstop && gen_stopped(sl, m))
+        sl->gen_max = sl->gen_count; /* no more: the row ends at this step */
     if (sl->gen_count < sl->gen_max)
         sl->tokens[sl->len++] = t;
 }

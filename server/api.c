@@ -251,14 +251,57 @@ static int fill_vectors(const cJSON *inputs, const model_info *info, api_request
 }
 
 /* "generate", "temperature" and "seed" (the last two only with generate). */
-static int parse_gen(const cJSON *generate, const cJSON *temperature, const cJSON *seed,
-                     const cJSON *output, const cJSON *top_k, const api_model *am,
-                     api_request *r, char *err, size_t errlen)
+/* A request's fields (NULL when absent); inputs holds the sequences once "text" has
+ * been turned into an array of strings. */
+typedef struct {
+    const cJSON *model, *inputs, *text, *output, *top_k, *timeout, *generate, *temperature,
+        *seed, *stop, *init_state, *ret_state;
+    const char *stop_name; /* "stop", or where the generate extension had it */
+} req_fields;
+
+/* "stop" (with generate): one string or an array of up to MODEL_GEN_MAX_STOP, each 1 to
+ * MODEL_GEN_MAX_STOP_BYTES bytes, copied into r; name is the field's name for messages. */
+static int parse_stop(const cJSON *stop, const char *name, const api_model *am, api_request *r,
+                      char *err, size_t errlen)
 {
+    if (!am->info->has_vocabulary)
+        return fail(err, errlen, 400, "%s: model \"%s\" has no vocabulary", name, am->name);
+    const cJSON *one = cJSON_IsString(stop) ? stop : NULL, *e;
+    int n = one ? 1 : cJSON_IsArray(stop) ? cJSON_GetArraySize(stop) : -1;
+    if (n < 1 || n > MODEL_GEN_MAX_STOP)
+        return fail(err, errlen, 400, "%s: must be a string or an array of 1 to %d strings",
+                    name, MODEL_GEN_MAX_STOP);
+    int i = 0;
+    const cJSON *list = one ? NULL : stop;
+    cJSON_ArrayForEach(e, list)
+    {
+        if (!cJSON_IsString(e))
+            return fail(err, errlen, 400, "%s[%d]: must be a string", name, i);
+        i++;
+    }
+    for (i = 0; i < n; i++) {
+        const char *t = one ? one->valuestring : cJSON_GetArrayItem(stop, i)->valuestring;
+        size_t l = strlen(t);
+        if (l < 1 || l > MODEL_GEN_MAX_STOP_BYTES)
+            return fail(err, errlen, 400, "%s: each string must have 1 to %d bytes, got %zu",
+                        name, MODEL_GEN_MAX_STOP_BYTES, l);
+        memcpy(r->stop_text[i], t, l + 1);
+        r->stop_ptr[i] = r->stop_text[i];
+    }
+    r->gen.stop = (const char *const *)r->stop_ptr;
+    r->gen.nstop = n;
+    return 0;
+}
+
+static int parse_gen(const req_fields *q, const api_model *am, api_request *r, char *err,
+                     size_t errlen)
+{
+    const cJSON *generate = q->generate, *temperature = q->temperature, *seed = q->seed,
+                *output = q->output, *top_k = q->top_k;
     if (!generate) {
-        if (temperature || seed)
+        if (temperature || seed || q->stop)
             return fail(err, errlen, 400, "%s: only with generate",
-                        temperature ? "temperature" : "seed");
+                        temperature ? "temperature" : seed ? "seed" : "stop");
         return 0;
     }
     int code = int_field(generate, "generate", 1, API_MAX_GENERATE, &r->generate, err, errlen);
@@ -297,6 +340,8 @@ static int parse_gen(const cJSON *generate, const cJSON *temperature, const cJSO
                      (atomic_fetch_add(&counter, 1) * 0x9E3779B97F4A7C15ull);
         r->gen.seed = x & ((1ull << 53) - 1);
     }
+    if (q->stop)
+        return parse_stop(q->stop, q->stop_name ? q->stop_name : "stop", am, r, err, errlen);
     return 0;
 }
 
@@ -440,13 +485,6 @@ static int check_steps(long steps, const api_request *r, const seq_src *src,
     return 0;
 }
 
-/* A request's fields (NULL when absent); inputs holds the sequences once "text" has
- * been turned into an array of strings. */
-typedef struct {
-    const cJSON *model, *inputs, *text, *output, *top_k, *timeout, *generate, *temperature,
-        *seed, *init_state, *ret_state;
-} req_fields;
-
 static int parse_body(const req_fields *q, const seq_src *src, const api_model *am,
                       const api_limits *lim, api_request *r, char *err, size_t errlen)
 {
@@ -472,8 +510,7 @@ static int parse_body(const req_fields *q, const seq_src *src, const api_model *
     if (q->timeout && (code = int_field(q->timeout, "timeout_ms", 1, 3600000, &r->timeout_ms,
                                         err, errlen)))
         return code;
-    if ((code = parse_gen(q->generate, q->temperature, q->seed, output, top_k, am, r, err,
-                          errlen)))
+    if ((code = parse_gen(q, am, r, err, errlen)))
         return code;
     long given = 0;
     if ((code = measure_inputs(inputs, src, am, &r->nseqs, &r->total_steps, &given, err,
@@ -530,13 +567,15 @@ static int parse_root(const cJSON *root, const api_model *models, int nmodels,
                              : !strcmp(f->string, "generate")      ? &q.generate
                              : !strcmp(f->string, "temperature")   ? &q.temperature
                              : !strcmp(f->string, "seed")          ? &q.seed
+                             : !strcmp(f->string, "stop")          ? &q.stop
                              : !strcmp(f->string, "initial_state") ? &q.init_state
                              : !strcmp(f->string, "return_state")  ? &q.ret_state
                                                                    : NULL;
         if (!slot)
             return fail(err, errlen, 400,
                         "%.64s: unknown field (expected model, inputs, text, output, top_k, "
-                        "timeout_ms, generate, temperature, seed, initial_state, return_state)",
+                        "timeout_ms, generate, temperature, seed, stop, initial_state, "
+                        "return_state)",
                         f->string);
         if (*slot)
             return fail(err, errlen, 400, "%s: given twice", f->string);
@@ -713,23 +752,42 @@ static char *tokens_text(const balsa_model *m, const int32_t *ids, int n)
     return text;
 }
 
-/* One sequence's generated tokens: {"tokens": [ids], "text": "..."} (text when m has a
- * vocabulary); -1 when out of memory. */
-static int render_generated(jsonw *w, const balsa_model *m, const int32_t *ids, int n)
+/* Cuts text before the first of r's stop strings it contains; 1 when it held one. */
+static int cut_at_stop(const api_request *r, char *text)
 {
+    char *first = NULL;
+    for (int i = 0; i < r->gen.nstop; i++) {
+        char *at = strstr(text, r->gen.stop[i]);
+        if (at && (!first || at < first))
+            first = at;
+    }
+    if (first)
+        *first = 0;
+    return first != NULL;
+}
+
+/* Sequence i's generated tokens: {"tokens": [ids], "text": "...", "finish_reason"} (text
+ * when the model has a vocabulary, cut before a stop string; finish_reason "stop" when a
+ * stop string ended it, else "length"); -1 when out of memory. */
+static int render_generated(jsonw *w, const api_request *r, int i)
+{
+    const balsa_model *m = r->engine_model;
+    const int32_t *ids = r->gen_tokens[i];
+    int n = r->gen_counts[i], stopped = 0;
     jsonw_str(w, "{\"tokens\":[");
-    for (int i = 0; i < n; i++)
-        jsonw_printf(w, i ? ",%d" : "%d", (int)ids[i]);
+    for (int j = 0; j < n; j++)
+        jsonw_printf(w, j ? ",%d" : "%d", (int)ids[j]);
     jsonw_str(w, "]");
     if (m && model_get_info(m)->has_vocabulary) {
         char *text = tokens_text(m, ids, n);
         if (!text)
             return -1;
+        stopped = cut_at_stop(r, text);
         jsonw_str(w, ",\"text\":");
         jsonw_quoted(w, text);
         free(text);
     }
-    jsonw_str(w, "}");
+    jsonw_printf(w, ",\"finish_reason\":\"%s\"}", stopped ? "stop" : "length");
     return 0;
 }
 
@@ -774,7 +832,7 @@ char *api_render_response(const api_request *r, const char *model_name,
         if (i)
             jsonw_str(&w, ",");
         if (r->generate) {
-            oom = render_generated(&w, r->engine_model, r->gen_tokens[i], r->gen_counts[i]);
+            oom = render_generated(&w, r, i);
             continue;
         }
         const float *o = r->outputs[i];
@@ -849,7 +907,7 @@ char *api_render_models(const api_model *models, int nmodels, const int (*batchi
 /* Checks the generate extension's "parameters" and turns them into the native fields
  * (*generate, and *temperature / *seed when given: cJSON numbers the caller deletes). */
 static int generate_params(const cJSON *params, cJSON **generate, cJSON **temperature,
-                           cJSON **seed, char *err, size_t errlen)
+                           cJSON **seed, const cJSON **stop, char *err, size_t errlen)
 {
     double max_tokens = API_DEFAULT_MAX_TOKENS;
     const cJSON *p;
@@ -874,13 +932,15 @@ static int generate_params(const cJSON *params, cJSON **generate, cJSON **temper
                 p->valuedouble < 0 || p->valuedouble > 9007199254740991.0)
                 return fail(err, errlen, 400, "parameters.seed: must be an integer in [0, 2^53)");
             *seed = cJSON_CreateNumber(p->valuedouble);
+        } else if (!strcmp(p->string, "stop")) {
+            *stop = p;
         } else if (!strcmp(p->string, "stream")) {
             if (!cJSON_IsFalse(p))
                 return fail(err, errlen, 400,
                             "parameters.stream: balsa answers in one response (false only)");
         } else {
             return fail(err, errlen, 400,
-                        "parameters.%.64s: unknown (expected max_tokens, temperature, seed)",
+                        "parameters.%.64s: unknown (expected max_tokens, temperature, seed, stop)",
                         p->string);
         }
     }
@@ -898,7 +958,7 @@ int api_parse_generate(const char *body, size_t len, const api_model *models, in
     int code = api_parse_json(body, len, &root, &off, err, errlen);
     if (code)
         return code;
-    const cJSON *text = NULL, *params = NULL, *f;
+    const cJSON *text = NULL, *params = NULL, *stop = NULL, *f;
     const api_model *am = &models[model];
     if (off != len)
         code = fail(err, errlen, 400, "body: unexpected text after the JSON value at byte %zu",
@@ -928,7 +988,7 @@ int api_parse_generate(const char *body, size_t len, const api_model *models, in
     if (!code && !am->info->has_vocabulary)
         code = fail(err, errlen, 400, "text_input: model \"%s\" has no vocabulary", am->name);
     if (!code)
-        code = generate_params(params, &generate, &temperature, &seed, err, errlen);
+        code = generate_params(params, &generate, &temperature, &seed, &stop, err, errlen);
     if (!code) {
         inputs = cJSON_CreateArray();
         if (!generate || !inputs ||
@@ -938,7 +998,7 @@ int api_parse_generate(const char *body, size_t len, const api_model *models, in
     if (!code) {
         seq_src src = {"text_input", 1};
         req_fields q = {.inputs = inputs, .generate = generate, .temperature = temperature,
-                        .seed = seed};
+                        .seed = seed, .stop = stop, .stop_name = "parameters.stop"};
         r->engine_model = am->model;
         code = parse_body(&q, &src, am, lim, r, err, errlen);
     }
@@ -968,9 +1028,11 @@ char *api_render_generate(const api_request *r, const char *model_name, size_t *
         jsonw_free(&w);
         return NULL;
     }
+    int stopped = cut_at_stop(r, text);
     jsonw_str(&w, ",\"text_output\":");
     jsonw_quoted(&w, text);
     free(text);
+    jsonw_printf(&w, ",\"finish_reason\":\"%s\"", stopped ? "stop" : "length");
     jsonw_str(&w, ",\"tokens\":[");
     for (int i = 0; i < r->gen_counts[0]; i++)
         jsonw_printf(&w, i ? ",%d" : "%d", (int)r->gen_tokens[0][i]);

@@ -42,6 +42,8 @@ typedef struct {
     int generate;       /* tokens to generate per sequence; 0: none */
     model_gen_opts gen; /* with generate: its options (the seed is sequence 0's) */
     int seed_given;     /* the request named the seed */
+    char stop_text[MODEL_GEN_MAX_STOP][MODEL_GEN_MAX_STOP_BYTES + 1]; /* gen.stop's strings */
+    char *stop_ptr[MODEL_GEN_MAX_STOP];
     int32_t **gen_tokens; /* with generate: one buffer of `generate` ids per sequence */
     int *gen_counts;
     int32_t *gen_storage;
@@ -73,14 +75,16 @@ int api_parse_request(const char *body, size_t len, const api_model *models, int
 
 /* Parses a body of Triton's generate extension (POST /v2/models/{m}/generate) for
  * models[model]: {"text_input": "...", "parameters": {"max_tokens": N (default 16),
- * "temperature": T, "seed": S}} becomes the request {"text": ..., "generate": N, ...}.
+ * "temperature": T, "seed": S, "stop": ...}} becomes the request {"text": ..., "generate": N,
+ * ...}.
  * Returns 0, or an HTTP status with a message naming the field, as api_parse_request. */
 int api_parse_generate(const char *body, size_t len, const api_model *models, int model,
                        const api_limits *lim, api_request *r, char *err, size_t errlen);
 
 /* Renders the answer to a request api_parse_generate made, once generated:
- * {"model_name", "model_version": "1", "text_output": the continuation (not the input),
- * "tokens": its ids, and "seed" when sampled}; NULL when out of memory. */
+ * {"model_name", "model_version": "1", "text_output": the continuation (not the input, cut
+ * before a stop string), "tokens": its ids, "finish_reason", and "seed" when sampled}; NULL
+ * when out of memory. */
 char *api_render_generate(const api_request *r, const char *model_name, size_t *len);
 
 /* Allocates r's output buffers for the model (sizes as in model_run, or the generated
@@ -92,7 +96,8 @@ void api_request_free(api_request *r);
 
 /* Renders the response for a request whose outputs are filled: a NUL-terminated string
  * (free()), its length in *len; NULL when out of memory. With generate each output is
- * {"tokens": [ids], "text": "..."} (text when the model has a vocabulary) and a sampling
+ * {"tokens": [ids], "text": "...", "finish_reason"} (text when the model has a vocabulary,
+ * cut before a stop string) and a sampling
  * request's seed is given back; top-k outputs of such a model carry their tokens' texts.
  * With return_state a top-level "states" array beside "outputs" holds one
  * {"h": [[floats] x layers*directions], "c": [...]} per sequence, the shape that

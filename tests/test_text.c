@@ -246,7 +246,7 @@ TEST(greedy_generation_is_argmax_of_model_run)
         int32_t prompt[] = {3, 1, 4, 1, 5};
         int32_t got[24], want[24];
         int n = -1;
-        model_gen_opts g = {24, 0.0f, 0};
+        model_gen_opts g = {.max_new = 24, .temperature = 0.0f, .seed = 0};
         REQUIRE(model_generate(m, &(engine_seq){.tokens = prompt, .len = 5}, &g, got, &n) == BALSA_OK);
         greedy_by_model_run(m, prompt, 5, 24, want);
         CHECK(n == 24);
@@ -270,7 +270,9 @@ TEST(generating_sequences_share_a_stream)
     model_stream *s;
     REQUIRE(model_stream_create(m, 4, &s) == BALSA_OK);
     int32_t pa[] = {1, 2}, pb[] = {0, 5, 7, 2, 9, 11, 3}, pc[] = {4, 4, 8, 6}, pd[] = {10};
-    model_gen_opts ga = {9, 0.0f, 0}, gc = {5, 0.9f, 77}, gd = {6, 1.3f, 5};
+    model_gen_opts ga = {.max_new = 9, .temperature = 0.0f, .seed = 0};
+    model_gen_opts gc = {.max_new = 5, .temperature = 0.9f, .seed = 77};
+    model_gen_opts gd = {.max_new = 6, .temperature = 1.3f, .seed = 5};
     int32_t ta[9], tc[5], td[6];
     int na = 0, nc = 0, nd = 0;
     float *ob = malloc(sizeof(float) * 7 * (size_t)O), *oa = malloc(sizeof(float) * (size_t)O);
@@ -330,7 +332,7 @@ static void check_sampling(balsa_model *m, const int32_t *prompt, int plen, floa
         sum += p[i] = exp(v[i] / t); /* v is log-softmax: log p */
     int *count = calloc((size_t)O, sizeof *count);
     for (int k = 0; k < n; k++) {
-        model_gen_opts g = {1, t, (uint64_t)k};
+        model_gen_opts g = {.max_new = 1, .temperature = t, .seed = (uint64_t)k};
         int32_t tok;
         int got = 0;
         BALSA_ASSERT(model_generate(m, &(engine_seq){.tokens = prompt, .len = plen}, &g, &tok, &got) ==
@@ -360,7 +362,7 @@ TEST(sampling_follows_the_model)
     /* the same seed, the same tokens; another seed, others; a tiny temperature is greedy */
     int32_t a[30], b[30], c[30], greedy[30];
     int n;
-    model_gen_opts g = {30, 1.0f, 123};
+    model_gen_opts g = {.max_new = 30, .temperature = 1.0f, .seed = 123};
     REQUIRE(model_generate(m, &(engine_seq){.tokens = prompt, .len = 3}, &g, a, &n) == BALSA_OK);
     REQUIRE(model_generate(m, &(engine_seq){.tokens = prompt, .len = 3}, &g, b, &n) == BALSA_OK);
     CHECK(memcmp(a, b, sizeof a) == 0);
@@ -381,12 +383,13 @@ TEST(generation_refusals)
     int32_t prompt[] = {1}, out[4];
     int n;
     engine_seq q = {.tokens = prompt, .len = 1};
-    model_gen_opts zero = {0, 0, 0}, nan_t = {2, NAN, 0}, neg = {2, -1, 0};
+    model_gen_opts zero = {.max_new = 0}, nan_t = {.max_new = 2, .temperature = NAN},
+                   neg = {.max_new = 2, .temperature = -1};
     CHECK(model_generate(m, &q, &zero, out, &n) == BALSA_ERR_INVALID);
     CHECK(model_generate(m, &q, &nan_t, out, &n) == BALSA_ERR_INVALID);
     CHECK(model_generate(m, &q, &neg, out, &n) == BALSA_ERR_INVALID);
     int32_t bad[] = {NV};
-    model_gen_opts ok = {2, 0, 0};
+    model_gen_opts ok = {.max_new = 2, .temperature = 0, .seed = 0};
     CHECK(model_generate(m, &(engine_seq){.tokens = bad, .len = 1}, &ok, out, &n) == BALSA_ERR_INVALID);
     model_free(m);
     /* models that cannot generate: bidirectional, and output size != vocabulary */
@@ -408,6 +411,81 @@ TEST(generation_refusals)
     CHECK(model_generate(m, &q, &ok, out, &n) == BALSA_ERR_INVALID);
     model_free(m);
     model_host_free(&h);
+}
+
+/* The number of leading tokens of ids[0..n) after which their text (m's vocabulary) first
+ * contains stop; n + 1 when it never does. */
+static int tokens_until(const balsa_model *m, const int32_t *ids, int n, const char *stop)
+{
+    char text[4096] = "";
+    for (int j = 0; j < n; j++) {
+        strcat(text, model_token_str(m, ids[j]));
+        if (strstr(text, stop))
+            return j + 1;
+    }
+    return n + 1;
+}
+
+TEST(stop_strings_end_generation)
+{
+    balsa_model *m = gen_model(MODEL_HEAD_LOG_SOFTMAX, 1, 1, 71);
+    REQUIRE(m);
+    int32_t prompt[] = {9, 8}, all[40], got[40];
+    int n = 0, k = 0;
+    engine_seq q = {.tokens = prompt, .len = 2};
+    model_gen_opts g = {.max_new = 40, .temperature = 0.7f, .seed = 5};
+    REQUIRE(model_generate(m, &q, &g, all, &n) == BALSA_OK && n == 40);
+    /* a stop made of the text of tokens 6 and 7 (tokens of one to three bytes) */
+    char stop[2 * MODEL_MAX_TOKEN_BYTES + 1];
+    snprintf(stop, sizeof stop, "%s%s", model_token_str(m, all[6]), model_token_str(m, all[7]));
+    const char *stops[] = {"\x01never", stop};
+    g.stop = stops;
+    g.nstop = 2;
+    int want = tokens_until(m, all, 40, stop);
+    REQUIRE(want <= 8);
+    REQUIRE(model_generate(m, &q, &g, got, &k) == BALSA_OK);
+    CHECK_MSG(k == want, "stopped after %d tokens, expected %d (stop \"%s\")", k, want, stop);
+    CHECK(memcmp(got, all, sizeof *got * (size_t)k) == 0);
+    /* in a shared stream, beside one without stops, each as alone */
+    model_stream *st;
+    REQUIRE(model_stream_create(m, 2, &st) == BALSA_OK);
+    model_gen_opts plain = {.max_new = 40, .temperature = 0.7f, .seed = 5};
+    int32_t a[40], b[40];
+    int na = 0, nb = 0;
+    REQUIRE(model_stream_add_gen(st, &q, &g, a, &na, NULL, a) == BALSA_OK);
+    REQUIRE(model_stream_add_gen(st, &q, &plain, b, &nb, NULL, b) == BALSA_OK);
+    void *done[2];
+    int nd, finished = 0;
+    for (int steps = 0; model_stream_active(st) > 0 && steps < 100; steps++) {
+        REQUIRE(model_stream_step(st, done, &nd) == BALSA_OK);
+        finished += nd;
+    }
+    CHECK(finished == 2 && na == want && nb == 40);
+    CHECK(memcmp(a, all, sizeof *a * (size_t)na) == 0 && memcmp(b, all, sizeof b) == 0);
+    model_stream_free(st);
+    /* a stop that never appears changes nothing */
+    g.nstop = 1;
+    REQUIRE(model_generate(m, &q, &g, got, &k) == BALSA_OK);
+    CHECK(k == 40 && memcmp(got, all, sizeof all) == 0);
+    /* refusals: too many, empty, too long, and a model without a vocabulary */
+    const char *five[] = {"a", "b", "q", "z", "t"}, *empty[] = {""};
+    char longstop[MODEL_GEN_MAX_STOP_BYTES + 2];
+    memset(longstop, 'a', sizeof longstop - 1);
+    longstop[sizeof longstop - 1] = 0;
+    const char *toolong[] = {longstop};
+    model_gen_opts bad = {.max_new = 3, .stop = five, .nstop = 5};
+    CHECK(model_generate(m, &q, &bad, got, &k) == BALSA_ERR_INVALID);
+    bad.stop = empty;
+    bad.nstop = 1;
+    CHECK(model_generate(m, &q, &bad, got, &k) == BALSA_ERR_INVALID);
+    bad.stop = toolong;
+    CHECK(model_generate(m, &q, &bad, got, &k) == BALSA_ERR_INVALID);
+    model_free(m);
+    balsa_model *plain_m = gen_model(MODEL_HEAD_LOG_SOFTMAX, 1, 0, 72);
+    REQUIRE(plain_m);
+    bad.stop = five;
+    CHECK(model_generate(plain_m, &q, &bad, got, &k) == BALSA_ERR_INVALID);
+    model_free(plain_m);
 }
 
 /* ---------------------------------------------------------------- the API */
@@ -479,6 +557,19 @@ TEST(api_text_and_generate)
                    400, "temperature: must be a number in [0, 100]");
     expect_refusal("{\"model\": \"voc\", \"text\": \"a\", \"generate\": 3, \"seed\": 1.5}", 400,
                    "seed: must be an integer");
+    expect_refusal("{\"model\": \"voc\", \"text\": \"a\", \"stop\": \"b\"}", 400,
+                   "stop: only with generate");
+    expect_refusal("{\"model\": \"voc\", \"text\": \"a\", \"generate\": 3, \"stop\": 7}", 400,
+                   "stop: must be a string or an array of 1 to 4 strings");
+    expect_refusal("{\"model\": \"voc\", \"text\": \"a\", \"generate\": 3, "
+                   "\"stop\": [\"a\", \"b\", \"q\", \"z\", \"t\"]}",
+                   400, "stop: must be a string or an array of 1 to 4 strings");
+    expect_refusal("{\"model\": \"voc\", \"text\": \"a\", \"generate\": 3, \"stop\": [\"a\", 1]}",
+                   400, "stop[1]: must be a string");
+    expect_refusal("{\"model\": \"voc\", \"text\": \"a\", \"generate\": 3, \"stop\": \"\"}", 400,
+                   "stop: each string must have 1 to 64 bytes, got 0");
+    expect_refusal("{\"model\": \"plain\", \"inputs\": [[1]], \"generate\": 3, \"stop\": \"a\"}",
+                   400, "stop: model \"plain\" has no vocabulary");
     /* 2 sequences of 1 step + 2 x 150 generated: over the 200-step limit */
     expect_refusal("{\"model\": \"voc\", \"text\": [\"a\", \"b\"], \"generate\": 150}", 400,
                    "with the generated tokens, more than the limit 200");
@@ -508,6 +599,38 @@ TEST(api_text_and_generate)
             strcat(want, model_token_str(voc, r.gen_tokens[i][j]));
         }
         CHECK_MSG(strcmp(text->valuestring, want) == 0, "%s != %s", text->valuestring, want);
+        CHECK(!strcmp(cJSON_GetObjectItem(e, "finish_reason")->valuestring, "length"));
+    }
+    cJSON_Delete(o);
+    free(resp);
+    api_request_free(&r);
+
+    /* a stop string: the text is cut before it and finish_reason says so */
+    REQUIRE(api_parse("{\"model\": \"voc\", \"text\": \"the\", \"generate\": 40, "
+                      "\"temperature\": 0.7, \"seed\": 5, \"stop\": [\"\\u0001\", \"a\"]}",
+                      &r, err, sizeof err) == 0);
+    CHECK(r.gen.nstop == 2 && !strcmp(r.gen.stop[1], "a"));
+    REQUIRE(api_alloc_outputs(&r, api_models[0].info) == 0);
+    REQUIRE(model_generate(voc, &r.seqs[0], &r.gen, r.gen_tokens[0], &r.gen_counts[0]) ==
+            BALSA_OK);
+    resp = api_render_response(&r, "voc", api_models[0].info, &len);
+    REQUIRE(resp);
+    o = cJSON_Parse(resp);
+    REQUIRE(o);
+    {
+        cJSON *e = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "outputs"), 0);
+        const char *reason = cJSON_GetObjectItem(e, "finish_reason")->valuestring;
+        const char *t = cJSON_GetObjectItem(e, "text")->valuestring;
+        char full[512] = "";
+        for (int j = 0; j < r.gen_counts[0]; j++)
+            strcat(full, model_token_str(voc, r.gen_tokens[0][j]));
+        char *at = strstr(full, "a");
+        CHECK(!strchr(t, 'a'));
+        if (r.gen_counts[0] < 40 || at) {
+            CHECK(!strcmp(reason, "stop") && at && strlen(t) == (size_t)(at - full));
+        } else {
+            CHECK(!strcmp(reason, "length") && !strcmp(t, full));
+        }
     }
     cJSON_Delete(o);
     free(resp);
@@ -563,7 +686,7 @@ TEST(serve_generates_text_with_the_demo_model)
     int32_t prompt[16], want[40];
     int plen = 0, n = 0;
     REQUIRE(model_encode_text(m, "And the", 7, prompt, &plen, err, sizeof err) == BALSA_OK);
-    model_gen_opts g = {40, 0.0f, 0};
+    model_gen_opts g = {.max_new = 40, .temperature = 0.0f, .seed = 0};
     REQUIRE(model_generate(m, &(engine_seq){.tokens = prompt, .len = plen}, &g, want, &n) == BALSA_OK);
     char want_text[512] = "";
     for (int j = 0; j < 40; j++)
@@ -605,6 +728,23 @@ TEST(serve_generates_text_with_the_demo_model)
     CHECK_MSG(r.code == 400 && strstr(r.body, "text: '\xc3\xa9' (U+00E9) at byte 3"), "%ld %s",
               r.code, r.body);
     free(r.body);
+    /* a stop string cuts the continuation where it first appears */
+    {
+        char stop[8] = "";
+        const char *at = strstr(want_text, "e");
+        REQUIRE(at);
+        body = "{\"text\": \"And the\", \"generate\": 40, \"stop\": \"e\"}";
+        su_request(sv.port, "POST", "/infer", body, strlen(body), NULL, &r);
+        o = cJSON_Parse(r.body);
+        cJSON *e = o ? cJSON_GetArrayItem(cJSON_GetObjectItem(o, "outputs"), 0) : NULL;
+        snprintf(stop, sizeof stop, "%s", e ? cJSON_GetObjectItem(e, "finish_reason")->valuestring : "");
+        CHECK(e && !strncmp(cJSON_GetObjectItem(e, "text")->valuestring, want_text,
+                            (size_t)(at - want_text)) &&
+              strlen(cJSON_GetObjectItem(e, "text")->valuestring) == (size_t)(at - want_text) &&
+              !strcmp(stop, "stop"));
+        cJSON_Delete(o);
+        free(r.body);
+    }
     /* Triton's generate extension gives the same continuation */
     body = "{\"text_input\": \"And the\", \"parameters\": {\"max_tokens\": 40}}";
     su_request(sv.port, "POST", "/v2/models/fortunes/generate", body, strlen(body), NULL, &r);
@@ -664,6 +804,7 @@ int main(void)
     RUN(generating_sequences_share_a_stream);
     RUN(sampling_follows_the_model);
     RUN(generation_refusals);
+    RUN(stop_strings_end_generation);
     RUN(api_text_and_generate);
     RUN(serve_generates_text_with_the_demo_model);
     be->ops->destroy(be);
