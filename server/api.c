@@ -20,9 +20,7 @@
  * server's config bounds the whole request too). */
 #define API_MAX_GENERATE 65536
 
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
+int api_fail(char *err, size_t errlen, int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -66,18 +64,18 @@ static int find_model(const cJSON *name, const api_model *models, int n, int *id
             *idx = 0;
             return 0;
         }
-        return fail(err, errlen, 400, "model: required when several models are served (%s)",
-                    names);
+        return api_fail(err, errlen, 400, "model: required when several models are served (%s)",
+                        names);
     }
     if (!cJSON_IsString(name))
-        return fail(err, errlen, 400, "model: must be a string naming a model (%s)", names);
+        return api_fail(err, errlen, 400, "model: must be a string naming a model (%s)", names);
     for (int i = 0; i < n; i++)
         if (strcmp(models[i].name, name->valuestring) == 0) {
             *idx = i;
             return 0;
         }
-    return fail(err, errlen, 404, "model: no model named \"%.64s\" (served: %s)",
-                name->valuestring, names);
+    return api_fail(err, errlen, 404, "model: no model named \"%.64s\" (served: %s)",
+                    name->valuestring, names);
 }
 
 /* Reads an integer field in [lo, hi] into *out. */
@@ -86,7 +84,7 @@ static int int_field(const cJSON *v, const char *name, int lo, int hi, int *out,
 {
     if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) ||
         v->valuedouble < lo || v->valuedouble > hi)
-        return fail(err, errlen, 400, "%s: must be an integer in [%d, %d]", name, lo, hi);
+        return api_fail(err, errlen, 400, "%s: must be an integer in [%d, %d]", name, lo, hi);
     *out = (int)v->valuedouble;
     return 0;
 }
@@ -113,7 +111,7 @@ static int encode_text(const api_model *am, const seq_src *src, int i, const cha
 {
     char why[200], name[32];
     if (model_encode_text(am->model, text, strlen(text), ids, n, why, sizeof why) != BALSA_OK)
-        return fail(err, errlen, 400, "%s: %s", seq_name(src, i, name, sizeof name), why);
+        return api_fail(err, errlen, 400, "%s: %s", seq_name(src, i, name, sizeof name), why);
     return 0;
 }
 
@@ -126,7 +124,7 @@ static int measure_inputs(const cJSON *inputs, const seq_src *src, const api_mod
 {
     const model_info *info = am->info;
     if (!cJSON_IsArray(inputs))
-        return fail(err, errlen, 400, "inputs: must be an array of sequences");
+        return api_fail(err, errlen, 400, "inputs: must be an array of sequences");
     int n = 0;
     long total = 0, text = 0;
     const cJSON *seq;
@@ -139,17 +137,18 @@ static int measure_inputs(const cJSON *inputs, const seq_src *src, const api_mod
             continue;
         }
         if (!cJSON_IsArray(seq) || !seq->child)
-            return fail(err, errlen, 400, "%s: must be %s", seq_name(src, n, name, sizeof name),
-                        info->input_kind == MODEL_INPUT_VECTORS ? "a non-empty array of feature vectors"
-                        : info->has_vocabulary ? "a non-empty array of token ids or a string"
-                                               : "a non-empty array of token ids (this model has "
-                                                 "no vocabulary, so no text)");
+            return api_fail(
+                err, errlen, 400, "%s: must be %s", seq_name(src, n, name, sizeof name),
+                info->input_kind == MODEL_INPUT_VECTORS ? "a non-empty array of feature vectors"
+                : info->has_vocabulary ? "a non-empty array of token ids or a string"
+                                       : "a non-empty array of token ids (this model has "
+                                         "no vocabulary, so no text)");
         const cJSON *e;
         cJSON_ArrayForEach(e, seq) total++;
         n++;
     }
     if (n == 0)
-        return fail(err, errlen, 400, "%s: must hold at least one sequence", src->field);
+        return api_fail(err, errlen, 400, "%s: must hold at least one sequence", src->field);
     *nseqs = n;
     *steps = total + text;
     *given = total;
@@ -162,7 +161,7 @@ static int fill_tokens(const cJSON *inputs, const seq_src *src, const api_model 
     const model_info *info = am->info;
     r->tokens = malloc((size_t)(r->total_steps ? r->total_steps : 1) * sizeof *r->tokens);
     if (!r->tokens)
-        return fail(err, errlen, 500, "out of memory");
+        return api_fail(err, errlen, 500, "out of memory");
     long pos = 0;
     int i = 0;
     const cJSON *seq;
@@ -183,16 +182,16 @@ static int fill_tokens(const cJSON *inputs, const seq_src *src, const api_model 
         cJSON_ArrayForEach(e, seq)
         {
             if (!cJSON_IsNumber(e))
-                return fail(err, errlen, 400, "inputs[%d][%d]: must be a token id (an integer)",
-                            i, t);
+                return api_fail(err, errlen, 400, "inputs[%d][%d]: must be a token id (an integer)",
+                                i, t);
             double v = e->valuedouble;
             if (v != floor(v))
-                return fail(err, errlen, 400, "inputs[%d][%d]: token id must be an integer, got %.9g",
-                            i, t, v);
+                return api_fail(err, errlen, 400,
+                                "inputs[%d][%d]: token id must be an integer, got %.9g", i, t, v);
             if (v < 0 || v >= info->vocab_size)
-                return fail(err, errlen, 400,
-                            "inputs[%d][%d]: token id %.0f out of range [0, %d)", i, t, v,
-                            info->vocab_size);
+                return api_fail(err, errlen, 400,
+                                "inputs[%d][%d]: token id %.0f out of range [0, %d)", i, t, v,
+                                info->vocab_size);
             r->tokens[pos++] = (int32_t)v;
             t++;
         }
@@ -209,7 +208,7 @@ static int fill_vectors(const cJSON *inputs, const model_info *info, api_request
     int d = info->input_size;
     r->features = malloc((size_t)r->total_steps * (size_t)d * sizeof *r->features);
     if (!r->features)
-        return fail(err, errlen, 500, "out of memory");
+        return api_fail(err, errlen, 500, "out of memory");
     float *p = r->features;
     int i = 0;
     const cJSON *seq;
@@ -221,24 +220,25 @@ static int fill_vectors(const cJSON *inputs, const model_info *info, api_request
         cJSON_ArrayForEach(vec, seq)
         {
             if (!cJSON_IsArray(vec))
-                return fail(err, errlen, 400, "inputs[%d][%d]: must be an array of %d numbers",
-                            i, t, d);
+                return api_fail(err, errlen, 400, "inputs[%d][%d]: must be an array of %d numbers",
+                                i, t, d);
             int got = cJSON_GetArraySize(vec);
             if (got != d)
-                return fail(err, errlen, 400,
-                            "inputs[%d][%d]: must be an array of %d numbers, got %d", i, t, d,
-                            got);
+                return api_fail(err, errlen, 400,
+                                "inputs[%d][%d]: must be an array of %d numbers, got %d", i, t, d,
+                                got);
             int j = 0;
             const cJSON *e;
             cJSON_ArrayForEach(e, vec)
             {
                 if (!cJSON_IsNumber(e))
-                    return fail(err, errlen, 400, "inputs[%d][%d][%d]: must be a number", i, t,
-                                j);
+                    return api_fail(err, errlen, 400, "inputs[%d][%d][%d]: must be a number", i, t,
+                                    j);
                 float f = (float)e->valuedouble;
                 if (!isfinite(f))
-                    return fail(err, errlen, 400, "inputs[%d][%d][%d]: %.9g does not fit a float",
-                                i, t, j, e->valuedouble);
+                    return api_fail(err, errlen, 400,
+                                    "inputs[%d][%d][%d]: %.9g does not fit a float", i, t, j,
+                                    e->valuedouble);
                 *p++ = f;
                 j++;
             }
@@ -265,26 +265,26 @@ static int parse_stop(const cJSON *stop, const char *name, const api_model *am, 
                       char *err, size_t errlen)
 {
     if (!am->info->has_vocabulary)
-        return fail(err, errlen, 400, "%s: model \"%s\" has no vocabulary", name, am->name);
+        return api_fail(err, errlen, 400, "%s: model \"%s\" has no vocabulary", name, am->name);
     const cJSON *one = cJSON_IsString(stop) ? stop : NULL, *e;
     int n = one ? 1 : cJSON_IsArray(stop) ? cJSON_GetArraySize(stop) : -1;
     if (n < 1 || n > MODEL_GEN_MAX_STOP)
-        return fail(err, errlen, 400, "%s: must be a string or an array of 1 to %d strings",
-                    name, MODEL_GEN_MAX_STOP);
+        return api_fail(err, errlen, 400, "%s: must be a string or an array of 1 to %d strings",
+                        name, MODEL_GEN_MAX_STOP);
     int i = 0;
     const cJSON *list = one ? NULL : stop;
     cJSON_ArrayForEach(e, list)
     {
         if (!cJSON_IsString(e))
-            return fail(err, errlen, 400, "%s[%d]: must be a string", name, i);
+            return api_fail(err, errlen, 400, "%s[%d]: must be a string", name, i);
         i++;
     }
     for (i = 0; i < n; i++) {
         const char *t = one ? one->valuestring : cJSON_GetArrayItem(stop, i)->valuestring;
         size_t l = strlen(t);
         if (l < 1 || l > MODEL_GEN_MAX_STOP_BYTES)
-            return fail(err, errlen, 400, "%s: each string must have 1 to %d bytes, got %zu",
-                        name, MODEL_GEN_MAX_STOP_BYTES, l);
+            return api_fail(err, errlen, 400, "%s: each string must have 1 to %d bytes, got %zu",
+                            name, MODEL_GEN_MAX_STOP_BYTES, l);
         memcpy(r->stop_text[i], t, l + 1);
         r->stop_ptr[i] = r->stop_text[i];
     }
@@ -300,34 +300,37 @@ static int parse_gen(const req_fields *q, const api_model *am, api_request *r, c
                 *output = q->output, *top_k = q->top_k;
     if (!generate) {
         if (temperature || seed || q->stop)
-            return fail(err, errlen, 400, "%s: only with generate",
-                        temperature ? "temperature" : seed ? "seed" : "stop");
+            return api_fail(err, errlen, 400, "%s: only with generate",
+                            temperature ? "temperature"
+                            : seed      ? "seed"
+                                        : "stop");
         return 0;
     }
     int code = int_field(generate, "generate", 1, API_MAX_GENERATE, &r->generate, err, errlen);
     if (code)
         return code;
     if (!am->info->can_generate)
-        return fail(err, errlen, 400,
-                    "generate: model \"%s\" cannot generate (that needs token input, a "
-                    "unidirectional LSTM and one output per vocabulary token)", am->name);
+        return api_fail(err, errlen, 400,
+                        "generate: model \"%s\" cannot generate (that needs token input, a "
+                        "unidirectional LSTM and one output per vocabulary token)",
+                        am->name);
     if (top_k)
-        return fail(err, errlen, 400, "top_k: not with generate (the answer is the tokens)");
+        return api_fail(err, errlen, 400, "top_k: not with generate (the answer is the tokens)");
     if (output && r->all_steps)
-        return fail(err, errlen, 400, "output: \"all\" is not with generate");
+        return api_fail(err, errlen, 400, "output: \"all\" is not with generate");
     r->gen.max_new = r->generate;
     r->gen.temperature = 0;
     if (temperature) {
         if (!cJSON_IsNumber(temperature) || !(temperature->valuedouble >= 0) ||
             temperature->valuedouble > 100)
-            return fail(err, errlen, 400,
-                        "temperature: must be a number in [0, 100] (0: greedy)");
+            return api_fail(err, errlen, 400,
+                            "temperature: must be a number in [0, 100] (0: greedy)");
         r->gen.temperature = (float)temperature->valuedouble;
     }
     if (seed) {
         if (!cJSON_IsNumber(seed) || seed->valuedouble != floor(seed->valuedouble) ||
             seed->valuedouble < 0 || seed->valuedouble > 9007199254740991.0)
-            return fail(err, errlen, 400, "seed: must be an integer in [0, 2^53)");
+            return api_fail(err, errlen, 400, "seed: must be an integer in [0, 2^53)");
         r->gen.seed = (uint64_t)seed->valuedouble;
         r->seed_given = 1;
     } else {
@@ -362,33 +365,35 @@ static int parse_state_matrix(const cJSON *v, int i, const char *which, const mo
     char layout[96];
     state_layout(info, layout, sizeof layout);
     if (!cJSON_IsArray(v))
-        return fail(err, errlen, 400,
-                    "initial_state[%d].%s: must be an array of %d vectors of %d numbers (%s)", i,
-                    which, rows, H, layout);
+        return api_fail(err, errlen, 400,
+                        "initial_state[%d].%s: must be an array of %d vectors of %d numbers (%s)",
+                        i, which, rows, H, layout);
     if (cJSON_GetArraySize(v) != rows)
-        return fail(err, errlen, 400,
-                    "initial_state[%d].%s: must be an array of %d vectors of %d numbers (%s), "
-                    "got %d vectors", i, which, rows, H, layout, cJSON_GetArraySize(v));
+        return api_fail(err, errlen, 400,
+                        "initial_state[%d].%s: must be an array of %d vectors of %d numbers (%s), "
+                        "got %d vectors",
+                        i, which, rows, H, layout, cJSON_GetArraySize(v));
     int j = 0;
     const cJSON *row;
     cJSON_ArrayForEach(row, v)
     {
         if (!cJSON_IsArray(row) || cJSON_GetArraySize(row) != H)
-            return fail(err, errlen, 400,
-                        "initial_state[%d].%s[%d]: must be an array of %d numbers (hidden_size)%s",
-                        i, which, j, H, cJSON_IsArray(row) ? ", got a different count" : "");
+            return api_fail(
+                err, errlen, 400,
+                "initial_state[%d].%s[%d]: must be an array of %d numbers (hidden_size)%s", i,
+                which, j, H, cJSON_IsArray(row) ? ", got a different count" : "");
         int k = 0;
         const cJSON *e;
         cJSON_ArrayForEach(e, row)
         {
             if (!cJSON_IsNumber(e))
-                return fail(err, errlen, 400, "initial_state[%d].%s[%d][%d]: must be a number",
-                            i, which, j, k);
+                return api_fail(err, errlen, 400, "initial_state[%d].%s[%d][%d]: must be a number",
+                                i, which, j, k);
             float f = (float)e->valuedouble;
             if (!isfinite(f))
-                return fail(err, errlen, 400,
-                            "initial_state[%d].%s[%d][%d]: %.9g does not fit a float", i, which,
-                            j, k, e->valuedouble);
+                return api_fail(err, errlen, 400,
+                                "initial_state[%d].%s[%d][%d]: %.9g does not fit a float", i, which,
+                                j, k, e->valuedouble);
             dst[(size_t)j * H + k++] = f;
         }
         j++;
@@ -402,20 +407,22 @@ static int parse_initial_state(const cJSON *v, const api_model *am, api_request 
                                size_t errlen)
 {
     if (am->info->hidden_size == 0)
-        return fail(err, errlen, 400, "initial_state: model \"%s\" has no LSTM, so no state",
-                    am->name);
+        return api_fail(err, errlen, 400, "initial_state: model \"%s\" has no LSTM, so no state",
+                        am->name);
     if (!cJSON_IsArray(v))
-        return fail(err, errlen, 400, "initial_state: must be an array with one entry per "
-                    "sequence (null, or {\"h\": ..., \"c\": ...})");
+        return api_fail(err, errlen, 400,
+                        "initial_state: must be an array with one entry per "
+                        "sequence (null, or {\"h\": ..., \"c\": ...})");
     int n = cJSON_GetArraySize(v);
     if (n != r->nseqs)
-        return fail(err, errlen, 400,
-                    "initial_state: %d entries for %d sequences (one per sequence; null for a "
-                    "zero state)", n, r->nseqs);
+        return api_fail(err, errlen, 400,
+                        "initial_state: %d entries for %d sequences (one per sequence; null for a "
+                        "zero state)",
+                        n, r->nseqs);
     size_t S = r->state_size;
     r->state_in = malloc((size_t)n * 2 * S * sizeof(float));
     if (!r->state_in)
-        return fail(err, errlen, 500, "out of memory");
+        return api_fail(err, errlen, 500, "out of memory");
     int i = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, v)
@@ -425,27 +432,31 @@ static int parse_initial_state(const cJSON *v, const api_model *am, api_request 
             continue;
         }
         if (!cJSON_IsObject(e))
-            return fail(err, errlen, 400, "initial_state[%d]: must be null or an object "
-                        "{\"h\": ..., \"c\": ...}", i);
+            return api_fail(err, errlen, 400,
+                            "initial_state[%d]: must be null or an object "
+                            "{\"h\": ..., \"c\": ...}",
+                            i);
         const cJSON *hc[2] = {NULL, NULL}, *f;
         cJSON_ArrayForEach(f, e)
         {
             int k = !strcmp(f->string, "h") ? 0 : !strcmp(f->string, "c") ? 1 : -1;
             if (k < 0)
-                return fail(err, errlen, 400,
-                            "initial_state[%d].%.32s: unknown field (expected h, c)", i,
-                            f->string);
+                return api_fail(err, errlen, 400,
+                                "initial_state[%d].%.32s: unknown field (expected h, c)", i,
+                                f->string);
             if (hc[k])
-                return fail(err, errlen, 400, "initial_state[%d].%s: given twice", i,
-                            f->string);
+                return api_fail(err, errlen, 400, "initial_state[%d].%s: given twice", i,
+                                f->string);
             hc[k] = f;
         }
         float *h0 = r->state_in + (size_t)i * 2 * S;
         for (int k = 0; k < 2; k++) {
             const char *which = k ? "c" : "h";
             if (!hc[k])
-                return fail(err, errlen, 400, "initial_state[%d].%s: required (give both h "
-                            "and c, or null for a zero state)", i, which);
+                return api_fail(err, errlen, 400,
+                                "initial_state[%d].%s: required (give both h "
+                                "and c, or null for a zero state)",
+                                i, which);
             int code = parse_state_matrix(hc[k], i, which, am->info, h0 + k * S, err, errlen);
             if (code)
                 return code;
@@ -464,11 +475,11 @@ static int parse_return_state(const cJSON *v, const api_model *am, api_request *
     if (!v)
         return 0;
     if (!cJSON_IsBool(v))
-        return fail(err, errlen, 400, "return_state: must be true or false");
+        return api_fail(err, errlen, 400, "return_state: must be true or false");
     r->return_state = cJSON_IsTrue(v);
     if (r->return_state && am->info->hidden_size == 0)
-        return fail(err, errlen, 400, "return_state: model \"%s\" has no LSTM, so no state",
-                    am->name);
+        return api_fail(err, errlen, 400, "return_state: model \"%s\" has no LSTM, so no state",
+                        am->name);
     return 0;
 }
 
@@ -479,9 +490,9 @@ static int check_steps(long steps, const api_request *r, const seq_src *src,
 {
     steps += (long)r->nseqs * (r->generate > 0 ? r->generate - 1 : 0);
     if (steps > lim->max_request_steps)
-        return fail(err, errlen, 400, "%s: %ld time steps in all%s, more than the limit %d",
-                    src->field, steps, r->generate ? " with the generated tokens" : "",
-                    lim->max_request_steps);
+        return api_fail(err, errlen, 400, "%s: %ld time steps in all%s, more than the limit %d",
+                        src->field, steps, r->generate ? " with the generated tokens" : "",
+                        lim->max_request_steps);
     return 0;
 }
 
@@ -501,7 +512,7 @@ static int parse_body(const req_fields *q, const seq_src *src, const api_model *
         else if (cJSON_IsString(output) && !strcmp(output->valuestring, "all"))
             r->all_steps = 1;
         else
-            return fail(err, errlen, 400, "output: must be \"last\" or \"all\"");
+            return api_fail(err, errlen, 400, "output: must be \"last\" or \"all\"");
     }
     r->top_k = 0;
     if (top_k && (code = int_field(top_k, "top_k", 1, info->output_size, &r->top_k, err, errlen)))
@@ -522,10 +533,9 @@ static int parse_body(const req_fields *q, const seq_src *src, const api_model *
         return code;
     r->seqs = calloc((size_t)r->nseqs, sizeof *r->seqs);
     if (!r->seqs)
-        return fail(err, errlen, 500, "out of memory");
-    code = info->input_kind == MODEL_INPUT_TOKENS
-               ? fill_tokens(inputs, src, am, r, err, errlen)
-               : fill_vectors(inputs, info, r, err, errlen);
+        return api_fail(err, errlen, 500, "out of memory");
+    code = info->input_kind == MODEL_INPUT_TOKENS ? fill_tokens(inputs, src, am, r, err, errlen)
+                                                  : fill_vectors(inputs, info, r, err, errlen);
     if (code)
         return code;
     if ((code = check_steps(r->total_steps, r, src, lim, err, errlen)))
@@ -534,17 +544,18 @@ static int parse_body(const req_fields *q, const seq_src *src, const api_model *
     long vecs = r->all_steps ? r->total_steps : r->nseqs;
     long values = vecs * per_vec + (r->return_state ? 2L * r->nseqs * (long)r->state_size : 0);
     if (values > lim->max_output_values)
-        return fail(err, errlen, 400,
-                    "inputs: the response would carry %ld values, more than the limit %ld "
-                    "(use fewer steps, \"output\": \"last\" or top_k%s)",
-                    values, lim->max_output_values, r->return_state ? ", or no return_state" : "");
+        return api_fail(err, errlen, 400,
+                        "inputs: the response would carry %ld values, more than the limit %ld "
+                        "(use fewer steps, \"output\": \"last\" or top_k%s)",
+                        values, lim->max_output_values,
+                        r->return_state ? ", or no return_state" : "");
     if (q->init_state && (code = parse_initial_state(q->init_state, am, r, err, errlen)))
         return code;
     /* The engine's own check is the last word (length, range, finiteness). */
     for (int i = 0; i < r->nseqs; i++) {
         char why[200], name[32];
         if (model_check_seq(am->model, &r->seqs[i], why, sizeof why) != BALSA_OK)
-            return fail(err, errlen, 400, "%s: %s", seq_name(src, i, name, sizeof name), why);
+            return api_fail(err, errlen, 400, "%s: %s", seq_name(src, i, name, sizeof name), why);
     }
     return 0;
 }
@@ -553,7 +564,8 @@ static int parse_root(const cJSON *root, const api_model *models, int nmodels,
                       const api_limits *lim, api_request *r, char *err, size_t errlen)
 {
     if (!cJSON_IsObject(root))
-        return fail(err, errlen, 400, "body: must be a JSON object {\"model\", \"inputs\", ...}");
+        return api_fail(err, errlen, 400,
+                        "body: must be a JSON object {\"model\", \"inputs\", ...}");
     req_fields q = {0};
     const cJSON *f;
     cJSON_ArrayForEach(f, root)
@@ -572,13 +584,13 @@ static int parse_root(const cJSON *root, const api_model *models, int nmodels,
                              : !strcmp(f->string, "return_state")  ? &q.ret_state
                                                                    : NULL;
         if (!slot)
-            return fail(err, errlen, 400,
-                        "%.64s: unknown field (expected model, inputs, text, output, top_k, "
-                        "timeout_ms, generate, temperature, seed, stop, initial_state, "
-                        "return_state)",
-                        f->string);
+            return api_fail(err, errlen, 400,
+                            "%.64s: unknown field (expected model, inputs, text, output, top_k, "
+                            "timeout_ms, generate, temperature, seed, stop, initial_state, "
+                            "return_state)",
+                            f->string);
         if (*slot)
-            return fail(err, errlen, 400, "%s: given twice", f->string);
+            return api_fail(err, errlen, 400, "%s: given twice", f->string);
         *slot = f;
     }
     int code = find_model(q.model, models, nmodels, &r->model, err, errlen);
@@ -586,25 +598,28 @@ static int parse_root(const cJSON *root, const api_model *models, int nmodels,
         return code;
     const api_model *am = &models[r->model];
     if (!am->info)
-        return fail(err, errlen, 503, "model: \"%s\" is still loading", am->name);
+        return api_fail(err, errlen, 503, "model: \"%s\" is still loading", am->name);
     const model_info *info = am->info;
     r->engine_model = am->model;
     const cJSON *text = q.text;
     if (q.inputs && text)
-        return fail(err, errlen, 400, "text: give either inputs or text, not both");
+        return api_fail(err, errlen, 400, "text: give either inputs or text, not both");
     if (!q.inputs && !text)
-        return fail(err, errlen, 400, "inputs: required (an array of sequences)");
+        return api_fail(err, errlen, 400, "inputs: required (an array of sequences)");
     seq_src src = {q.inputs ? "inputs" : "text", 0};
     cJSON *one = NULL; /* "text": "..." stands for "text": ["..."] */
     if (text) {
         if (!info->has_vocabulary)
-            return fail(err, errlen, 400, "text: model \"%s\" has no vocabulary (send token ids "
-                        "in inputs)", am->name);
+            return api_fail(err, errlen, 400,
+                            "text: model \"%s\" has no vocabulary (send token ids "
+                            "in inputs)",
+                            am->name);
         if (cJSON_IsString(text)) {
             one = cJSON_CreateArray();
-            if (!one || !cJSON_AddItemToArray(one, cJSON_CreateStringReference(text->valuestring))) {
+            if (!one ||
+                !cJSON_AddItemToArray(one, cJSON_CreateStringReference(text->valuestring))) {
                 cJSON_Delete(one);
-                return fail(err, errlen, 500, "out of memory");
+                return api_fail(err, errlen, 500, "out of memory");
             }
             src.single = 1;
             q.inputs = one;
@@ -614,12 +629,12 @@ static int parse_root(const cJSON *root, const api_model *models, int nmodels,
             cJSON_ArrayForEach(e, text)
             {
                 if (!cJSON_IsString(e))
-                    return fail(err, errlen, 400, "text[%d]: must be a string", i);
+                    return api_fail(err, errlen, 400, "text[%d]: must be a string", i);
                 i++;
             }
             q.inputs = text;
         } else {
-            return fail(err, errlen, 400, "text: must be a string or an array of strings");
+            return api_fail(err, errlen, 400, "text: must be a string or an array of strings");
         }
     }
     code = parse_body(&q, &src, am, lim, r, err, errlen);
@@ -632,16 +647,16 @@ int api_parse_json(const char *body, size_t len, cJSON **root, size_t *after, ch
 {
     *root = NULL;
     if (len == 0)
-        return fail(err, errlen, 400, "body: empty (expected a JSON object)");
+        return api_fail(err, errlen, 400, "body: empty (expected a JSON object)");
     const char *end = NULL;
     *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
     if (!*root) {
         size_t off = end && end >= body && end <= body + len ? (size_t)(end - body) : 0;
-        return fail(err, errlen, 400, "body: malformed JSON at byte %zu", off);
+        return api_fail(err, errlen, 400, "body: malformed JSON at byte %zu", off);
     }
     size_t off = (size_t)(end - body);
-    while (off < len && (body[off] == ' ' || body[off] == '\n' || body[off] == '\r' ||
-                         body[off] == '\t'))
+    while (off < len &&
+           (body[off] == ' ' || body[off] == '\n' || body[off] == '\r' || body[off] == '\t'))
         off++;
     *after = off;
     return 0;
@@ -658,8 +673,8 @@ int api_parse_request(const char *body, size_t len, const api_model *models, int
     if (code)
         return code;
     if (off != len)
-        code = fail(err, errlen, 400, "body: unexpected text after the JSON value at byte %zu",
-                    off);
+        code = api_fail(err, errlen, 400, "body: unexpected text after the JSON value at byte %zu",
+                        off);
     else
         code = parse_root(root, models, nmodels, lim, r, err, errlen);
     cJSON_Delete(root);
@@ -912,36 +927,38 @@ static int generate_params(const cJSON *params, cJSON **generate, cJSON **temper
     double max_tokens = API_DEFAULT_MAX_TOKENS;
     const cJSON *p;
     if (params && !cJSON_IsObject(params))
-        return fail(err, errlen, 400, "parameters: must be an object");
+        return api_fail(err, errlen, 400, "parameters: must be an object");
     cJSON_ArrayForEach(p, params)
     {
         if (!strcmp(p->string, "max_tokens")) {
             if (!cJSON_IsNumber(p) || p->valuedouble != floor(p->valuedouble) ||
                 p->valuedouble < 1 || p->valuedouble > API_MAX_GENERATE)
-                return fail(err, errlen, 400,
-                            "parameters.max_tokens: must be an integer in [1, %d]",
-                            API_MAX_GENERATE);
+                return api_fail(err, errlen, 400,
+                                "parameters.max_tokens: must be an integer in [1, %d]",
+                                API_MAX_GENERATE);
             max_tokens = p->valuedouble;
         } else if (!strcmp(p->string, "temperature")) {
             if (!cJSON_IsNumber(p) || !(p->valuedouble >= 0) || p->valuedouble > 100)
-                return fail(err, errlen, 400,
-                            "parameters.temperature: must be a number in [0, 100] (0: greedy)");
+                return api_fail(err, errlen, 400,
+                                "parameters.temperature: must be a number in [0, 100] (0: greedy)");
             *temperature = cJSON_CreateNumber(p->valuedouble);
         } else if (!strcmp(p->string, "seed")) {
             if (!cJSON_IsNumber(p) || p->valuedouble != floor(p->valuedouble) ||
                 p->valuedouble < 0 || p->valuedouble > 9007199254740991.0)
-                return fail(err, errlen, 400, "parameters.seed: must be an integer in [0, 2^53)");
+                return api_fail(err, errlen, 400,
+                                "parameters.seed: must be an integer in [0, 2^53)");
             *seed = cJSON_CreateNumber(p->valuedouble);
         } else if (!strcmp(p->string, "stop")) {
             *stop = p;
         } else if (!strcmp(p->string, "stream")) {
             if (!cJSON_IsFalse(p))
-                return fail(err, errlen, 400,
-                            "parameters.stream: balsa answers in one response (false only)");
+                return api_fail(err, errlen, 400,
+                                "parameters.stream: balsa answers in one response (false only)");
         } else {
-            return fail(err, errlen, 400,
-                        "parameters.%.64s: unknown (expected max_tokens, temperature, seed, stop)",
-                        p->string);
+            return api_fail(
+                err, errlen, 400,
+                "parameters.%.64s: unknown (expected max_tokens, temperature, seed, stop)",
+                p->string);
         }
     }
     *generate = cJSON_CreateNumber(max_tokens);
@@ -961,11 +978,11 @@ int api_parse_generate(const char *body, size_t len, const api_model *models, in
     const cJSON *text = NULL, *params = NULL, *stop = NULL, *f;
     const api_model *am = &models[model];
     if (off != len)
-        code = fail(err, errlen, 400, "body: unexpected text after the JSON value at byte %zu",
-                    off);
+        code = api_fail(err, errlen, 400, "body: unexpected text after the JSON value at byte %zu",
+                        off);
     else if (!cJSON_IsObject(root))
-        code = fail(err, errlen, 400,
-                    "body: must be a JSON object {\"text_input\", \"parameters\"}");
+        code = api_fail(err, errlen, 400,
+                        "body: must be a JSON object {\"text_input\", \"parameters\"}");
     const cJSON *fields = code ? NULL : root;
     cJSON_ArrayForEach(f, fields)
     {
@@ -973,27 +990,27 @@ int api_parse_generate(const char *body, size_t len, const api_model *models, in
                              : !strcmp(f->string, "parameters") ? &params
                                                                 : NULL;
         if (!slot || *slot) {
-            code = fail(err, errlen, 400,
-                        slot ? "%.64s: given twice"
-                             : "%.64s: unknown field (expected text_input, parameters)",
-                        f->string);
+            code = api_fail(err, errlen, 400,
+                            slot ? "%.64s: given twice"
+                                 : "%.64s: unknown field (expected text_input, parameters)",
+                            f->string);
             break;
         }
         *slot = f;
     }
     if (!code && !am->info)
-        code = fail(err, errlen, 503, "model: \"%s\" is still loading", am->name);
+        code = api_fail(err, errlen, 503, "model: \"%s\" is still loading", am->name);
     if (!code && !cJSON_IsString(text))
-        code = fail(err, errlen, 400, "text_input: required, a string");
+        code = api_fail(err, errlen, 400, "text_input: required, a string");
     if (!code && !am->info->has_vocabulary)
-        code = fail(err, errlen, 400, "text_input: model \"%s\" has no vocabulary", am->name);
+        code = api_fail(err, errlen, 400, "text_input: model \"%s\" has no vocabulary", am->name);
     if (!code)
         code = generate_params(params, &generate, &temperature, &seed, &stop, err, errlen);
     if (!code) {
         inputs = cJSON_CreateArray();
         if (!generate || !inputs ||
             !cJSON_AddItemToArray(inputs, cJSON_CreateStringReference(text->valuestring)))
-            code = fail(err, errlen, 500, "out of memory");
+            code = api_fail(err, errlen, 500, "out of memory");
     }
     if (!code) {
         seq_src src = {"text_input", 1};

@@ -58,6 +58,11 @@ typedef struct {
 
 struct cJSON;
 
+/* Writes the message (printf format) to err and returns code: the one way the API's
+ * parsers (api.c, v2_tensor.c) report a client mistake. */
+int api_fail(char *err, size_t errlen, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
 /* Parses body[0..len) (not NUL-terminated) as one JSON value: *root receives it (the caller
  * cJSON_Deletes it) and *after the offset of the first byte past it that is not
  * whitespace (len when the value fills the body). Returns 0, or 400 with "body: empty" or

@@ -6,7 +6,6 @@
 #include "v2_tensor.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,17 +35,6 @@ typedef struct {
     float *floats;
 } v2_in;
 
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int fail(char *err, size_t errlen, int code, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return code;
-}
-
 /* Copies s into out for messages, printable ASCII only (a client's name may hold bytes
  * that would break the JSON of the error). */
 static void printable(const char *s, char *out, size_t outlen)
@@ -60,7 +48,7 @@ static void printable(const char *s, char *out, size_t outlen)
 static int read_bool(const cJSON *v, const char *name, int *out, char *err, size_t errlen)
 {
     if (!cJSON_IsBool(v))
-        return fail(err, errlen, 400, "%s: must be true or false", name);
+        return api_fail(err, errlen, 400, "%s: must be true or false", name);
     *out = cJSON_IsTrue(v);
     return 0;
 }
@@ -70,7 +58,7 @@ static int read_int(const cJSON *v, const char *name, long long lo, long long hi
 {
     if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble) ||
         v->valuedouble < (double)lo || v->valuedouble > (double)hi)
-        return fail(err, errlen, 400, "%s: must be an integer in [%lld, %lld]", name, lo, hi);
+        return api_fail(err, errlen, 400, "%s: must be an integer in [%lld, %lld]", name, lo, hi);
     *out = (long long)v->valuedouble;
     return 0;
 }
@@ -90,23 +78,23 @@ static int flatten(const cJSON *a, v2_in *t, long long *n, const char *name, cha
             continue;
         }
         if (!cJSON_IsNumber(e))
-            return fail(err, errlen, 400, "inputs.%s.data[%lld]: must be a number", name, *n);
+            return api_fail(err, errlen, 400, "inputs.%s.data[%lld]: must be a number", name, *n);
         if (*n >= t->count)
-            return fail(err, errlen, 400,
-                        "inputs.%s.data: more than the %lld elements its shape holds", name,
-                        t->count);
+            return api_fail(err, errlen, 400,
+                            "inputs.%s.data: more than the %lld elements its shape holds", name,
+                            t->count);
         double v = e->valuedouble;
         if (t->dtype == DT_FP32) {
             float f = (float)v;
             if (!isfinite(f))
-                return fail(err, errlen, 400, "inputs.%s.data[%lld]: %.9g does not fit FP32",
-                            name, *n, v);
+                return api_fail(err, errlen, 400, "inputs.%s.data[%lld]: %.9g does not fit FP32",
+                                name, *n, v);
             t->floats[*n] = f;
         } else {
             double lim = t->dtype == DT_INT32 ? 2147483648.0 : 9223372036854775808.0;
             if (v != floor(v) || v < -lim || v >= lim)
-                return fail(err, errlen, 400, "inputs.%s.data[%lld]: %.9g is not an %s", name,
-                            *n, v, dt_names[t->dtype]);
+                return api_fail(err, errlen, 400, "inputs.%s.data[%lld]: %.9g is not an %s", name,
+                                *n, v, dt_names[t->dtype]);
             t->ints[*n] = (int64_t)v;
         }
         (*n)++;
@@ -121,9 +109,9 @@ static int parse_input(const cJSON *in, int idx, const model_info *info, v2_in *
 {
     const char *main_name = info->input_kind == MODEL_INPUT_TOKENS ? "tokens" : "features";
     if (!cJSON_IsObject(in))
-        return fail(err, errlen, 400,
-                    "inputs[%d]: must be an object {\"name\", \"shape\", \"datatype\", \"data\"}",
-                    idx);
+        return api_fail(
+            err, errlen, 400,
+            "inputs[%d]: must be an object {\"name\", \"shape\", \"datatype\", \"data\"}", idx);
     const cJSON *f, *name = NULL, *shape = NULL, *dtype = NULL, *params = NULL, *data = NULL;
     cJSON_ArrayForEach(f, in)
     {
@@ -136,34 +124,36 @@ static int parse_input(const cJSON *in, int idx, const model_info *info, v2_in *
         char pf[64];
         printable(f->string, pf, sizeof pf);
         if (!slot)
-            return fail(err, errlen, 400,
-                        "inputs[%d].%s: unknown field (expected name, shape, datatype, "
-                        "parameters, data)",
-                        idx, pf);
+            return api_fail(err, errlen, 400,
+                            "inputs[%d].%s: unknown field (expected name, shape, datatype, "
+                            "parameters, data)",
+                            idx, pf);
         if (*slot)
-            return fail(err, errlen, 400, "inputs[%d].%s: given twice", idx, pf);
+            return api_fail(err, errlen, 400, "inputs[%d].%s: given twice", idx, pf);
         *slot = f;
     }
     if (!cJSON_IsString(name))
-        return fail(err, errlen, 400, "inputs[%d].name: required, a string (\"%s\" or \"lengths\")",
-                    idx, main_name);
-    int which = !strcmp(name->valuestring, main_name) ? 0
+        return api_fail(err, errlen, 400,
+                        "inputs[%d].name: required, a string (\"%s\" or \"lengths\")", idx,
+                        main_name);
+    int which = !strcmp(name->valuestring, main_name)   ? 0
                 : !strcmp(name->valuestring, "lengths") ? 1
                                                         : -1;
     char pn[64];
     printable(name->valuestring, pn, sizeof pn);
     if (which < 0)
-        return fail(err, errlen, 400,
-                    "inputs[%d].name: \"%s\" is not an input of this model (inputs: %s, lengths)",
-                    idx, pn, main_name);
+        return api_fail(
+            err, errlen, 400,
+            "inputs[%d].name: \"%s\" is not an input of this model (inputs: %s, lengths)", idx, pn,
+            main_name);
     v2_in *t = &ins[which];
     if (t->present)
-        return fail(err, errlen, 400, "inputs.%s: given twice", main_name);
+        return api_fail(err, errlen, 400, "inputs.%s: given twice", main_name);
     t->present = 1;
     const char *nm = which ? "lengths" : main_name;
 
     if (!cJSON_IsString(dtype))
-        return fail(err, errlen, 400, "inputs.%s.datatype: required, a string", nm);
+        return api_fail(err, errlen, 400, "inputs.%s.datatype: required, a string", nm);
     t->dtype = -1;
     for (int d = 0; d < 3; d++)
         if (!strcmp(dtype->valuestring, dt_names[d]))
@@ -172,13 +162,13 @@ static int parse_input(const cJSON *in, int idx, const model_info *info, v2_in *
     if (want_float ? t->dtype != DT_FP32 : (t->dtype != DT_INT32 && t->dtype != DT_INT64)) {
         char pd[32];
         printable(dtype->valuestring, pd, sizeof pd);
-        return fail(err, errlen, 400, "inputs.%s.datatype: \"%s\" not accepted (use %s)", nm, pd,
-                    want_float ? "FP32" : "INT32 or INT64");
+        return api_fail(err, errlen, 400, "inputs.%s.datatype: \"%s\" not accepted (use %s)", nm,
+                        pd, want_float ? "FP32" : "INT32 or INT64");
     }
 
     int rank_lo = which ? 1 : (want_float ? 3 : 2), rank_hi = which ? 2 : rank_lo;
     if (!cJSON_IsArray(shape))
-        return fail(err, errlen, 400, "inputs.%s.shape: required, an array of dimensions", nm);
+        return api_fail(err, errlen, 400, "inputs.%s.shape: required, an array of dimensions", nm);
     t->rank = 0;
     t->count = 1;
     const cJSON *d;
@@ -188,31 +178,32 @@ static int parse_input(const cJSON *in, int idx, const model_info *info, v2_in *
         char field[64];
         snprintf(field, sizeof field, "inputs.%s.shape[%d]", nm, t->rank);
         if (t->rank >= rank_hi)
-            return fail(err, errlen, 400, "inputs.%s.shape: must have %d dimensions%s", nm,
-                        rank_lo, which ? " ([batch] or [batch, 1])" : "");
+            return api_fail(err, errlen, 400, "inputs.%s.shape: must have %d dimensions%s", nm,
+                            rank_lo, which ? " ([batch] or [batch, 1])" : "");
         int code = read_int(d, field, 1, V2_MAX_ELEMS, &v, err, errlen);
         if (code)
             return code;
         t->shape[t->rank++] = v;
         t->count *= v;
         if (t->count > V2_MAX_ELEMS)
-            return fail(err, errlen, 400, "inputs.%s.shape: more than %lld elements", nm,
-                        V2_MAX_ELEMS);
+            return api_fail(err, errlen, 400, "inputs.%s.shape: more than %lld elements", nm,
+                            V2_MAX_ELEMS);
     }
     if (t->rank < rank_lo)
-        return fail(err, errlen, 400, "inputs.%s.shape: must have %d dimensions%s", nm, rank_lo,
-                    which ? " ([batch] or [batch, 1])" : (want_float ? " [batch, steps, input_size]"
-                                                                    : " [batch, steps]"));
+        return api_fail(err, errlen, 400, "inputs.%s.shape: must have %d dimensions%s", nm, rank_lo,
+                        which ? " ([batch] or [batch, 1])"
+                              : (want_float ? " [batch, steps, input_size]" : " [batch, steps]"));
     if (which && t->rank == 2 && t->shape[1] != 1)
-        return fail(err, errlen, 400, "inputs.lengths.shape: must be [batch] or [batch, 1]");
+        return api_fail(err, errlen, 400, "inputs.lengths.shape: must be [batch] or [batch, 1]");
     if (want_float && t->shape[2] != info->input_size)
-        return fail(err, errlen, 400, "inputs.features.shape[2]: must be the input size %d, got %lld",
-                    info->input_size, t->shape[2]);
+        return api_fail(err, errlen, 400,
+                        "inputs.features.shape[2]: must be the input size %d, got %lld",
+                        info->input_size, t->shape[2]);
 
     long long bin_size = -1;
     if (params) {
         if (!cJSON_IsObject(params))
-            return fail(err, errlen, 400, "inputs.%s.parameters: must be an object", nm);
+            return api_fail(err, errlen, 400, "inputs.%s.parameters: must be an object", nm);
         const cJSON *p;
         cJSON_ArrayForEach(p, params)
         {
@@ -229,40 +220,42 @@ static int parse_input(const cJSON *in, int idx, const model_info *info, v2_in *
     /* Nothing is allocated for a shape the body cannot hold: raw data must be exactly
      * `bytes` long, and JSON needs at least two characters ("0,") per element. */
     if (bin_size >= 0 && (size_t)bin_size != bytes)
-        return fail(err, errlen, 400,
-                    "inputs.%s.parameters.binary_data_size: %lld bytes, but shape and "
-                    "datatype make %zu",
-                    nm, bin_size, bytes);
+        return api_fail(err, errlen, 400,
+                        "inputs.%s.parameters.binary_data_size: %lld bytes, but shape and "
+                        "datatype make %zu",
+                        nm, bin_size, bytes);
     if (bin_size < 0 && (size_t)t->count > json_len / 2 + 1)
-        return fail(err, errlen, 400,
-                    "inputs.%s.shape: holds %lld elements, more than the request's data can",
-                    nm, t->count);
+        return api_fail(err, errlen, 400,
+                        "inputs.%s.shape: holds %lld elements, more than the request's data can",
+                        nm, t->count);
     if (t->dtype == DT_FP32)
         t->floats = malloc((size_t)t->count * sizeof *t->floats);
     else
         t->ints = malloc((size_t)t->count * sizeof *t->ints);
     if (!t->floats && !t->ints)
-        return fail(err, errlen, 500, "out of memory");
+        return api_fail(err, errlen, 500, "out of memory");
     if (bin_size >= 0) {
         if (!have_header)
-            return fail(err, errlen, 400,
-                        "inputs.%s.parameters.binary_data_size: binary data needs the "
-                        "Inference-Header-Content-Length header",
-                        nm);
+            return api_fail(err, errlen, 400,
+                            "inputs.%s.parameters.binary_data_size: binary data needs the "
+                            "Inference-Header-Content-Length header",
+                            nm);
         if (data)
-            return fail(err, errlen, 400, "inputs.%s: give either data or binary_data_size", nm);
+            return api_fail(err, errlen, 400, "inputs.%s: give either data or binary_data_size",
+                            nm);
         if (*bin_used + bytes > binlen)
-            return fail(err, errlen, 400,
-                        "inputs.%s: binary data runs past the end of the body (%zu bytes after "
-                        "the header)",
-                        nm, binlen);
+            return api_fail(err, errlen, 400,
+                            "inputs.%s: binary data runs past the end of the body (%zu bytes after "
+                            "the header)",
+                            nm, binlen);
         const char *src = bin + *bin_used;
         *bin_used += bytes;
         if (t->dtype == DT_FP32) {
             memcpy(t->floats, src, bytes);
             for (long long i = 0; i < t->count; i++)
                 if (!isfinite(t->floats[i]))
-                    return fail(err, errlen, 400, "inputs.%s: element %lld is not finite", nm, i);
+                    return api_fail(err, errlen, 400, "inputs.%s: element %lld is not finite", nm,
+                                    i);
         } else if (t->dtype == DT_INT64) {
             memcpy(t->ints, src, bytes);
         } else {
@@ -275,17 +268,17 @@ static int parse_input(const cJSON *in, int idx, const model_info *info, v2_in *
         return 0;
     }
     if (!cJSON_IsArray(data))
-        return fail(err, errlen, 400,
-                    "inputs.%s.data: required (an array of numbers), or parameters."
-                    "binary_data_size",
-                    nm);
+        return api_fail(err, errlen, 400,
+                        "inputs.%s.data: required (an array of numbers), or parameters."
+                        "binary_data_size",
+                        nm);
     long long n = 0;
     int code = flatten(data, t, &n, nm, err, errlen);
     if (code)
         return code;
     if (n != t->count)
-        return fail(err, errlen, 400, "inputs.%s.data: %lld elements, but the shape holds %lld",
-                    nm, n, t->count);
+        return api_fail(err, errlen, 400, "inputs.%s.data: %lld elements, but the shape holds %lld",
+                        nm, n, t->count);
     return 0;
 }
 
@@ -293,13 +286,14 @@ static int parse_outputs(const cJSON *outputs, int binary_default, v2_request *v
                          size_t errlen)
 {
     if (!cJSON_IsArray(outputs))
-        return fail(err, errlen, 400, "outputs: must be an array of {\"name\", \"parameters\"}");
+        return api_fail(err, errlen, 400,
+                        "outputs: must be an array of {\"name\", \"parameters\"}");
     int i = 0;
     const cJSON *o;
     cJSON_ArrayForEach(o, outputs)
     {
         if (!cJSON_IsObject(o))
-            return fail(err, errlen, 400, "outputs[%d]: must be an object {\"name\"}", i);
+            return api_fail(err, errlen, 400, "outputs[%d]: must be an object {\"name\"}", i);
         const cJSON *f, *name = NULL, *params = NULL;
         cJSON_ArrayForEach(f, o)
         {
@@ -310,12 +304,12 @@ static int parse_outputs(const cJSON *outputs, int binary_default, v2_request *v
             else {
                 char pf[64];
                 printable(f->string, pf, sizeof pf);
-                return fail(err, errlen, 400,
-                            "outputs[%d].%s: unknown field (expected name, parameters)", i, pf);
+                return api_fail(err, errlen, 400,
+                                "outputs[%d].%s: unknown field (expected name, parameters)", i, pf);
             }
         }
         if (!cJSON_IsString(name))
-            return fail(err, errlen, 400, "outputs[%d].name: required, a string", i);
+            return api_fail(err, errlen, 400, "outputs[%d].name: required, a string", i);
         int which = -1;
         for (int k = 0; k < V2_NOUTS; k++)
             if (!strcmp(name->valuestring, out_names[k]))
@@ -323,17 +317,17 @@ static int parse_outputs(const cJSON *outputs, int binary_default, v2_request *v
         char pn[64];
         printable(name->valuestring, pn, sizeof pn);
         if (which < 0)
-            return fail(err, errlen, 400,
-                        "outputs[%d].name: \"%s\" is not an output (output, top_k_indices, "
-                        "top_k_values)",
-                        i, pn);
+            return api_fail(err, errlen, 400,
+                            "outputs[%d].name: \"%s\" is not an output (output, top_k_indices, "
+                            "top_k_values)",
+                            i, pn);
         for (int k = 0; k < v->nout; k++)
             if (v->order[k] == which)
-                return fail(err, errlen, 400, "outputs: \"%s\" asked for twice", pn);
+                return api_fail(err, errlen, 400, "outputs: \"%s\" asked for twice", pn);
         v->binary[which] = binary_default;
         if (params) {
             if (!cJSON_IsObject(params))
-                return fail(err, errlen, 400, "outputs[%d].parameters: must be an object", i);
+                return api_fail(err, errlen, 400, "outputs[%d].parameters: must be an object", i);
             const cJSON *p;
             cJSON_ArrayForEach(p, params)
             {
@@ -343,10 +337,10 @@ static int parse_outputs(const cJSON *outputs, int binary_default, v2_request *v
                     if (code)
                         return code;
                 } else if (!strcmp(p->string, "classification")) {
-                    return fail(err, errlen, 400,
-                                "outputs[%d].parameters.classification: not supported (use the "
-                                "top_k parameter)",
-                                i);
+                    return api_fail(err, errlen, 400,
+                                    "outputs[%d].parameters.classification: not supported (use the "
+                                    "top_k parameter)",
+                                    i);
                 }
             }
         }
@@ -354,7 +348,7 @@ static int parse_outputs(const cJSON *outputs, int binary_default, v2_request *v
         i++;
     }
     if (v->nout == 0)
-        return fail(err, errlen, 400, "outputs: must name at least one output when given");
+        return api_fail(err, errlen, 400, "outputs: must name at least one output when given");
     return 0;
 }
 
@@ -364,7 +358,7 @@ static int parse_root(const cJSON *root, size_t json_len, const char *bin, size_
                       v2_request *v, v2_in *ins, char *err, size_t errlen)
 {
     if (!cJSON_IsObject(root))
-        return fail(err, errlen, 400, "body: must be a JSON object {\"inputs\", ...}");
+        return api_fail(err, errlen, 400, "body: must be a JSON object {\"inputs\", ...}");
     const cJSON *f, *id = NULL, *params = NULL, *inputs = NULL, *outputs = NULL;
     cJSON_ArrayForEach(f, root)
     {
@@ -376,28 +370,28 @@ static int parse_root(const cJSON *root, size_t json_len, const char *bin, size_
         char pf[64];
         printable(f->string, pf, sizeof pf);
         if (!slot)
-            return fail(err, errlen, 400,
-                        "%s: unknown field (expected id, parameters, inputs, outputs)", pf);
+            return api_fail(err, errlen, 400,
+                            "%s: unknown field (expected id, parameters, inputs, outputs)", pf);
         if (*slot)
-            return fail(err, errlen, 400, "%s: given twice", pf);
+            return api_fail(err, errlen, 400, "%s: given twice", pf);
         *slot = f;
     }
     if (id) {
         if (!cJSON_IsString(id) || strlen(id->valuestring) >= sizeof v->id)
-            return fail(err, errlen, 400, "id: must be a string of at most %zu bytes",
-                        sizeof v->id - 1);
+            return api_fail(err, errlen, 400, "id: must be a string of at most %zu bytes",
+                            sizeof v->id - 1);
         snprintf(v->id, sizeof v->id, "%s", id->valuestring);
         v->has_id = 1;
     }
     if (!am->info)
-        return fail(err, errlen, 503, "model: \"%s\" is still loading", am->name);
+        return api_fail(err, errlen, 503, "model: \"%s\" is still loading", am->name);
     const model_info *info = am->info;
 
     int binary_default = 0;
     long long top_k = 0, timeout = -1;
     if (params) {
         if (!cJSON_IsObject(params))
-            return fail(err, errlen, 400, "parameters: must be an object");
+            return api_fail(err, errlen, 400, "parameters: must be an object");
         const cJSON *p;
         cJSON_ArrayForEach(p, params)
         {
@@ -408,7 +402,8 @@ static int parse_root(const cJSON *root, size_t json_len, const char *bin, size_
                 else if (cJSON_IsString(p) && !strcmp(p->valuestring, "all"))
                     r->all_steps = 1;
                 else
-                    return fail(err, errlen, 400, "parameters.output: must be \"last\" or \"all\"");
+                    return api_fail(err, errlen, 400,
+                                    "parameters.output: must be \"last\" or \"all\"");
             } else if (!strcmp(p->string, "top_k")) {
                 code = read_int(p, "parameters.top_k", 1, info->output_size, &top_k, err, errlen);
             } else if (!strcmp(p->string, "timeout_ms")) {
@@ -424,7 +419,7 @@ static int parse_root(const cJSON *root, size_t json_len, const char *bin, size_
     r->timeout_ms = (int)timeout;
 
     if (!cJSON_IsArray(inputs))
-        return fail(err, errlen, 400, "inputs: required, an array of tensors");
+        return api_fail(err, errlen, 400, "inputs: required, an array of tensors");
     size_t bin_used = 0;
     int i = 0;
     const cJSON *in;
@@ -437,18 +432,18 @@ static int parse_root(const cJSON *root, size_t json_len, const char *bin, size_
     }
     const char *main_name = info->input_kind == MODEL_INPUT_TOKENS ? "tokens" : "features";
     if (!ins[0].present)
-        return fail(err, errlen, 400, "inputs: the tensor \"%s\" is required", main_name);
+        return api_fail(err, errlen, 400, "inputs: the tensor \"%s\" is required", main_name);
     if (bin_used != binlen)
-        return fail(err, errlen, 400,
-                    "body: %zu bytes of binary data after the header, but the inputs' "
-                    "binary_data_size add up to %zu",
-                    binlen, bin_used);
+        return api_fail(err, errlen, 400,
+                        "body: %zu bytes of binary data after the header, but the inputs' "
+                        "binary_data_size add up to %zu",
+                        binlen, bin_used);
     v->batch = (int)ins[0].shape[0];
     v->steps = (int)ins[0].shape[1];
     if (ins[1].present && ins[1].shape[0] != v->batch)
-        return fail(err, errlen, 400,
-                    "inputs.lengths.shape[0]: must equal the batch size %d, got %lld", v->batch,
-                    ins[1].shape[0]);
+        return api_fail(err, errlen, 400,
+                        "inputs.lengths.shape[0]: must equal the batch size %d, got %lld", v->batch,
+                        ins[1].shape[0]);
 
     if (outputs) {
         int code = parse_outputs(outputs, binary_default, v, err, errlen);
@@ -474,38 +469,39 @@ static int parse_root(const cJSON *root, size_t json_len, const char *bin, size_
     for (int b = 0; b < v->batch; b++) {
         long long l = ins[1].present ? ins[1].ints[b] : v->steps;
         if (l < 1 || l > v->steps)
-            return fail(err, errlen, 400, "inputs.lengths[%d]: %lld is not in [1, %d] (steps)", b,
-                        l, v->steps);
+            return api_fail(err, errlen, 400, "inputs.lengths[%d]: %lld is not in [1, %d] (steps)",
+                            b, l, v->steps);
         r->total_steps += l;
     }
     if (r->total_steps > lim->max_request_steps)
-        return fail(err, errlen, 400, "inputs: %ld time steps in all, more than the limit %d",
-                    r->total_steps, lim->max_request_steps);
+        return api_fail(err, errlen, 400, "inputs: %ld time steps in all, more than the limit %d",
+                        r->total_steps, lim->max_request_steps);
     long long vecs = r->all_steps ? (long long)v->batch * v->steps : v->batch;
     long long per_vec = 0;
     for (int k = 0; k < v->nout; k++)
         per_vec += v->order[k] == V2_OUT_OUTPUT ? info->output_size : top_k;
     if (vecs * per_vec > lim->max_output_values)
-        return fail(err, errlen, 400,
-                    "outputs: the response would carry %lld values, more than the limit %ld "
-                    "(use fewer steps, \"output\": \"last\" or top_k outputs)",
-                    vecs * per_vec, lim->max_output_values);
+        return api_fail(err, errlen, 400,
+                        "outputs: the response would carry %lld values, more than the limit %ld "
+                        "(use fewer steps, \"output\": \"last\" or top_k outputs)",
+                        vecs * per_vec, lim->max_output_values);
     r->seqs = calloc((size_t)v->batch, sizeof *r->seqs);
     if (!r->seqs)
-        return fail(err, errlen, 500, "out of memory");
+        return api_fail(err, errlen, 500, "out of memory");
     size_t rows = (size_t)v->batch * (size_t)v->steps;
     if (info->input_kind == MODEL_INPUT_TOKENS) {
         r->tokens = malloc(rows * sizeof *r->tokens);
         if (!r->tokens)
-            return fail(err, errlen, 500, "out of memory");
+            return api_fail(err, errlen, 500, "out of memory");
         for (size_t k = 0; k < rows; k++) {
             int64_t t = ins[0].ints[k];
             int b = (int)(k / (size_t)v->steps), s = (int)(k % (size_t)v->steps);
             /* Padding past a sequence's length is never read: any value is allowed there. */
-            if (s < (ins[1].present ? ins[1].ints[b] : v->steps) && (t < 0 || t >= info->vocab_size))
-                return fail(err, errlen, 400,
-                            "inputs.tokens[%d][%d]: token id %lld out of range [0, %d)", b, s,
-                            (long long)t, info->vocab_size);
+            if (s < (ins[1].present ? ins[1].ints[b] : v->steps) &&
+                (t < 0 || t >= info->vocab_size))
+                return api_fail(err, errlen, 400,
+                                "inputs.tokens[%d][%d]: token id %lld out of range [0, %d)", b, s,
+                                (long long)t, info->vocab_size);
             r->tokens[k] = (int32_t)t;
         }
     } else {
@@ -522,7 +518,7 @@ static int parse_root(const cJSON *root, size_t json_len, const char *bin, size_
             q->features = r->features + (size_t)b * (size_t)v->steps * row_elems;
         char why[200];
         if (model_check_seq(am->model, q, why, sizeof why) != BALSA_OK)
-            return fail(err, errlen, 400, "inputs.%s[%d]: %s", main_name, b, why);
+            return api_fail(err, errlen, 400, "inputs.%s[%d]: %s", main_name, b, why);
     }
     return 0;
 }
@@ -536,9 +532,9 @@ int v2_parse_infer(const char *body, size_t len, long header_len, const api_mode
     r->model = model;
     r->timeout_ms = -1;
     if (header_len > (long)len)
-        return fail(err, errlen, 400,
-                    "Inference-Header-Content-Length: %ld is more than the body's %zu bytes",
-                    header_len, len);
+        return api_fail(err, errlen, 400,
+                        "Inference-Header-Content-Length: %ld is more than the body's %zu bytes",
+                        header_len, len);
     size_t jlen = header_len >= 0 ? (size_t)header_len : len;
     cJSON *root;
     size_t off;
@@ -548,12 +544,12 @@ int v2_parse_infer(const char *body, size_t len, long header_len, const api_mode
     v2_in ins[2];
     memset(ins, 0, sizeof ins);
     if (off != jlen)
-        code = fail(err, errlen, 400, "body: unexpected bytes after the JSON at byte %zu%s", off,
-                    header_len < 0 ? " (binary data needs Inference-Header-Content-Length)"
-                                   : "");
+        code =
+            api_fail(err, errlen, 400, "body: unexpected bytes after the JSON at byte %zu%s", off,
+                     header_len < 0 ? " (binary data needs Inference-Header-Content-Length)" : "");
     else
-        code = parse_root(root, jlen, body + jlen, len - jlen, header_len >= 0, &models[model],
-                          lim, r, v, ins, err, errlen);
+        code = parse_root(root, jlen, body + jlen, len - jlen, header_len >= 0, &models[model], lim,
+                          r, v, ins, err, errlen);
     cJSON_Delete(root);
     for (int k = 0; k < 2; k++) {
         free(ins[k].ints);

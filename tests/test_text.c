@@ -247,7 +247,8 @@ TEST(greedy_generation_is_argmax_of_model_run)
         int32_t got[24], want[24];
         int n = -1;
         model_gen_opts g = {.max_new = 24, .temperature = 0.0f, .seed = 0};
-        REQUIRE(model_generate(m, &(engine_seq){.tokens = prompt, .len = 5}, &g, got, &n) == BALSA_OK);
+        REQUIRE(model_generate(m, &(engine_seq){.tokens = prompt, .len = 5}, &g, got, &n) ==
+                BALSA_OK);
         greedy_by_model_run(m, prompt, 5, 24, want);
         CHECK(n == 24);
         int distinct = 0;
@@ -279,14 +280,14 @@ TEST(generating_sequences_share_a_stream)
     REQUIRE(model_stream_add_gen(s, &(engine_seq){.tokens = pa, .len = 2}, &ga, ta, &na, oa, &ga) ==
             BALSA_OK);
     REQUIRE(model_stream_add(s, &(engine_seq){.tokens = pb, .len = 7}, 1, ob, &pb) == BALSA_OK);
-    REQUIRE(model_stream_add_gen(s, &(engine_seq){.tokens = pc, .len = 4}, &gc, tc, &nc, NULL, &gc) ==
-            BALSA_OK);
+    REQUIRE(model_stream_add_gen(s, &(engine_seq){.tokens = pc, .len = 4}, &gc, tc, &nc, NULL,
+                                 &gc) == BALSA_OK);
     void *done[4];
     int ndone, finished = 0, steps = 0;
     while (model_stream_active(s) > 0 && steps < 100) {
         if (steps == 2) /* D joins while the others run */
-            REQUIRE(model_stream_add_gen(s, &(engine_seq){.tokens = pd, .len = 1}, &gd, td, &nd, NULL,
-                                         &gd) == BALSA_OK);
+            REQUIRE(model_stream_add_gen(s, &(engine_seq){.tokens = pd, .len = 1}, &gd, td, &nd,
+                                         NULL, &gd) == BALSA_OK);
         REQUIRE(model_stream_step(s, done, &ndone) == BALSA_OK);
         finished += ndone;
         steps++;
@@ -326,7 +327,8 @@ static void check_sampling(balsa_model *m, const int32_t *prompt, int plen, floa
     int O = model_get_info(m)->output_size;
     float *v = malloc(sizeof *v * (size_t)O);
     float *outs[1] = {v};
-    BALSA_ASSERT(model_run(m, &(engine_seq){.tokens = prompt, .len = plen}, 1, 0, outs) == BALSA_OK);
+    BALSA_ASSERT(model_run(m, &(engine_seq){.tokens = prompt, .len = plen}, 1, 0, outs) ==
+                 BALSA_OK);
     double *p = malloc(sizeof *p * (size_t)O), sum = 0;
     for (int i = 0; i < O; i++)
         sum += p[i] = exp(v[i] / t); /* v is log-softmax: log p */
@@ -335,8 +337,8 @@ static void check_sampling(balsa_model *m, const int32_t *prompt, int plen, floa
         model_gen_opts g = {.max_new = 1, .temperature = t, .seed = (uint64_t)k};
         int32_t tok;
         int got = 0;
-        BALSA_ASSERT(model_generate(m, &(engine_seq){.tokens = prompt, .len = plen}, &g, &tok, &got) ==
-                     BALSA_OK);
+        BALSA_ASSERT(model_generate(m, &(engine_seq){.tokens = prompt, .len = plen}, &g, &tok,
+                                    &got) == BALSA_OK);
         count[tok]++;
     }
     int nonzero = 0;
@@ -390,7 +392,8 @@ TEST(generation_refusals)
     CHECK(model_generate(m, &q, &neg, out, &n) == BALSA_ERR_INVALID);
     int32_t bad[] = {NV};
     model_gen_opts ok = {.max_new = 2, .temperature = 0, .seed = 0};
-    CHECK(model_generate(m, &(engine_seq){.tokens = bad, .len = 1}, &ok, out, &n) == BALSA_ERR_INVALID);
+    CHECK(model_generate(m, &(engine_seq){.tokens = bad, .len = 1}, &ok, out, &n) ==
+          BALSA_ERR_INVALID);
     model_free(m);
     /* models that cannot generate: bidirectional, and output size != vocabulary */
     char err[256];
@@ -510,6 +513,27 @@ static void expect_refusal(const char *body, int code, const char *words)
         api_request_free(&r);
 }
 
+/* Runs a parsed request r on m as the server would (generating, or model_run) and
+ * returns its rendered response, parsed (cJSON_Delete it); NULL on any failure. */
+static cJSON *run_and_render(balsa_model *m, api_request *r)
+{
+    if (api_alloc_outputs(r, model_get_info(m)))
+        return NULL;
+    balsa_status st = BALSA_OK;
+    for (int i = 0; r->generate && i < r->nseqs && st == BALSA_OK; i++) {
+        model_gen_opts g = r->gen;
+        g.seed += (uint64_t)i;
+        st = model_generate(m, &r->seqs[i], &g, r->gen_tokens[i], &r->gen_counts[i]);
+    }
+    if (!r->generate)
+        st = model_run(m, r->seqs, r->nseqs, r->all_steps, r->outputs);
+    size_t len;
+    char *resp = st == BALSA_OK ? api_render_response(r, "voc", model_get_info(m), &len) : NULL;
+    cJSON *o = resp ? cJSON_Parse(resp) : NULL;
+    free(resp);
+    return o;
+}
+
 TEST(api_text_and_generate)
 {
     balsa_model *voc = gen_model(MODEL_HEAD_LOG_SOFTMAX, 1, 1, 61);
@@ -577,14 +601,7 @@ TEST(api_text_and_generate)
     /* greedy: the response's tokens are model_generate's, its text their texts */
     REQUIRE(api_parse("{\"model\": \"voc\", \"text\": [\"the\", \"ab q\"], \"generate\": 12}", &r,
                       err, sizeof err) == 0);
-    REQUIRE(api_alloc_outputs(&r, api_models[0].info) == 0);
-    for (int i = 0; i < r.nseqs; i++)
-        REQUIRE(model_generate(voc, &r.seqs[i], &r.gen, r.gen_tokens[i], &r.gen_counts[i]) ==
-                BALSA_OK);
-    size_t len;
-    char *resp = api_render_response(&r, "voc", api_models[0].info, &len);
-    REQUIRE(resp);
-    cJSON *o = cJSON_Parse(resp);
+    cJSON *o = run_and_render(voc, &r);
     REQUIRE(o);
     CHECK(!cJSON_GetObjectItem(o, "seed")); /* greedy: nothing to reproduce */
     cJSON *outs = cJSON_GetObjectItem(o, "outputs");
@@ -602,7 +619,6 @@ TEST(api_text_and_generate)
         CHECK(!strcmp(cJSON_GetObjectItem(e, "finish_reason")->valuestring, "length"));
     }
     cJSON_Delete(o);
-    free(resp);
     api_request_free(&r);
 
     /* a stop string: the text is cut before it and finish_reason says so */
@@ -610,12 +626,7 @@ TEST(api_text_and_generate)
                       "\"temperature\": 0.7, \"seed\": 5, \"stop\": [\"\\u0001\", \"a\"]}",
                       &r, err, sizeof err) == 0);
     CHECK(r.gen.nstop == 2 && !strcmp(r.gen.stop[1], "a"));
-    REQUIRE(api_alloc_outputs(&r, api_models[0].info) == 0);
-    REQUIRE(model_generate(voc, &r.seqs[0], &r.gen, r.gen_tokens[0], &r.gen_counts[0]) ==
-            BALSA_OK);
-    resp = api_render_response(&r, "voc", api_models[0].info, &len);
-    REQUIRE(resp);
-    o = cJSON_Parse(resp);
+    o = run_and_render(voc, &r);
     REQUIRE(o);
     {
         cJSON *e = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "outputs"), 0);
@@ -633,34 +644,24 @@ TEST(api_text_and_generate)
         }
     }
     cJSON_Delete(o);
-    free(resp);
     api_request_free(&r);
 
     /* sampling without a seed: the response names the seed it used */
-    REQUIRE(api_parse("{\"model\": \"voc\", \"text\": \"a\", \"generate\": 4, \"temperature\": 0.7}",
-                      &r, err, sizeof err) == 0);
+    REQUIRE(
+        api_parse("{\"model\": \"voc\", \"text\": \"a\", \"generate\": 4, \"temperature\": 0.7}",
+                  &r, err, sizeof err) == 0);
     CHECK(!r.seed_given && r.gen.temperature > 0.69f && r.gen.seed < (1ull << 53));
-    REQUIRE(api_alloc_outputs(&r, api_models[0].info) == 0);
-    REQUIRE(model_generate(voc, &r.seqs[0], &r.gen, r.gen_tokens[0], &r.gen_counts[0]) ==
-            BALSA_OK);
-    resp = api_render_response(&r, "voc", api_models[0].info, &len);
-    REQUIRE(resp);
-    o = cJSON_Parse(resp);
+    o = run_and_render(voc, &r);
     REQUIRE(o);
     cJSON *seed = cJSON_GetObjectItem(o, "seed");
     CHECK(cJSON_IsNumber(seed) && (uint64_t)seed->valuedouble == r.gen.seed);
     cJSON_Delete(o);
-    free(resp);
     api_request_free(&r);
 
     /* top_k of a model with a vocabulary names its tokens */
     REQUIRE(api_parse("{\"model\": \"voc\", \"text\": \"the\", \"top_k\": 3}", &r, err,
                       sizeof err) == 0);
-    REQUIRE(api_alloc_outputs(&r, api_models[0].info) == 0);
-    REQUIRE(model_run(voc, r.seqs, r.nseqs, 0, r.outputs) == BALSA_OK);
-    resp = api_render_response(&r, "voc", api_models[0].info, &len);
-    REQUIRE(resp);
-    o = cJSON_Parse(resp);
+    o = run_and_render(voc, &r);
     REQUIRE(o);
     cJSON *first = cJSON_GetArrayItem(cJSON_GetObjectItem(o, "outputs"), 0);
     cJSON *idx = cJSON_GetObjectItem(first, "indices"), *tt = cJSON_GetObjectItem(first, "tokens");
@@ -669,7 +670,6 @@ TEST(api_text_and_generate)
         CHECK(strcmp(cJSON_GetArrayItem(tt, j)->valuestring,
                      model_token_str(voc, cJSON_GetArrayItem(idx, j)->valueint)) == 0);
     cJSON_Delete(o);
-    free(resp);
     api_request_free(&r);
     model_free(voc);
     model_free(plain);
@@ -687,7 +687,8 @@ TEST(serve_generates_text_with_the_demo_model)
     int plen = 0, n = 0;
     REQUIRE(model_encode_text(m, "And the", 7, prompt, &plen, err, sizeof err) == BALSA_OK);
     model_gen_opts g = {.max_new = 40, .temperature = 0.0f, .seed = 0};
-    REQUIRE(model_generate(m, &(engine_seq){.tokens = prompt, .len = plen}, &g, want, &n) == BALSA_OK);
+    REQUIRE(model_generate(m, &(engine_seq){.tokens = prompt, .len = plen}, &g, want, &n) ==
+            BALSA_OK);
     char want_text[512] = "";
     for (int j = 0; j < 40; j++)
         strcat(want_text, model_token_str(m, want[j]));
@@ -737,7 +738,8 @@ TEST(serve_generates_text_with_the_demo_model)
         su_request(sv.port, "POST", "/infer", body, strlen(body), NULL, &r);
         o = cJSON_Parse(r.body);
         cJSON *e = o ? cJSON_GetArrayItem(cJSON_GetObjectItem(o, "outputs"), 0) : NULL;
-        snprintf(stop, sizeof stop, "%s", e ? cJSON_GetObjectItem(e, "finish_reason")->valuestring : "");
+        snprintf(stop, sizeof stop, "%s",
+                 e ? cJSON_GetObjectItem(e, "finish_reason")->valuestring : "");
         CHECK(e && !strncmp(cJSON_GetObjectItem(e, "text")->valuestring, want_text,
                             (size_t)(at - want_text)) &&
               strlen(cJSON_GetObjectItem(e, "text")->valuestring) == (size_t)(at - want_text) &&
