@@ -69,6 +69,7 @@ struct model_stream {
     dev_buf g, xin, proj, fcin, fa, fb;
     host_buf hx, hg, hrow, hout, hproj;
     int *projrows; /* rows projected together this step (project_rows) */
+    double *weights; /* pick_token's sampling weights, output_size (generating models) */
     int *outrows;
 };
 
@@ -146,6 +147,7 @@ void model_stream_free(model_stream *s)
     free(s->pending);
     free(s->outrows);
     free(s->projrows);
+    free(s->weights);
     free(s);
 }
 
@@ -165,7 +167,10 @@ balsa_status model_stream_create(balsa_model *m, int max_slots, model_stream **o
     s->pending = calloc(max_slots, sizeof(int));
     s->outrows = calloc(max_slots, sizeof(int));
     s->projrows = calloc(max_slots, sizeof(int));
-    balsa_status st = s->slots && s->row_slot && s->pending && s->outrows && s->projrows
+    if (m->info.can_generate)
+        s->weights = malloc(sizeof *s->weights * (size_t)m->info.output_size);
+    balsa_status st = s->slots && s->row_slot && s->pending && s->outrows && s->projrows &&
+                              (s->weights || !m->info.can_generate)
                           ? BALSA_OK
                           : BALSA_ERR_OOM;
     balsa_backend *be = m->be;
@@ -200,25 +205,34 @@ balsa_status model_stream_create(balsa_model *m, int max_slots, model_stream **o
 int model_stream_active(const model_stream *s) { return s->nrows + s->npending; }
 int model_stream_free_slots(const model_stream *s) { return s->max_slots - model_stream_active(s); }
 
-/* Projects steps from..from+STREAM_CHUNK of a slot's sequence through the first layer:
- * proj = W_ih x + (b_ih + b_hh), one matmul, kept on the host. */
-static balsa_status slot_project(model_stream *s, stream_slot *sl, int from)
+/* Projects the n input rows in s->hx through the first layer, W_ih x + (b_ih + b_hh), one
+ * matmul, into dst (host, n x 4H). */
+static balsa_status project_hx(model_stream *s, int n, float *dst)
 {
     balsa_model *m = s->m;
     balsa_backend *be = m->be;
     int I = m->spec.input_size, H = m->spec.hidden_size;
-    int n = sl->len - from < STREAM_CHUNK ? sl->len - from : STREAM_CHUNK;
-    engine_seq q = slot_seq(s, sl);
-    for (int t = 0; t < n; t++)
-        model_input_row(m, &q, from + t, s->hx.p + (size_t)t * I);
     balsa_status st = be->ops->to_device(be, s->xin.p, s->hx.p, (size_t)n * I * sizeof(float));
     if (st == BALSA_OK)
         st = be->ops->matmul(be, m->lstm[0][0].w_ih, s->xin.p, I, n, m->lstm[0][0].bias, 0,
                              BALSA_ACT_NONE, s->proj.p, 4 * H);
     if (st == BALSA_OK)
-        st = be->ops->to_host(be, sl->proj, s->proj.p, (size_t)n * 4 * H * sizeof(float));
+        st = be->ops->to_host(be, dst, s->proj.p, (size_t)n * 4 * H * sizeof(float));
     if (st == BALSA_OK)
         st = be->ops->synchronize(be);
+    return st;
+}
+
+/* Projects steps from..from+STREAM_CHUNK of a slot's sequence through the first layer:
+ * proj = W_ih x + (b_ih + b_hh), one matmul, kept on the host. */
+static balsa_status slot_project(model_stream *s, stream_slot *sl, int from)
+{
+    int I = s->m->spec.input_size;
+    int n = sl->len - from < STREAM_CHUNK ? sl->len - from : STREAM_CHUNK;
+    engine_seq q = slot_seq(s, sl);
+    for (int t = 0; t < n; t++)
+        model_input_row(s->m, &q, from + t, s->hx.p + (size_t)t * I);
+    balsa_status st = project_hx(s, n, sl->proj);
     sl->proj_from = from;
     sl->proj_n = n;
     return st;
@@ -367,9 +381,9 @@ static double score_log(float v, model_head head)
  * greedy takes the highest (the lower id on ties); otherwise token i is drawn with
  * probability proportional to exp(log p_i / temperature), log p_i being the output
  * itself (log_softmax), its log (softmax) or the logits (none), shifted by the maximum so
- * that exp never overflows. */
+ * that exp never overflows. w (room for n) holds the weights between the two passes. */
 static int pick_token(const float *v, int n, model_head head, float temperature,
-                      uint64_t *rng)
+                      uint64_t *rng, double *w)
 {
     int best = 0;
     for (int i = 1; i < n; i++)
@@ -379,10 +393,10 @@ static int pick_token(const float *v, int n, model_head head, float temperature,
         return best;
     double top = score_log(v[best], head), sum = 0;
     for (int i = 0; i < n; i++)
-        sum += exp((score_log(v[i], head) - top) / temperature);
+        sum += w[i] = exp((score_log(v[i], head) - top) / temperature);
     double u = rng_unit(rng) * sum, acc = 0;
     for (int i = 0; i < n; i++) {
-        acc += exp((score_log(v[i], head) - top) / temperature);
+        acc += w[i];
         if (u < acc)
             return i;
     }
@@ -423,9 +437,11 @@ static int gen_stopped(const stream_slot *sl, const balsa_model *m)
 
 /* A generating row's step output: records the picked token and, while more are wanted
  * and no stop string has appeared, appends it to the input so that the row runs on. */
-static void gen_advance(stream_slot *sl, const float *v, const balsa_model *m)
+static void gen_advance(model_stream *s, stream_slot *sl, const float *v)
 {
-    int t = pick_token(v, m->info.output_size, m->spec.head, sl->temperature, &sl->rng);
+    const balsa_model *m = s->m;
+    int t = pick_token(v, m->info.output_size, m->spec.head, sl->temperature, &sl->rng,
+                       s->weights);
     sl->gen_out[sl->gen_count++] = t;
     *sl->gen_n = sl->gen_count;
     if (sl->nstop && gen_stopped(sl, m))
@@ -587,7 +603,7 @@ static balsa_status step_outputs(model_stream *s)
         if (sl->out)
             memcpy(sl->out + (sl->all_steps ? (size_t)sl->pos * O : 0), v, sizeof(float) * O);
         if (sl->gen_max)
-            gen_advance(sl, v, m);
+            gen_advance(s, sl, v);
     }
     return st;
 }
@@ -600,7 +616,6 @@ static balsa_status step_outputs(model_stream *s)
 static balsa_status project_rows(model_stream *s)
 {
     balsa_model *m = s->m;
-    balsa_backend *be = m->be;
     int H = m->spec.hidden_size, I = m->spec.input_size, k = 0;
     size_t row = (size_t)4 * H;
     balsa_status st = BALSA_OK;
@@ -620,14 +635,7 @@ static balsa_status project_rows(model_stream *s)
     }
     if (k == 0 || st != BALSA_OK)
         return st;
-    st = be->ops->to_device(be, s->xin.p, s->hx.p, (size_t)k * I * sizeof(float));
-    if (st == BALSA_OK)
-        st = be->ops->matmul(be, m->lstm[0][0].w_ih, s->xin.p, I, k, m->lstm[0][0].bias, 0,
-                             BALSA_ACT_NONE, s->proj.p, 4 * H);
-    if (st == BALSA_OK)
-        st = be->ops->to_host(be, s->hproj.p, s->proj.p, (size_t)k * row * sizeof(float));
-    if (st == BALSA_OK)
-        st = be->ops->synchronize(be);
+    st = project_hx(s, k, s->hproj.p);
     for (int i = 0; i < k && st == BALSA_OK; i++)
         memcpy(s->hg.p + (size_t)s->projrows[i] * row, s->hproj.p + (size_t)i * row,
                sizeof(float) * row);
