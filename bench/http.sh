@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # End-to-end HTTP benchmark of `balsa serve` with wrk on loopback, everything in one run
 # so the ratios compare like with like on this (shared, noisy) machine:
-#   1. POST /infer on the demo model at concurrency 1, 16, 64, 256: req/s, p50, p99;
+#   1. POST /infer at concurrency 1, 16, 64, 256: req/s, p50, p99;
 #   2. batching on (max_batch_size 32) vs off (max_batch_size 1) at concurrency 64;
+#      parts 1 and 2 run for the demo model and for a 2-layer hidden-650 language model
+#      (vocabulary 10,000, 90.6% balanced, bank 32: the paper's PTB shape), which this
+#      script builds with bench/make_lm_model.py and `balsa convert` (needs numpy);
 #   3. GET /healthz of balsa vs a bare libmicrohttpd server (bench/bare_mhd.c) answering
 #      the same fixed JSON, and vs nginx returning the same bytes (context only);
 #   4. resident memory after 10,000 and after 100,000 requests.
 # Usage: bench/http.sh   (env: DUR seconds per point, default 5; BUILD, default
-# build/cuda or build/cpu; PORT_BASE, default 18180; MODEL, the model file served as `demo`
-# (default models/demo/demo.safetensors); BODY, the /infer body; PHASES, the
-# parts to run, default "sweep batching healthz memory"; SERVE_ARGS, extra flags for every
-# `balsa serve`, e.g. "--threads 1")
+# build/cuda or build/cpu; PORT_BASE, default 18180; MODEL, the first model file
+# (default models/demo/demo.safetensors); MODEL2, the second one (default: the hidden-650
+# model built here; "none" skips it); each model is served as `demo` by servers of its
+# own, so one BODY fits both; BODY, the /infer body; PHASES, the parts to run, default
+# "sweep batching healthz memory"; SERVE_ARGS, extra flags for every `balsa serve`, e.g.
+# "--threads 1")
 # Needs wrk (tools/deps.sh); nginx is optional (apt-get install nginx-light).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +28,8 @@ fi
 BALSA=$BUILD/balsa
 BARE=$BUILD/bench/bare_mhd
 MODEL=${MODEL:-models/demo/demo.safetensors}
+MODEL2=${MODEL2:-lm650}
+MODEL2_ARG=$MODEL2
 BODY=${BODY:-'{"model": "demo", "inputs": [[12, 7, 99, 5, 310, 42, 8, 77, 501, 3, 64, 19, 230, 11, 900, 1]], "top_k": 5}'}
 # The memory phase sends many small requests: it looks for leaks per request.
 MEMBODY=${MEMBODY:-'{"model": "demo", "inputs": [[12, 7]], "top_k": 5}'}
@@ -57,9 +64,9 @@ wait_http() { # url
     echo "no answer from $1"; exit 1
 }
 
-start_balsa() { # port, extra args...
-    local port=$1; shift
-    "$BALSA" serve --host 127.0.0.1 --port "$port" --model "demo=$MODEL" --access-log false \
+start_balsa() { # port, model file, extra args...
+    local port=$1 file=$2; shift 2
+    "$BALSA" serve --host 127.0.0.1 --port "$port" --model "demo=$file" --access-log false \
         --drain-delay-ms 0 ${SERVE_ARGS:-} "$@" 2>"$TMP/balsa_$port.log" &
     PIDS+=($!)
     LAST_PID=$!
@@ -110,18 +117,35 @@ echo "body: $BODY"
 echo "wrk: ${DUR}s per point, -t2 (-t1 at concurrency 1), keep-alive"
 echo
 
-P1=$((PORT_BASE + 1)) P2=$((PORT_BASE + 2)) P4=$((PORT_BASE + 4)) P5=$((PORT_BASE + 5))
+P4=$((PORT_BASE + 4)) P5=$((PORT_BASE + 5))
 ROUNDS=${ROUNDS:-3}
 PHASES=${PHASES:-sweep batching healthz memory}
 phase() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
+# The second model: built once per run (a few seconds) unless MODEL2 names a file.
+if [ "$MODEL2" = lm650 ]; then
+    python3 bench/make_lm_model.py "$TMP/lm650_dense.safetensors" --embed 650 --hidden 650 \
+        --layers 2 --name lm650
+    "$BALSA" convert "$TMP/lm650_dense.safetensors" -o "$TMP/lm650.safetensors" --quiet >/dev/null
+    rm -f "$TMP/lm650_dense.safetensors"
+    MODEL2=$TMP/lm650.safetensors
+fi
+LABELS=("$(basename "$MODEL" .safetensors)") FILES=("$MODEL")
+if [ "$MODEL2" != none ]; then LABELS+=("$(basename "$MODEL2" .safetensors)") FILES+=("$MODEL2"); fi
+
 # Every server runs from the start (idle ones cost nothing); comparisons alternate
 # between them round by round and report medians, because this machine is shared.
-start_balsa "$P1" --max-batch-size 32
-BALSA_ON=$LAST_PID
-start_balsa "$P2" --max-batch-size 1
-BALSA_OFF=$LAST_PID
+# Model i is served with batching on at port PORT_BASE + 10 + 2i, off at the next port.
+ON_PIDS=() OFF_PIDS=()
+for i in "${!FILES[@]}"; do
+    start_balsa $((PORT_BASE + 10 + 2 * i)) "${FILES[$i]}" --max-batch-size 32
+    ON_PIDS+=("$LAST_PID")
+    start_balsa $((PORT_BASE + 11 + 2 * i)) "${FILES[$i]}" --max-batch-size 1
+    OFF_PIDS+=("$LAST_PID")
+done
+BALSA_ON=${ON_PIDS[0]}
+P1=$((PORT_BASE + 10))
 "$BARE" "$P4" 2 2>"$TMP/bare.log" &
 PIDS+=($!)
 BARE_PID=$!
@@ -152,39 +176,43 @@ NGX
     HAVE_NGINX=1
 fi
 
+for i in "${!FILES[@]}"; do
+pon=$((PORT_BASE + 10 + 2 * i)) poff=$((PORT_BASE + 11 + 2 * i))
+label=${LABELS[$i]}
 if phase sweep; then
-echo "## POST /infer, demo model, batching on (max_batch_size 32, max_queue_delay_us 1000)"
+echo "## POST /infer, model $label (${FILES[$i]}), batching on (max_batch_size 32, max_queue_delay_us 1000)"
 echo "| concurrency | req/s | p50 ms | p99 ms | server CPU us/request | errors |"
 echo "|---|---|---|---|---|---|"
 for c in 1 16 64 256; do
-    read -r rps p50 p99 cpu errs <<<"$(run_wrk "http://127.0.0.1:$P1/infer" "$c" "$TMP/post.lua" "$BALSA_ON")"
+    read -r rps p50 p99 cpu errs <<<"$(run_wrk "http://127.0.0.1:$pon/infer" "$c" "$TMP/post.lua" "${ON_PIDS[$i]}")"
     echo "| $c | $rps | $p50 | $p99 | $cpu | $errs |"
 done
-batches=$(curl -s "http://127.0.0.1:$P1/metrics" | awk '/^balsa_batch_size_(sum|count)\{model="demo"\}/ { v[$1 ~ /_sum/ ? "s" : "c"] = $2 } END { if (v["c"] > 0) printf "%.1f", v["s"] / v["c"] }')
+batches=$(curl -s "http://127.0.0.1:$pon/metrics" | awk '/^balsa_batch_size_(sum|count)\{model="demo"\}/ { v[$1 ~ /_sum/ ? "s" : "c"] = $2 } END { if (v["c"] > 0) printf "%.1f", v["s"] / v["c"] }')
 echo
 echo "mean sequences per executed step over these runs: $batches"
+echo
 fi
 
 if phase batching; then
-echo
-echo "## batching on (max_batch_size 32) vs off (max_batch_size 1), concurrency 64, $ROUNDS rounds"
+echo "## model $label: batching on (max_batch_size 32) vs off (max_batch_size 1), concurrency 64, $ROUNDS rounds"
 echo "| round | on: req/s (p50 / p99 ms, CPU us/req) | off: req/s (p50 / p99 ms, CPU us/req) |"
 echo "|---|---|---|"
 ON=() OFF=() ONC=() OFFC=()
 for r in $(seq "$ROUNDS"); do
-    read -r a a50 a99 ac _ <<<"$(run_wrk "http://127.0.0.1:$P1/infer" 64 "$TMP/post.lua" "$BALSA_ON")"
-    read -r b b50 b99 bc _ <<<"$(run_wrk "http://127.0.0.1:$P2/infer" 64 "$TMP/post.lua" "$BALSA_OFF")"
+    read -r a a50 a99 ac _ <<<"$(run_wrk "http://127.0.0.1:$pon/infer" 64 "$TMP/post.lua" "${ON_PIDS[$i]}")"
+    read -r b b50 b99 bc _ <<<"$(run_wrk "http://127.0.0.1:$poff/infer" 64 "$TMP/post.lua" "${OFF_PIDS[$i]}")"
     ON+=("$a") OFF+=("$b") ONC+=("$ac") OFFC+=("$bc")
     echo "| $r | $a ($a50 / $a99, $ac) | $b ($b50 / $b99, $bc) |"
 done
 on=$(median "${ON[@]}") off=$(median "${OFF[@]}")
 onc=$(median "${ONC[@]}") offc=$(median "${OFFC[@]}")
 echo
-echo "batching on / off at concurrency 64, medians: req/s $on / $off = $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2fx", a / b }') (goal >= 3x); server CPU per request $offc / $onc us = $(awk -v a="$offc" -v b="$onc" 'BEGIN { printf "%.2fx", a / b }') less with batching"
+echo "model $label, batching on / off at concurrency 64, medians: req/s $on / $off = $(awk -v a="$on" -v b="$off" 'BEGIN { printf "%.2fx", a / b }') (goal >= 3x); server CPU per request $offc / $onc us = $(awk -v a="$offc" -v b="$onc" 'BEGIN { printf "%.2fx", a / b }') less with batching"
+echo
 fi
+done
 
 if phase healthz; then
-echo
 echo "## GET /healthz, concurrency 64, $ROUNDS rounds: balsa vs bare libmicrohttpd (same threading, same body) vs nginx"
 echo "| round | balsa: req/s (p50 / p99 ms, CPU us/req) | bare libmicrohttpd | nginx, 1 worker |"
 echo "|---|---|---|---|"
@@ -206,13 +234,12 @@ echo
 echo "balsa /healthz vs bare libmicrohttpd, medians: req/s $bh / $mh = $(awk -v a="$bh" -v b="$mh" 'BEGIN { printf "%.0f%%", 100 * a / b }') (goal >= 90%); server CPU per request $bc vs $mc us ($(awk -v a="$bc" -v b="$mc" 'BEGIN { printf "%.0f%%", 100 * b / a }') of balsa's throughput per CPU-second)"
 if [ "$HAVE_NGINX" = 1 ]; then echo "nginx median: $(median "${NH[@]}") req/s (context only)"; fi
 fi
-stop_pid "$BALSA_ON"
-stop_pid "$BALSA_OFF"
+for p in "${ON_PIDS[@]}" "${OFF_PIDS[@]}"; do stop_pid "$p"; done
 if phase memory; then
 echo
 echo "## resident memory under load (POST /infer $MEMBODY, concurrency 64)"
 P3=$((PORT_BASE + 3))
-start_balsa "$P3"
+start_balsa "$P3" "$MODEL"
 MEM_PID=$LAST_PID
 rss0=$(rss_kb "$MEM_PID")
 answered() { curl -s "http://127.0.0.1:$P3/metrics" | awk '/^balsa_inference_requests_total\{model="demo",code="200"\}/ { print $2 }'; }
@@ -237,4 +264,4 @@ echo
 echo "RSS growth from 10k to 100k requests: $(awk -v a="$rss1" -v b="$rss2" 'BEGIN { printf "%+.1f%%", 100 * (b - a) / a }') (goal within 10%)"
 fi
 echo
-echo "rerun: DUR=$DUR ROUNDS=$ROUNDS PHASES=\"$PHASES\" SERVE_ARGS=\"${SERVE_ARGS:-}\" MODEL=$MODEL bash bench/http.sh"
+echo "rerun: DUR=$DUR ROUNDS=$ROUNDS PHASES=\"$PHASES\" SERVE_ARGS=\"${SERVE_ARGS:-}\" MODEL=$MODEL MODEL2=$MODEL2_ARG bash bench/http.sh"
