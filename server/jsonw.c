@@ -1,5 +1,6 @@
 /* The growable JSON/text writer (see jsonw.h). */
 #include "jsonw.h"
+#include "engine/utf8.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -90,7 +91,8 @@ void jsonw_quoted(jsonw *w, const char *s)
 {
     jsonw_raw(w, "\"", 1);
     const char *run = s;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
         const char *esc = NULL;
         char ubuf[8];
         if (*p == '"')
@@ -106,12 +108,24 @@ void jsonw_quoted(jsonw *w, const char *s)
         else if (*p < 0x20) {
             snprintf(ubuf, sizeof ubuf, "\\u%04x", *p);
             esc = ubuf;
+        } else if (*p >= 0x80) {
+            /* Text from clients (echoed in messages, cut to a length) or anywhere else
+             * may not be valid UTF-8; JSON must be, so a bad byte becomes U+FFFD. */
+            unsigned cp;
+            int n = utf8_seq(p, strnlen((const char *)p, 4), &cp);
+            if (n) {
+                p += n;
+                continue;
+            }
+            esc = "\\ufffd";
         }
-        if (!esc)
+        if (!esc) {
+            p++;
             continue;
+        }
         jsonw_raw(w, run, (size_t)((const char *)p - run));
         jsonw_str(w, esc);
-        run = (const char *)p + 1;
+        run = (const char *)++p;
     }
     jsonw_str(w, run);
     jsonw_raw(w, "\"", 1);

@@ -24,7 +24,8 @@ char *jsonw_take(jsonw *w, size_t *len);
 void jsonw_raw(jsonw *w, const char *s, size_t n);
 void jsonw_str(jsonw *w, const char *s); /* appends s as is */
 void jsonw_printf(jsonw *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Appends s as a quoted JSON string, escaping quotes, backslashes and control bytes. */
+/* Appends s as a quoted JSON string, escaping quotes, backslashes and control bytes; a
+ * byte that is not part of valid UTF-8 becomes \ufffd, so the output is always valid. */
 void jsonw_quoted(jsonw *w, const char *s);
 /* Appends a float as "%.9g"; NaN and infinities (not valid JSON) become null. */
 void jsonw_float(jsonw *w, float v);

@@ -1,7 +1,8 @@
-/* Tests for the JSON writer's float formatting (server/jsonw.c): jsonw_format_float must
- * write exactly what snprintf("%.9g") writes, and so round-trip, for every float it is
- * given: millions of random bit patterns, every power of two and of ten, the neighbours of
- * each, the ends of the range and values on rounding ties. */
+/* Tests for the JSON writer (server/jsonw.c): jsonw_format_float must write exactly what
+ * snprintf("%.9g") writes, and so round-trip, for every float it is given: millions of
+ * random bit patterns, every power of two and of ten, the neighbours of each, the ends of
+ * the range and values on rounding ties; jsonw_quoted escapes what JSON needs and turns
+ * bytes that are not valid UTF-8 into U+FFFD. */
 #include <float.h>
 #include <math.h>
 #include <stdint.h>
@@ -122,10 +123,43 @@ TEST(jsonw_float_appends)
     free(text);
 }
 
+/* Valid UTF-8 passes as is, escapes are JSON's, and every byte of a broken sequence (a
+ * stray continuation, a lead cut short, an overlong form, a surrogate, above U+10FFFF)
+ * becomes \ufffd without eating the valid text after it. */
+TEST(jsonw_quoted_escapes_and_repairs_utf8)
+{
+    struct {
+        const char *in, *out;
+    } cases[] = {
+        {"plain", "\"plain\""},
+        {"q\"b\\n\nt\tr\r\x01", "\"q\\\"b\\\\n\\nt\\tr\\r\\u0001\""},
+        {"caf\xc3\xa9 \xe2\x82\xac \xf0\x9d\x90\x93", "\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9d\x90\x93\""},
+        {"a\x80" "b", "\"a\\ufffdb\""},
+        {"cut \xc3", "\"cut \\ufffd\""},
+        {"\xe2\x82x", "\"\\ufffd\\ufffdx\""},
+        {"\xc0\xaf", "\"\\ufffd\\ufffd\""},
+        {"\xed\xa0\x80", "\"\\ufffd\\ufffd\\ufffd\""},
+        {"\xf4\x90\x80\x80!", "\"\\ufffd\\ufffd\\ufffd\\ufffd!\""},
+        {"\xff\"", "\"\\ufffd\\\"\""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        jsonw w;
+        jsonw_init(&w);
+        jsonw_quoted(&w, cases[i].in);
+        size_t len;
+        char *text = jsonw_take(&w, &len);
+        REQUIRE(text != NULL);
+        CHECK_MSG(strcmp(text, cases[i].out) == 0, "case %zu: %s (expected %s)", i, text,
+                  cases[i].out);
+        free(text);
+    }
+}
+
 int main(void)
 {
     RUN(random_bit_patterns_match_snprintf);
     RUN(edge_cases_match_snprintf);
     RUN(jsonw_float_appends);
+    RUN(jsonw_quoted_escapes_and_repairs_utf8);
     HARNESS_END();
 }
