@@ -112,6 +112,10 @@ typedef struct {
      * MODEL_GEN_MAX_STOP_BYTES bytes; the strings must stay valid until the sequence ends. */
     const char *const *stop;
     int nstop;
+    /* NULL, or a flag another thread may set to end the generation early (a client that
+     * left): the sequence then ends after its next token. It must stay valid until the
+     * sequence ends. */
+    const _Atomic int *cancel;
 } model_gen_opts;
 
 #define MODEL_GEN_MAX_STOP 4

@@ -24,6 +24,7 @@ struct sched {
     queue_item *expired;
     pthread_t thread;
     atomic_int abort;
+    uint64_t steps; /* steps run, for calling each request's progress once per step */
 };
 
 static void finish(sched_request *r, balsa_status st)
@@ -176,6 +177,14 @@ static void *sched_main(void *arg)
                 r->status = st;
             if (--r->pending == 0 && r->next_seq == r->nseqs)
                 finish(r, r->status);
+        }
+        s->steps++;
+        for (int i = 0; i < s->cfg.max_batch_size; i++) {
+            sched_request *r = s->slots[i].used ? s->slots[i].req : NULL;
+            if (r && r->progress && r->progress_step != s->steps) {
+                r->progress_step = s->steps;
+                r->progress(r);
+            }
         }
     }
     return NULL;

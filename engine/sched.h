@@ -35,6 +35,10 @@ struct sched_request {
     /* Called once, from the scheduler thread, after a successful sched_submit; the
      * scheduler does not touch the request after it returns. */
     void (*done)(sched_request *r);
+    /* Optional (NULL: none): called from the scheduler thread after each step that
+     * advanced the request without completing it (gen_counts then tell the tokens so
+     * far), never after done(). For streaming the generated tokens. */
+    void (*progress)(sched_request *r);
     void *user;
 
     /* Set by the scheduler before done(). status: BALSA_OK, BALSA_ERR_TIMEOUT (deadline
@@ -45,6 +49,7 @@ struct sched_request {
 
     /* Private to the scheduler. */
     int next_seq, pending;
+    uint64_t progress_step;
 };
 
 typedef struct {

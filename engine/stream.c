@@ -50,6 +50,7 @@ typedef struct {
     int *gen_n;
     const char *const *stop; /* model_gen_opts' stop strings (the caller's) */
     int nstop;
+    const _Atomic int *cancel; /* model_gen_opts' (the caller's), or NULL */
     float *state0;        /* h0 then c0, each num_layers x directions x H, copied */
     size_t state_cap;     /* capacity of state0, in floats */
     int has_h0, has_c0;
@@ -356,6 +357,7 @@ balsa_status model_stream_add_gen(model_stream *s, const engine_seq *seq,
     sl->gen_n = gen_n;
     sl->stop = opts->stop;
     sl->nstop = opts->nstop;
+    sl->cancel = opts->cancel;
     *gen_n = 0;
     return BALSA_OK;
 }
@@ -444,7 +446,7 @@ static void gen_advance(model_stream *s, stream_slot *sl, const float *v)
                        s->weights);
     sl->gen_out[sl->gen_count++] = t;
     *sl->gen_n = sl->gen_count;
-    if (sl->nstop && gen_stopped(sl, m))
+    if ((sl->nstop && gen_stopped(sl, m)) || (sl->cancel && *sl->cancel))
         sl->gen_max = sl->gen_count; /* no more: the row ends at this step */
     if (sl->gen_count < sl->gen_max)
         sl->tokens[sl->len++] = t;

@@ -250,12 +250,11 @@ static int fill_vectors(const cJSON *inputs, const model_info *info, api_request
     return 0;
 }
 
-/* "generate", "temperature" and "seed" (the last two only with generate). */
 /* A request's fields (NULL when absent); inputs holds the sequences once "text" has
  * been turned into an array of strings. */
 typedef struct {
     const cJSON *model, *inputs, *text, *output, *top_k, *timeout, *generate, *temperature,
-        *seed, *stop, *init_state, *ret_state;
+        *seed, *stop, *init_state, *ret_state, *stream;
     const char *stop_name; /* "stop", or where the generate extension had it */
 } req_fields;
 
@@ -293,6 +292,7 @@ static int parse_stop(const cJSON *stop, const char *name, const api_model *am, 
     return 0;
 }
 
+/* "generate", "temperature", "seed" and "stop" (the last three only with generate). */
 static int parse_gen(const req_fields *q, const api_model *am, api_request *r, char *err,
                      size_t errlen)
 {
@@ -483,7 +483,27 @@ static int parse_return_state(const cJSON *v, const api_model *am, api_request *
     return 0;
 }
 
-/* The rest of parse_root, once the sequences (inputs) are known. */
+/* "stream" (v, may be NULL), once generate, return_state and the sequences are known. */
+static int parse_stream(const cJSON *v, api_request *r, char *err, size_t errlen)
+{
+    if (!v)
+        return 0;
+    if (!cJSON_IsBool(v))
+        return api_fail(err, errlen, 400, "stream: must be true or false");
+    r->stream = cJSON_IsTrue(v);
+    if (!r->stream)
+        return 0;
+    if (!r->generate)
+        return api_fail(err, errlen, 400,
+                        "stream: only with generate (it sends the generated tokens as they come)");
+    if (r->nseqs != 1)
+        return api_fail(err, errlen, 400, "stream: needs exactly one sequence, got %d",
+                        r->nseqs);
+    if (r->return_state)
+        return api_fail(err, errlen, 400, "stream: not with return_state");
+    return 0;
+}
+
 /* The step limit for `steps` input steps plus the tokens r generates. */
 static int check_steps(long steps, const api_request *r, const seq_src *src,
                        const api_limits *lim, char *err, size_t errlen)
@@ -496,6 +516,7 @@ static int check_steps(long steps, const api_request *r, const seq_src *src,
     return 0;
 }
 
+/* The rest of parse_root, once the model and the sequences' source (inputs) are known. */
 static int parse_body(const req_fields *q, const seq_src *src, const api_model *am,
                       const api_limits *lim, api_request *r, char *err, size_t errlen)
 {
@@ -530,6 +551,8 @@ static int parse_body(const req_fields *q, const seq_src *src, const api_model *
     /* Checked before anything is allocated for them; the whole request once texts are
      * encoded (their bytes are bounded by the body limit). */
     if ((code = check_steps(given, r, src, lim, err, errlen)))
+        return code;
+    if ((code = parse_stream(q->stream, r, err, errlen)))
         return code;
     r->seqs = calloc((size_t)r->nseqs, sizeof *r->seqs);
     if (!r->seqs)
@@ -582,12 +605,13 @@ static int parse_root(const cJSON *root, const api_model *models, int nmodels,
                              : !strcmp(f->string, "stop")          ? &q.stop
                              : !strcmp(f->string, "initial_state") ? &q.init_state
                              : !strcmp(f->string, "return_state")  ? &q.ret_state
+                             : !strcmp(f->string, "stream")        ? &q.stream
                                                                    : NULL;
         if (!slot)
             return api_fail(err, errlen, 400,
                             "%.64s: unknown field (expected model, inputs, text, output, top_k, "
-                            "timeout_ms, generate, temperature, seed, stop, initial_state, "
-                            "return_state)",
+                            "timeout_ms, generate, temperature, seed, stop, stream, "
+                            "initial_state, return_state)",
                             f->string);
         if (*slot)
             return api_fail(err, errlen, 400, "%s: given twice", f->string);
@@ -767,15 +791,22 @@ static char *tokens_text(const balsa_model *m, const int32_t *ids, int n)
     return text;
 }
 
-/* Cuts text before the first of r's stop strings it contains; 1 when it held one. */
-static int cut_at_stop(const api_request *r, char *text)
+/* The first place in text where one of r's stop strings begins; NULL when none does. */
+static const char *first_stop(const api_request *r, const char *text)
 {
-    char *first = NULL;
+    const char *first = NULL;
     for (int i = 0; i < r->gen.nstop; i++) {
-        char *at = strstr(text, r->gen.stop[i]);
+        const char *at = strstr(text, r->gen.stop[i]);
         if (at && (!first || at < first))
             first = at;
     }
+    return first;
+}
+
+/* Cuts text before the first of r's stop strings it contains; 1 when it held one. */
+static int cut_at_stop(const api_request *r, char *text)
+{
+    char *first = (char *)first_stop(r, text);
     if (first)
         *first = 0;
     return first != NULL;
@@ -1055,4 +1086,131 @@ char *api_render_generate(const api_request *r, const char *model_name, size_t *
         jsonw_printf(&w, i ? ",%d" : "%d", (int)r->gen_tokens[0][i]);
     jsonw_str(&w, "]}\n");
     return jsonw_take(&w, len);
+}
+
+/* The length of the longest suffix of text[0..len) that is a proper prefix of one of r's
+ * stop strings: text that a later token may turn into a stop string. */
+static size_t stop_prefix_tail(const api_request *r, const char *text, size_t len)
+{
+    size_t best = 0;
+    for (int i = 0; i < r->gen.nstop; i++) {
+        const char *stop = r->gen.stop[i];
+        size_t sl = strlen(stop);
+        for (size_t k = sl - 1 < len ? sl - 1 : len; k > best; k--)
+            if (!memcmp(text + len - k, stop, k)) {
+                best = k;
+                break;
+            }
+    }
+    return best;
+}
+
+int api_stream_event(const api_request *r, const char *model_name, int v2, int final,
+                     api_stream *st, jsonw *w)
+{
+    const balsa_model *m = r->engine_model;
+    const int32_t *ids = r->gen_tokens[0];
+    int n = r->gen_counts[0];
+    if (n == st->tokens && !final)
+        return 0;
+    int vocab = m && model_get_info(m)->has_vocabulary;
+    size_t sendable = 0;
+    int stopped = 0;
+    if (vocab) {
+        for (int j = st->tokens; j < n; j++) {
+            const char *t = model_token_str(m, ids[j]);
+            size_t l = strlen(t);
+            if (st->len + l + 1 > st->cap) {
+                size_t cap = st->cap ? st->cap : 256;
+                while (cap < st->len + l + 1)
+                    cap *= 2;
+                char *p = realloc(st->text, cap);
+                if (!p)
+                    return -1;
+                st->text = p;
+                st->cap = cap;
+            }
+            memcpy(st->text + st->len, t, l + 1);
+            st->len += l;
+        }
+        if (final) {
+            /* A stop string lies after what was sent (that held none, nor the start of
+             * one), so the search starts just before it. */
+            size_t from = st->sent > MODEL_GEN_MAX_STOP_BYTES ? st->sent - MODEL_GEN_MAX_STOP_BYTES
+                                                              : 0;
+            const char *at = st->text ? first_stop(r, st->text + from) : NULL;
+            stopped = at != NULL;
+            sendable = at ? (size_t)(at - st->text) : st->len;
+        } else {
+            sendable = st->len - stop_prefix_tail(r, st->text, st->len);
+        }
+        if (sendable < st->sent)
+            sendable = st->sent;
+    }
+    jsonw_str(w, "data: {");
+    if (v2) {
+        jsonw_str(w, "\"model_name\":");
+        jsonw_quoted(w, model_name);
+        jsonw_str(w, ",\"model_version\":\"1\",");
+    } else if (final) {
+        jsonw_str(w, "\"model\":");
+        jsonw_quoted(w, model_name);
+        jsonw_str(w, ",");
+    }
+    jsonw_str(w, "\"tokens\":[");
+    for (int j = st->tokens; j < n; j++)
+        jsonw_printf(w, j > st->tokens ? ",%d" : "%d", (int)ids[j]);
+    jsonw_str(w, "]");
+    if (vocab) {
+        jsonw_str(w, v2 ? ",\"text_output\":" : ",\"text\":");
+        char save = st->text ? st->text[sendable] : 0;
+        if (st->text)
+            st->text[sendable] = 0;
+        jsonw_quoted(w, st->text ? st->text + st->sent : "");
+        if (st->text)
+            st->text[sendable] = save;
+        st->sent = sendable;
+    }
+    if (final) {
+        jsonw_printf(w, ",\"finish_reason\":\"%s\"", stopped ? "stop" : "length");
+        if (r->gen.temperature > 0)
+            jsonw_printf(w, ",\"seed\":%llu", (unsigned long long)r->gen.seed);
+    }
+    jsonw_str(w, "}\n\n");
+    st->tokens = n;
+    return w->oom ? -1 : 0;
+}
+
+char *api_render_stream(const api_request *r, const char *model_name, size_t *len)
+{
+    api_request at = *r; /* r as it was after each token */
+    int count = 0;
+    at.gen_counts = &count;
+    api_stream st = {0};
+    jsonw w;
+    jsonw_init(&w);
+    int oom = 0;
+    while (count < r->gen_counts[0] && !oom) {
+        count++;
+        oom = api_stream_event(&at, model_name, 0, count == r->gen_counts[0], &st, &w);
+    }
+    api_stream_free(&st);
+    if (oom) {
+        jsonw_free(&w);
+        return NULL;
+    }
+    return jsonw_take(&w, len);
+}
+
+void api_stream_error(const char *msg, jsonw *w)
+{
+    jsonw_str(w, "data: {\"error\":");
+    jsonw_quoted(w, msg);
+    jsonw_str(w, "}\n\n");
+}
+
+void api_stream_free(api_stream *st)
+{
+    free(st->text);
+    memset(st, 0, sizeof *st);
 }

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "engine/engine.h"
+#include "jsonw.h"
 
 /* One model the request may name. info and model are NULL while it is still loading. */
 typedef struct {
@@ -48,6 +49,8 @@ typedef struct {
     int *gen_counts;
     int32_t *gen_storage;
     const balsa_model *engine_model; /* for token texts in the response */
+    int stream;         /* "stream": true (or v2 generate_stream): the generated tokens go
+                         * out as server-sent events while they come (api_stream_event) */
     int return_state;   /* "return_state": true */
     size_t state_size;  /* floats in one h or c: num_layers x directions x hidden_size */
     float *state_in;    /* "initial_state": h then c for each sequence (seqs' h0/c0 point
@@ -109,6 +112,38 @@ void api_request_free(api_request *r);
  * "initial_state" takes. */
 char *api_render_response(const api_request *r, const char *model_name,
                           const model_info *info, size_t *len);
+
+/* What the client of a streaming request (r->stream) has been sent so far. Zero it
+ * before the first event; api_stream_free frees it. */
+typedef struct {
+    int tokens;       /* generated tokens sent */
+    char *text;       /* the generated text so far (models with a vocabulary) */
+    size_t len, cap;
+    size_t sent;      /* bytes of text sent */
+} api_stream;
+
+/* Appends to w one server-sent event ("data: {...}" and a blank line) with what the
+ * request's one sequence generated since the last event: for POST /infer (v2 0)
+ * {"tokens": [new ids], "text": "new text"}, for v2 generate_stream {"model_name",
+ * "model_version", "text_output": new text, "tokens"}. Text that may be the start of a
+ * stop string is held back until later tokens rule that out or the sequence ends. final:
+ * the sequence has ended; the event then also carries "finish_reason" ("stop" or
+ * "length"), the seed of a sampling request and, for /infer, "model", and the text ends
+ * before the stop string. Without final and with no new token it appends nothing.
+ * Called from one thread at a time per request. Returns 0, or -1 when out of memory. */
+int api_stream_event(const api_request *r, const char *model_name, int v2, int final,
+                     api_stream *st, jsonw *w);
+
+/* The events of a streaming request whose generation is complete, as a client of the
+ * server receives them (one per generated token, the last final): what `balsa run`
+ * prints. A malloc'd string, NULL when out of memory. */
+char *api_render_stream(const api_request *r, const char *model_name, size_t *len);
+
+/* Appends the event that ends a stream which failed after its 200 went out:
+ * data: {"error": msg}. */
+void api_stream_error(const char *msg, jsonw *w);
+
+void api_stream_free(api_stream *st);
 
 /* Renders GET /models: each model's name, shape and serving settings. batching[i] holds
  * max_batch_size, max_queue_delay_us, queue_capacity, request_timeout_ms of model i. */

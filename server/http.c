@@ -9,10 +9,18 @@
  * the body, suspends the connection BEFORE submitting (a resume that overtakes the
  * suspend is lost), and returns; the scheduler's done() resumes it; MHD calls the handler
  * again and the response is queued. The request-completed callback records metrics,
- * writes the log line and frees everything. */
+ * writes the log line and frees everything.
+ *
+ * A streaming request ("stream": true, v2 generate_stream) is not suspended at submit: its
+ * 200 and text/event-stream headers go out at once, and MHD reads the body from
+ * stream_read, which suspends the connection when no event is waiting; the scheduler
+ * thread renders the events (on_stream_progress, on_stream_done) and resumes it. The client
+ * may leave while the scheduler still holds the request, so whichever of the two ends
+ * (request-completed callback, scheduler's done) comes last frees it. */
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +40,19 @@
 #endif
 
 enum { PHASE_RECEIVING = 0, PHASE_WAITING, PHASE_DONE };
+
+/* A streaming request's events between the scheduler thread and MHD's reader. */
+typedef struct {
+    pthread_mutex_t mu;  /* guards everything below except pos */
+    api_stream pos;      /* what the events so far carried (scheduler thread only) */
+    char *buf;           /* rendered events not yet read: buf[off..len) */
+    size_t len, cap, off;
+    int waiting;         /* stream_read found nothing and suspended the connection */
+    int ended;           /* the last event is in buf */
+    int sched_done;      /* the scheduler called done (or never had the request) */
+    int http_done;       /* MHD completed the request */
+    _Atomic int cancel;  /* the client left: the engine stops generating (model_gen_opts) */
+} http_stream;
 
 typedef struct {
     server *srv;
@@ -53,11 +74,12 @@ typedef struct {
     /* KServe v2 (v2.c): the full URL, the request's v2 part, the Allow header of a 405,
      * the JSON length of a binary-extension answer, and the times the statistics need. */
     char *url;
-    int v2; /* 0: POST /infer; 1: v2 infer; 2: v2 generate */
+    int v2; /* 0: POST /infer; 1: v2 infer; 2: v2 generate; 3: v2 generate_stream */
     v2_request v2req;
     const char *allow;
     size_t infer_header_len;
     uint64_t t_submit, t_out0, t_out1;
+    http_stream *st; /* streaming requests only */
 } http_req;
 
 static const struct {
@@ -213,6 +235,147 @@ static void on_sched_done(sched_request *r)
     MHD_resume_connection(x->conn);
 }
 
+/* Frees a finished request and ends its count as in flight. */
+static void free_req(http_req *x)
+{
+    server *s = x->srv;
+    if (x->suspended) {
+        metrics_inflight_add(s->metrics, -1);
+        atomic_fetch_sub(&s->suspended, 1);
+    }
+    if (x->st) {
+        pthread_mutex_destroy(&x->st->mu);
+        api_stream_free(&x->st->pos);
+        free(x->st->buf);
+        free(x->st);
+    }
+    api_request_free(&x->req);
+    free(x->body);
+    free(x->url);
+    free(x);
+}
+
+static int failure(http_req *x, char *msg, size_t n);
+
+/* Scheduler thread: renders what a streaming request generated since its last event (the
+ * last event when final) into its buffer and wakes the reader. An event that cannot be
+ * rendered or kept ends the stream early. */
+static void stream_push(http_req *x, int final)
+{
+    http_stream *st = x->st;
+    jsonw w;
+    jsonw_init(&w);
+    if (!final || x->sreq.status == BALSA_OK) {
+        if (api_stream_event(&x->req, x->srv->models[x->model].cfg->name, x->v2 == 3, final,
+                             &st->pos, &w)) {
+            jsonw_free(&w);
+            jsonw_init(&w);
+            api_stream_error("out of memory rendering the stream", &w);
+            final = 1;
+        }
+    } else {
+        char msg[256];
+        failure(x, msg, sizeof msg);
+        api_stream_error(msg, &w);
+    }
+    pthread_mutex_lock(&st->mu);
+    if (!st->ended && !st->http_done && w.len) {
+        if (st->len + w.len > st->cap) {
+            size_t cap = st->cap ? st->cap : 1024;
+            while (cap < st->len + w.len)
+                cap *= 2;
+            char *b = w.oom ? NULL : realloc(st->buf, cap);
+            if (b) {
+                st->buf = b;
+                st->cap = cap;
+            }
+        }
+        if (st->len + w.len <= st->cap && !w.oom) {
+            memcpy(st->buf + st->len, w.data, w.len);
+            st->len += w.len;
+        } else {
+            final = 1;
+        }
+    }
+    if (final)
+        st->ended = 1;
+    if (st->waiting && !st->http_done) {
+        st->waiting = 0;
+        MHD_resume_connection(x->conn);
+    }
+    pthread_mutex_unlock(&st->mu);
+    jsonw_free(&w);
+}
+
+static void on_stream_progress(sched_request *r)
+{
+    http_req *x = r->user;
+    if (!x->st->ended)
+        stream_push(x, 0);
+}
+
+static void on_stream_done(sched_request *r)
+{
+    http_req *x = r->user;
+    if (r->status == BALSA_OK)
+        metrics_queue_compute(x->srv->metrics, x->model, secs(r->enqueued_ns, r->started_ns),
+                              secs(r->started_ns, r->finished_ns));
+    x->t_out0 = x->t_out1 = r->finished_ns;
+    stream_push(x, 1);
+    http_stream *st = x->st;
+    pthread_mutex_lock(&st->mu);
+    st->sched_done = 1;
+    int last = st->http_done;
+    pthread_mutex_unlock(&st->mu);
+    if (last)
+        free_req(x);
+}
+
+/* MHD's reader of a streaming response: the events waiting, the end once the last was
+ * read, or nothing with the connection suspended until stream_push resumes it (returning
+ * 0 without suspending would make MHD call again at once, a busy loop). */
+static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    (void)pos;
+    http_req *x = cls;
+    http_stream *st = x->st;
+    ssize_t n;
+    pthread_mutex_lock(&st->mu);
+    if (st->off < st->len) {
+        size_t k = st->len - st->off < max ? st->len - st->off : max;
+        memcpy(buf, st->buf + st->off, k);
+        st->off += k;
+        if (st->off == st->len)
+            st->off = st->len = 0;
+        n = (ssize_t)k;
+    } else if (st->ended) {
+        n = MHD_CONTENT_READER_END_OF_STREAM;
+    } else {
+        st->waiting = 1;
+        MHD_suspend_connection(x->conn);
+        n = 0;
+    }
+    pthread_mutex_unlock(&st->mu);
+    return n;
+}
+
+/* Queues a streaming request's 200: server-sent events, chunked, read from stream_read. */
+static enum MHD_Result queue_stream(http_req *x)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 4096, stream_read, x, NULL);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
+    MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    if (atomic_load(&x->srv->stage) != SERVER_SERVING)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
+    x->code = 200;
+    enum MHD_Result ret = MHD_queue_response(x->conn, 200, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
 /* Content types read as JSON: none, application/json (+ parameters), and curl's default
  * for -d, application/x-www-form-urlencoded. */
 static int json_content_type(const char *ct)
@@ -225,6 +388,7 @@ static int json_content_type(const char *ct)
 }
 
 static enum MHD_Result submit_infer(http_req *x);
+static enum MHD_Result answer_infer(http_req *x);
 
 static enum MHD_Result handle_infer(http_req *x)
 {
@@ -281,6 +445,15 @@ static enum MHD_Result submit_infer(http_req *x)
     r->deadline_ns = x->t0 + (uint64_t)timeout_ms * 1000000u;
     r->done = on_sched_done;
     r->user = x;
+    if (x->req.stream) {
+        x->st = calloc(1, sizeof *x->st);
+        if (!x->st)
+            return send_error(x, 500, "out of memory for the stream");
+        pthread_mutex_init(&x->st->mu, NULL);
+        x->req.gen.cancel = &x->st->cancel;
+        r->done = on_stream_done;
+        r->progress = on_stream_progress;
+    }
 
     /* Count the suspension before looking at the stage: the drain waits for zero, so
      * either it sees this request or this request sees SERVER_REFUSING. */
@@ -294,7 +467,8 @@ static enum MHD_Result submit_infer(http_req *x)
     metrics_inflight_add(s->metrics, 1);
     x->phase = PHASE_WAITING;
     x->t_submit = queue_now_ns();
-    MHD_suspend_connection(x->conn);
+    if (!x->st)
+        MHD_suspend_connection(x->conn);
     balsa_status st = sched_submit(sm->sched, r);
     if (st != BALSA_OK) {
         r->status = st;
@@ -304,9 +478,37 @@ static enum MHD_Result submit_infer(http_req *x)
         metrics_reject(s->metrics, st == BALSA_ERR_FULL ? METRICS_R_QUEUE_FULL
                                                         : METRICS_R_DRAINING);
         x->phase = PHASE_DONE;
+        if (x->st) {
+            x->st->sched_done = 1; /* the scheduler never had it */
+            return answer_infer(x);
+        }
         MHD_resume_connection(x->conn);
     }
-    return MHD_YES;
+    return x->st ? queue_stream(x) : MHD_YES;
+}
+
+/* A request the scheduler failed: writes the message, counts the rejection and returns
+ * the status: 504 for a deadline that passed in the queue, 503 for a shutdown, 500 for
+ * an engine error. */
+static int failure(http_req *x, char *msg, size_t n)
+{
+    server *s = x->srv;
+    const sched_request *r = &x->sreq;
+    if (r->status == BALSA_ERR_TIMEOUT) {
+        metrics_reject(s->metrics, METRICS_R_DEADLINE);
+        snprintf(msg, n,
+                 "timeout_ms: the deadline passed after %.1f ms in the queue, before the "
+                 "request ran",
+                 secs(x->t0, r->finished_ns) * 1e3);
+        return 504;
+    }
+    if (r->status == BALSA_ERR_SHUTDOWN) {
+        metrics_reject(s->metrics, METRICS_R_DRAINING);
+        snprintf(msg, n, "server is shutting down; the request did not run");
+        return 503;
+    }
+    snprintf(msg, n, "engine: %s", balsa_status_str(r->status));
+    return 500;
 }
 
 /* The second handler call of an /infer request, after the scheduler finished. */
@@ -336,20 +538,8 @@ static enum MHD_Result answer_infer(http_req *x)
         return send_json(x, 200, body, len);
     }
     char msg[256];
-    if (r->status == BALSA_ERR_TIMEOUT) {
-        metrics_reject(s->metrics, METRICS_R_DEADLINE);
-        snprintf(msg, sizeof msg,
-                 "timeout_ms: the deadline passed after %.1f ms in the queue, before the "
-                 "request ran",
-                 secs(x->t0, r->finished_ns) * 1e3);
-        return send_error(x, 504, msg);
-    }
-    if (r->status == BALSA_ERR_SHUTDOWN) {
-        metrics_reject(s->metrics, METRICS_R_DRAINING);
-        return send_error(x, 503, "server is shutting down; the request did not run");
-    }
-    snprintf(msg, sizeof msg, "engine: %s", balsa_status_str(r->status));
-    return send_error(x, 500, msg);
+    int code = failure(x, msg, sizeof msg);
+    return send_error(x, code, msg);
 }
 
 /* KServe v2 paths and /openapi.json (v2.c); v2 inference runs like POST /infer. */
@@ -381,8 +571,8 @@ static enum MHD_Result route_v2(http_req *x, const char *method)
     api_limits lim = {s->cfg.max_request_steps, s->cfg.max_output_values};
     char err[512];
     x->model = model;
-    x->v2 = kind == V2_GENERATE ? 2 : 1;
-    int code = kind == V2_GENERATE
+    x->v2 = kind == V2_GENERATE ? 2 : kind == V2_GENERATE_STREAM ? 3 : 1;
+    int code = kind == V2_GENERATE || kind == V2_GENERATE_STREAM
                    ? api_parse_generate(x->body ? x->body : "", x->len, am, model, &lim, &x->req,
                                         err, sizeof err)
                    : v2_parse_infer(x->body ? x->body : "", x->len, header_len, am, model, &lim,
@@ -394,6 +584,7 @@ static enum MHD_Result route_v2(http_req *x, const char *method)
     }
     free(x->body);
     x->body = NULL;
+    x->req.stream = kind == V2_GENERATE_STREAM;
     return submit_infer(x);
 }
 
@@ -539,10 +730,20 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                       toe == MHD_REQUEST_TERMINATED_READ_ERROR ||
                       toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED;
     int code = x->code ? x->code : client_gone ? 499 : 500;
+    /* A stream's scheduler part may still run (the client left): its times and batch are
+     * only read once it is done. */
+    int sched_done = 1;
+    if (x->st) {
+        pthread_mutex_lock(&x->st->mu);
+        sched_done = x->st->sched_done;
+        pthread_mutex_unlock(&x->st->mu);
+        if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && code == 200)
+            code = 499; /* the 200 went out, the events did not all arrive */
+    }
     metrics_http(s->metrics, x->handler, code);
     if (x->model >= 0)
         metrics_infer(s->metrics, x->model, code, secs(x->t0, t1));
-    if (x->model >= 0 && code == 200) {
+    if (x->model >= 0 && code == 200 && sched_done) {
         const sched_request *r = &x->sreq;
         v2_stats_times t = {t1 - x->t0, x->t_submit - x->t0, r->started_ns - r->enqueued_ns,
                             r->finished_ns - r->started_ns, x->t_out1 - x->t_out0};
@@ -553,27 +754,31 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     if (s->cfg.access_log) {
         char line[400];
         const sched_request *r = &x->sreq;
-        int ran = x->model >= 0 && r->started_ns;
+        int ran = x->model >= 0 && sched_done && r->started_ns;
         int n = snprintf(line, sizeof line,
                          "%s %s %d%s model=%s batch=%d queue_ms=%.3f compute_ms=%.3f "
                          "total_ms=%.3f\n",
                          x->method, x->path, code,
                          toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (not delivered)",
-                         x->model >= 0 ? s->models[x->model].cfg->name : "-", r->batch_max,
+                         x->model >= 0 ? s->models[x->model].cfg->name : "-",
+                         ran ? r->batch_max : 0,
                          ran ? secs(r->enqueued_ns, r->started_ns) * 1e3 : 0,
                          ran ? secs(r->started_ns, r->finished_ns) * 1e3 : 0,
                          secs(x->t0, t1) * 1e3);
         /* One write per line, so lines from different threads do not interleave. */
         fwrite(line, 1, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1, stderr);
     }
-    if (x->suspended) {
-        metrics_inflight_add(s->metrics, -1);
-        atomic_fetch_sub(&s->suspended, 1);
+    if (x->st) {
+        pthread_mutex_lock(&x->st->mu);
+        x->st->http_done = 1;
+        int last = x->st->sched_done;
+        if (!last)
+            x->st->cancel = 1; /* nobody reads the rest; set before on_stream_done may free */
+        pthread_mutex_unlock(&x->st->mu);
+        if (!last)
+            return; /* on_stream_done frees it */
     }
-    api_request_free(&x->req);
-    free(x->body);
-    free(x->url);
-    free(x);
+    free_req(x);
 }
 
 int http_start(server *s, char *err, size_t errlen)

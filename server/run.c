@@ -1,6 +1,8 @@
 /* `balsa run FILE`: one inference without the server. Reads the same JSON body as
- * POST /infer on stdin, loads the model, runs it with model_run and prints the same
- * response JSON; any error is {"error": "..."} on stdout with exit status 1. */
+ * POST /infer on stdin, loads the model, runs it with model_run (or model_generate) and
+ * prints the same response JSON, or with "stream" the same server-sent events (written
+ * once the generation is done); any error is {"error": "..."} on stdout with exit
+ * status 1. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,7 +117,8 @@ int run_main(int argc, char **argv)
         goto out;
     }
     size_t olen;
-    char *resp = api_render_response(&req, info->name, info, &olen);
+    char *resp = req.stream ? api_render_stream(&req, info->name, &olen)
+                            : api_render_response(&req, info->name, info, &olen);
     if (!resp) {
         print_error("out of memory rendering the response");
         goto out;

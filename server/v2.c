@@ -252,7 +252,7 @@ int v2_route(server *s, const char *method, const char *url, v2_reply *rep, int 
         }
         rest = ver + vlen;
     }
-    enum { A_META, A_READY, A_CONFIG, A_STATS, A_INFER, A_GENERATE } action;
+    enum { A_META, A_READY, A_CONFIG, A_STATS, A_INFER, A_GENERATE, A_STREAM } action;
     if (!*rest)
         action = A_META;
     else if (!strcmp(rest, "/ready"))
@@ -265,23 +265,27 @@ int v2_route(server *s, const char *method, const char *url, v2_reply *rep, int 
         action = A_INFER;
     else if (!strcmp(rest, "/generate"))
         action = A_GENERATE;
+    else if (!strcmp(rest, "/generate_stream"))
+        action = A_STREAM;
     else {
         reply_error(rep, 404,
-                    "no such path: %s (model paths end in /ready, /config, /stats, /infer or "
-                    "/generate)",
+                    "no such path: %s (model paths end in /ready, /config, /stats, /infer, "
+                    "/generate or /generate_stream)",
                     pu);
         return V2_ANSWERED;
     }
-    if (!method_ok(method, action == A_INFER || action == A_GENERATE, rep, url))
+    if (!method_ok(method, action == A_INFER || action == A_GENERATE || action == A_STREAM, rep,
+                   url))
         return V2_ANSWERED;
     server_model *sm = &s->models[idx];
     if (action == A_STATS) {
         model_stats(s, idx, rep);
         return V2_ANSWERED;
     }
-    if (action == A_INFER || action == A_GENERATE) {
+    if (action == A_INFER || action == A_GENERATE || action == A_STREAM) {
         *model = idx;
-        return action == A_INFER ? V2_INFER : V2_GENERATE;
+        return action == A_INFER ? V2_INFER : action == A_GENERATE ? V2_GENERATE
+                                                                   : V2_GENERATE_STREAM;
     }
     if (!atomic_load(&sm->ready)) {
         reply_error(rep, 503, "model: \"%s\" is still loading", sm->cfg->name);

@@ -25,7 +25,7 @@ typedef struct {
     const char *allow;
 } v2_reply;
 
-enum { V2_ANSWERED = 0, V2_INFER, V2_GENERATE };
+enum { V2_ANSWERED = 0, V2_INFER, V2_GENERATE, V2_GENERATE_STREAM };
 
 /* 1 when url belongs to this module (/v2, /v2/..., /openapi.json). */
 int v2_owns_path(const char *url);
@@ -33,7 +33,8 @@ int v2_owns_path(const char *url);
 /* Routes a request for a path v2_owns_path accepted. Returns V2_INFER with *model set for
  * a POST to the infer path of a served model (the caller then parses the body with
  * v2_parse_infer), V2_GENERATE for a POST to its generate path (Triton's generate
- * extension: api_parse_generate); otherwise V2_ANSWERED with rep filled (404 for an unknown path, model
+ * extension: api_parse_generate), V2_GENERATE_STREAM for its generate_stream path (the
+ * same body, answered as server-sent events); otherwise V2_ANSWERED with rep filled (404 for an unknown path, model
  * or version; 405 for a wrong method; 503 for a model still loading or a draining server
  * where readiness is asked). */
 int v2_route(server *s, const char *method, const char *url, v2_reply *rep, int *model);
