@@ -8,39 +8,18 @@
 #include <cJSON.h>
 #include <pthread.h>
 
-#include "engine_ref.h"
 #include "server/api.h"
 #include "server_util.h"
+#include "text_util.h"
 
 #include "harness.h"
 
 #define FORTUNES "models/fortunes/fortunes-b90.safetensors"
 
-/* Tokens of several lengths, so that a stop string can span tokens. */
-static const char *const VOCAB[] = {"a", "b", "ab", "\xc3\xa9", "\n", "t", "h",
-                                    "e", " ", "the", "q", "z"};
-#define NV ((int)(sizeof VOCAB / sizeof *VOCAB))
-
 static balsa_backend *be;
 static balsa_model *voc;
 static api_model models[1];
 static const api_limits lim = {400, 100000};
-
-static balsa_model *vocab_model(unsigned long long seed)
-{
-    model_spec s = ref_token_spec("voc", NV, 6, 16, 1, NV);
-    s.head = MODEL_HEAD_LOG_SOFTMAX;
-    model_host h;
-    ref_random_host(&s, &h, 4, 2, 3.0f, seed);
-    char err[256];
-    BALSA_ASSERT(model_vocab_set(&h.vocab, VOCAB, NV, err, sizeof err) == BALSA_OK);
-    balsa_model *m = NULL;
-    balsa_status st = model_build(&s, &h, be, &m, err, sizeof err);
-    model_host_free(&h);
-    if (st != BALSA_OK)
-        printf("  model_build: %s\n", err);
-    return m;
-}
 
 static int parse(const char *body, api_request *r, char *err, size_t errlen)
 {
@@ -404,7 +383,7 @@ int main(void)
         printf("no CPU backend\n");
         return 1;
     }
-    voc = vocab_model(71);
+    voc = gen_model(be, MODEL_HEAD_LOG_SOFTMAX, 1, 1, 71);
     BALSA_ASSERT(voc);
     models[0] = (api_model){"voc", model_get_info(voc), voc};
     RUN(stream_events_add_up_to_the_answer);

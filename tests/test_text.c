@@ -11,41 +11,11 @@
 #include "models/model_file.h"
 #include "server/api.h"
 #include "server_util.h"
+#include "text_util.h"
 
 #define FORTUNES "models/fortunes/fortunes-b90.safetensors"
 
-/* A small vocabulary with tokens of several lengths and a two-byte character. */
-static const char *const VOCAB[] = {"a", "b", "ab", "\xc3\xa9", "\n", "t", "h",
-                                    "e", " ", "the", "q", "z"};
-#define NV ((int)(sizeof VOCAB / sizeof *VOCAB))
-
 static balsa_backend *be;
-
-/* A token model that can generate: vocab NV, LSTM, fc to NV, the given head. */
-static model_spec gen_spec(model_head head, int layers)
-{
-    model_spec s = ref_token_spec("gen", NV, 6, 16, layers, NV);
-    s.head = head;
-    return s;
-}
-
-/* Builds a random generating model (weights scaled up so that its outputs differ from
- * token to token), with the test vocabulary when vocab is set. */
-static balsa_model *gen_model(model_head head, int layers, int vocab, unsigned long long seed)
-{
-    model_spec s = gen_spec(head, layers);
-    model_host h;
-    ref_random_host(&s, &h, 4, 2, 3.0f, seed);
-    char err[256];
-    if (vocab)
-        BALSA_ASSERT(model_vocab_set(&h.vocab, VOCAB, NV, err, sizeof err) == BALSA_OK);
-    balsa_model *m = NULL;
-    balsa_status st = model_build(&s, &h, be, &m, err, sizeof err);
-    model_host_free(&h);
-    if (st != BALSA_OK)
-        printf("  model_build: %s\n", err);
-    return m;
-}
 
 /* Largest |a - b| / max(|b|, 1e-3) over n floats. */
 static double rel_diff(const float *a, const float *b, int n)
@@ -241,7 +211,7 @@ TEST(greedy_generation_is_argmax_of_model_run)
 {
     model_head heads[] = {MODEL_HEAD_LOG_SOFTMAX, MODEL_HEAD_SOFTMAX, MODEL_HEAD_NONE};
     for (int hi = 0; hi < 3; hi++) {
-        balsa_model *m = gen_model(heads[hi], 2, 0, 20 + hi);
+        balsa_model *m = gen_model(be, heads[hi], 2, 0, 20 + hi);
         REQUIRE(m);
         int32_t prompt[] = {3, 1, 4, 1, 5};
         int32_t got[24], want[24];
@@ -265,7 +235,7 @@ TEST(greedy_generation_is_argmax_of_model_run)
 
 TEST(generating_sequences_share_a_stream)
 {
-    balsa_model *m = gen_model(MODEL_HEAD_LOG_SOFTMAX, 2, 0, 31);
+    balsa_model *m = gen_model(be, MODEL_HEAD_LOG_SOFTMAX, 2, 0, 31);
     REQUIRE(m);
     int O = model_get_info(m)->output_size;
     model_stream *s;
@@ -356,7 +326,7 @@ static void check_sampling(balsa_model *m, const int32_t *prompt, int plen, floa
 
 TEST(sampling_follows_the_model)
 {
-    balsa_model *m = gen_model(MODEL_HEAD_LOG_SOFTMAX, 1, 0, 41);
+    balsa_model *m = gen_model(be, MODEL_HEAD_LOG_SOFTMAX, 1, 0, 41);
     REQUIRE(m);
     int32_t prompt[] = {2, 7, 1};
     check_sampling(m, prompt, 3, 1.0f, 3000);
@@ -380,7 +350,7 @@ TEST(sampling_follows_the_model)
 
 TEST(generation_refusals)
 {
-    balsa_model *m = gen_model(MODEL_HEAD_LOG_SOFTMAX, 1, 0, 51);
+    balsa_model *m = gen_model(be, MODEL_HEAD_LOG_SOFTMAX, 1, 0, 51);
     REQUIRE(m);
     int32_t prompt[] = {1}, out[4];
     int n;
@@ -431,7 +401,7 @@ static int tokens_until(const balsa_model *m, const int32_t *ids, int n, const c
 
 TEST(stop_strings_end_generation)
 {
-    balsa_model *m = gen_model(MODEL_HEAD_LOG_SOFTMAX, 1, 1, 71);
+    balsa_model *m = gen_model(be, MODEL_HEAD_LOG_SOFTMAX, 1, 1, 71);
     REQUIRE(m);
     int32_t prompt[] = {9, 8}, all[40], got[40];
     int n = 0, k = 0;
@@ -484,7 +454,7 @@ TEST(stop_strings_end_generation)
     bad.stop = toolong;
     CHECK(model_generate(m, &q, &bad, got, &k) == BALSA_ERR_INVALID);
     model_free(m);
-    balsa_model *plain_m = gen_model(MODEL_HEAD_LOG_SOFTMAX, 1, 0, 72);
+    balsa_model *plain_m = gen_model(be, MODEL_HEAD_LOG_SOFTMAX, 1, 0, 72);
     REQUIRE(plain_m);
     bad.stop = five;
     CHECK(model_generate(plain_m, &q, &bad, got, &k) == BALSA_ERR_INVALID);
@@ -536,8 +506,8 @@ static cJSON *run_and_render(balsa_model *m, api_request *r)
 
 TEST(api_text_and_generate)
 {
-    balsa_model *voc = gen_model(MODEL_HEAD_LOG_SOFTMAX, 1, 1, 61);
-    balsa_model *plain = gen_model(MODEL_HEAD_LOG_SOFTMAX, 1, 0, 62);
+    balsa_model *voc = gen_model(be, MODEL_HEAD_LOG_SOFTMAX, 1, 1, 61);
+    balsa_model *plain = gen_model(be, MODEL_HEAD_LOG_SOFTMAX, 1, 0, 62);
     REQUIRE(voc && plain);
     api_models[0] = (api_model){"voc", model_get_info(voc), voc};
     api_models[1] = (api_model){"plain", model_get_info(plain), plain};
