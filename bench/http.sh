@@ -8,13 +8,15 @@
 #      script builds with bench/make_lm_model.py and `balsa convert` (needs numpy);
 #   3. GET /healthz of balsa vs a bare libmicrohttpd server (bench/bare_mhd.c) answering
 #      the same fixed JSON, and vs nginx returning the same bytes (context only);
-#   4. resident memory after 10,000 and after 100,000 requests.
+#   4. resident memory after 10,000 and after 100,000 requests;
+#   5. generation streamed as server-sent events ("stream": true) against the same
+#      generation answered at once, with the trained model (models/fortunes), concurrency 64.
 # Usage: bench/http.sh   (env: DUR seconds per point, default 5; BUILD, default
 # build/cuda or build/cpu; PORT_BASE, default 18180; MODEL, the first model file
 # (default models/demo/demo.safetensors); MODEL2, the second one (default: the hidden-650
 # model built here; "none" skips it); each model is served as `demo` by servers of its
 # own, so one BODY fits both; BODY, the /infer body; PHASES, the parts to run, default
-# "sweep batching healthz memory"; SERVE_ARGS, extra flags for every `balsa serve`, e.g.
+# "sweep batching healthz memory stream"; SERVE_ARGS, extra flags for every `balsa serve`, e.g.
 # "--threads 1")
 # Needs wrk (tools/deps.sh); nginx is optional (apt-get install nginx-light).
 set -euo pipefail
@@ -119,12 +121,15 @@ echo
 
 P4=$((PORT_BASE + 4)) P5=$((PORT_BASE + 5))
 ROUNDS=${ROUNDS:-3}
-PHASES=${PHASES:-sweep batching healthz memory}
+PHASES=${PHASES:-sweep batching healthz memory stream}
 phase() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
-# The second model: built once per run (a few seconds) unless MODEL2 names a file.
-if [ "$MODEL2" = lm650 ]; then
+# The second model, for parts 1 and 2 only: built once per run (a few seconds) unless
+# MODEL2 names a file.
+if ! phase sweep && ! phase batching; then
+    MODEL2=none
+elif [ "$MODEL2" = lm650 ]; then
     python3 bench/make_lm_model.py "$TMP/lm650_dense.safetensors" --embed 650 --hidden 650 \
         --layers 2 --name lm650
     "$BALSA" convert "$TMP/lm650_dense.safetensors" -o "$TMP/lm650.safetensors" --quiet >/dev/null
@@ -262,6 +267,34 @@ echo "| ~10,000 | $n1 | $rss1 |"
 echo "| ~100,000 | $n2 | $rss2 |"
 echo
 echo "RSS growth from 10k to 100k requests: $(awk -v a="$rss1" -v b="$rss2" 'BEGIN { printf "%+.1f%%", 100 * (b - a) / a }') (goal within 10%)"
+fi
+if phase stream; then
+echo
+GEN='"model": "demo", "text": "And the", "generate": 64'
+echo "## generating 64 tokens ({$GEN}) answered at once vs streamed (\"stream\": true), concurrency 64, $ROUNDS rounds"
+for k in 1 2; do
+    cat > "$TMP/gen$k.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '{$GEN$([ "$k" = 2 ] && echo ', "stream": true')}'
+wrk.headers["Content-Type"] = "application/json"
+LUA
+done
+P6=$((PORT_BASE + 6))
+start_balsa "$P6" models/fortunes/fortunes-b90.safetensors
+GEN_PID=$LAST_PID
+echo "| round | at once: req/s (p50 / p99 ms, CPU us/req) | streamed: req/s (p50 / p99 ms, CPU us/req) |"
+echo "|---|---|---|"
+G1=() G2=() C1=() C2=()
+for r in $(seq "$ROUNDS"); do
+    read -r a a50 a99 ac _ <<<"$(run_wrk "http://127.0.0.1:$P6/infer" 64 "$TMP/gen1.lua" "$GEN_PID")"
+    read -r b b50 b99 bc _ <<<"$(run_wrk "http://127.0.0.1:$P6/infer" 64 "$TMP/gen2.lua" "$GEN_PID")"
+    G1+=("$a") G2+=("$b") C1+=("$ac") C2+=("$bc")
+    echo "| $r | $a ($a50 / $a99, $ac) | $b ($b50 / $b99, $bc) |"
+done
+stop_pid "$GEN_PID"
+g1=$(median "${G1[@]}") g2=$(median "${G2[@]}") c1=$(median "${C1[@]}") c2=$(median "${C2[@]}")
+echo
+echo "streamed / at once, medians: req/s $g2 / $g1 = $(awk -v a="$g2" -v b="$g1" 'BEGIN { printf "%.2fx", a / b }'); server CPU per request $c2 vs $c1 us (+$(awk -v a="$c2" -v b="$c1" 'BEGIN { printf "%.1f", (a - b) / 64 }') us per streamed token)"
 fi
 echo
 echo "rerun: DUR=$DUR ROUNDS=$ROUNDS PHASES=\"$PHASES\" SERVE_ARGS=\"${SERVE_ARGS:-}\" MODEL=$MODEL MODEL2=$MODEL2_ARG bash bench/http.sh"
