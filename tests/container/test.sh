@@ -140,6 +140,21 @@ assert len(o["tokens"]) == 40 and len(o["text"]) == 40, o
 PY
 }
 check "/infer continues a text (generate 40)" generate_ok
+stream_ok() { # the same continuation streamed as server-sent events, one per token
+    local a b
+    a=$(curl -sf "$URL/infer" -d '{"text": "And the", "generate": 40}') || return 1
+    b=$(curl -sfN "$URL/infer" -d '{"text": "And the", "generate": 40, "stream": true}') || return 1
+    python3 - "$a" "$b" <<'PY'
+import json, sys
+want = json.loads(sys.argv[1])["outputs"][0]
+events = [json.loads(e[len("data: "):]) for e in sys.argv[2].split("\n\n") if e.strip()]
+assert len(events) == 40, len(events)
+assert "".join(e["text"] for e in events) == want["text"]
+assert sum((e["tokens"] for e in events), []) == want["tokens"]
+assert events[-1]["finish_reason"] == want["finish_reason"]
+PY
+}
+check "/infer streams the continuation (\"stream\": true)" stream_ok
 infer_same() { # the same sequence alone and in a batch gives the same numbers
     local a b
     a=$(curl -sf "$URL/infer" -d '{"inputs": [[3, 1, 4, 1, 5]], "top_k": 3}') || return 1
