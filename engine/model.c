@@ -298,7 +298,8 @@ static balsa_status build_weights(balsa_model *m, const model_host *h, char *err
     return BALSA_OK;
 }
 
-/* Tokens per product while folding: the output scratch stays within 4 MiB. */
+/* Tokens per product while folding: the output scratch stays within 4 MiB (at least 4
+ * tokens at a time, since 4H <= 4 * MODEL_MAX_WIDTH = 2^18 floats). */
 #define FOLD_SCRATCH_FLOATS ((size_t)1 << 20)
 
 /* Folds the embedding into the first LSTM layer when the table fits MODEL_FOLD_MAX_BYTES
@@ -317,7 +318,7 @@ static balsa_status fold_build(balsa_model *m, char *err, size_t errlen)
     int V = s->vocab_size, I = s->input_size, G = 4 * s->hidden_size;
     int ndir = s->bidirectional ? 2 : 1;
     size_t per = FOLD_SCRATCH_FLOATS / (size_t)G;
-    int chunk = per < 1 ? 1 : per < (size_t)V ? (int)per : V;
+    int chunk = per < (size_t)V ? (int)per : V;
     dev_buf x = {0}, y = {0};
     balsa_status st = dev_buf_reserve(be, &x, (size_t)chunk * I);
     if (st == BALSA_OK)
