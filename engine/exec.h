@@ -28,6 +28,10 @@ struct balsa_model {
     model_info info;
     balsa_backend *be;
     float *embedding; /* host, vocab x input_size (token models) */
+    /* Folded first layer (model.h, MODEL_FOLD_MAX_BYTES): host, vocab x 4H per direction,
+     * row v = W_ih_l0 E[v] + bias, what the projection would put in the gate buffer for
+     * token v; NULL when the model is not folded. */
+    float *fold[2];
     lstm_dir_w lstm[MODEL_MAX_LAYERS][2];
     balsa_mat *fc_w[MODEL_MAX_FC];
     float *fc_b[MODEL_MAX_FC]; /* backend memory, or NULL */
@@ -39,6 +43,7 @@ struct balsa_model {
     dev_buf h0;  /* a direction's initial h rows, when a sequence gives one */
     host_buf hx, hxr, hy, hhr, hlast, hout;
     host_buf hst; /* a direction's state rows (n x H) on their way in or out */
+    host_buf hg;  /* folded models: the first layer's gate rows (R x 4H) on their way in */
 };
 
 /* Make b hold at least n floats (BALSA_ERR_OOM when there is no memory; b is then
@@ -50,6 +55,13 @@ void host_buf_release(host_buf *b);
 
 /* Sets n floats of backend memory to zero. */
 balsa_status dev_zero(balsa_backend *be, float *p, size_t n);
+
+/* The folded first-layer gate row (4H floats, host) of token tok for direction d; only
+ * for a folded model (m->fold[0] != NULL). */
+static inline const float *model_fold_row(const balsa_model *m, int d, int32_t tok)
+{
+    return m->fold[d] + (size_t)tok * 4 * m->spec.hidden_size;
+}
 
 /* Writes the input_size floats of step pos of s (embedding row or feature row). */
 void model_input_row(const balsa_model *m, const engine_seq *s, int pos, float *dst);

@@ -7,7 +7,10 @@
  * and direction the input projection of all steps is one matmul over all packed rows
  * (both biases folded in); then per step one recurrent matmul accumulates into that
  * step's rows for the sequences still running, and lstm_cell writes h straight into the
- * layer's output (stride H, or 2H with the reverse direction at offset H).
+ * layer's output (stride H, or 2H with the reverse direction at offset H). A folded token
+ * model (model.h, MODEL_FOLD_MAX_BYTES) has that projection of the first layer computed at
+ * build time for every token: its gate rows are copied from the table, token by token,
+ * into the direction's packing on the host and sent as one transfer (fold_gates).
  *
  * The reverse direction runs over a reverse packing (at reverse step s sequence i reads
  * its position len_i - 1 - s; the running ones are again the first batch_sizes[s]). Its
@@ -128,9 +131,11 @@ void model_free(balsa_model *m)
                        &m->fa, &m->fb, &m->h0};
     for (size_t i = 0; i < sizeof devs / sizeof *devs; i++)
         dev_buf_release(m->be, devs[i]);
-    host_buf *hosts[] = {&m->hx, &m->hxr, &m->hy, &m->hhr, &m->hlast, &m->hout, &m->hst};
+    host_buf *hosts[] = {&m->hx,   &m->hxr,  &m->hy,  &m->hhr,
+                         &m->hlast, &m->hout, &m->hst, &m->hg};
     for (size_t i = 0; i < sizeof hosts / sizeof *hosts; i++)
         host_buf_release(hosts[i]);
+    model_unfold(m);
     free(m->embedding);
     model_vocab_free(&m->vocab);
     free(m);
@@ -138,6 +143,19 @@ void model_free(balsa_model *m)
 
 const model_info *model_get_info(const balsa_model *m) { return &m->info; }
 const model_spec *model_get_spec(const balsa_model *m) { return &m->spec; }
+
+size_t model_folded_bytes(const balsa_model *m)
+{
+    return m->fold[0] ? model_fold_table_bytes(&m->spec) : 0;
+}
+
+void model_unfold(balsa_model *m)
+{
+    for (int d = 0; d < 2; d++) {
+        free(m->fold[d]);
+        m->fold[d] = NULL;
+    }
+}
 
 static int all_finite(const float *v, size_t n)
 {
@@ -280,6 +298,59 @@ static balsa_status build_weights(balsa_model *m, const model_host *h, char *err
     return BALSA_OK;
 }
 
+/* Tokens per product while folding: the output scratch stays within 4 MiB (at least 4
+ * tokens at a time, since 4H <= 4 * MODEL_MAX_WIDTH = 2^18 floats). */
+#define FOLD_SCRATCH_FLOATS ((size_t)1 << 20)
+
+/* Folds the embedding into the first LSTM layer when the table fits MODEL_FOLD_MAX_BYTES
+ * (model.h): for each direction, every token's embedding row goes through the layer's own
+ * input product, W_ih_l0 E + bias on the backend, as many tokens per matmul as the
+ * scratch holds, and the gate rows come back to the host table. The same op with the same
+ * bias as the unfolded path, so a table row is what that path would compute for the token
+ * (up to the rounding of a different batch shape). */
+static balsa_status fold_build(balsa_model *m, char *err, size_t errlen)
+{
+    const model_spec *s = &m->spec;
+    size_t bytes = model_fold_table_bytes(s);
+    if (bytes == 0 || bytes > MODEL_FOLD_MAX_BYTES)
+        return BALSA_OK;
+    balsa_backend *be = m->be;
+    int V = s->vocab_size, I = s->input_size, G = 4 * s->hidden_size;
+    int ndir = s->bidirectional ? 2 : 1;
+    size_t per = FOLD_SCRATCH_FLOATS / (size_t)G;
+    int chunk = per < (size_t)V ? (int)per : V;
+    dev_buf x = {0}, y = {0};
+    balsa_status st = dev_buf_reserve(be, &x, (size_t)chunk * I);
+    if (st == BALSA_OK)
+        st = dev_buf_reserve(be, &y, (size_t)chunk * G);
+    for (int d = 0; d < ndir && st == BALSA_OK; d++) {
+        const lstm_dir_w *w = &m->lstm[0][d];
+        m->fold[d] = malloc((size_t)V * G * sizeof(float));
+        if (!m->fold[d])
+            st = BALSA_ERR_OOM;
+        for (int v0 = 0; v0 < V && st == BALSA_OK; v0 += chunk) {
+            int n = V - v0 < chunk ? V - v0 : chunk;
+            st = be->ops->to_device(be, x.p, m->embedding + (size_t)v0 * I,
+                                    (size_t)n * I * sizeof(float));
+            if (st == BALSA_OK)
+                st = be->ops->matmul(be, w->w_ih, x.p, I, n, w->bias, 0, BALSA_ACT_NONE, y.p, G);
+            if (st == BALSA_OK)
+                st = be->ops->to_host(be, m->fold[d] + (size_t)v0 * G, y.p,
+                                      (size_t)n * G * sizeof(float));
+        }
+    }
+    if (st == BALSA_OK)
+        st = be->ops->synchronize(be);
+    dev_buf_release(be, &x);
+    dev_buf_release(be, &y);
+    if (st != BALSA_OK) {
+        model_unfold(m);
+        snprintf(err, errlen, "folding the embedding into lstm layer 0 (%zu bytes): %s", bytes,
+                 balsa_status_str(st));
+    }
+    return st;
+}
+
 balsa_status model_build(const model_spec *s, const model_host *h, balsa_backend *be,
                          balsa_model **out, char *err, size_t errlen)
 {
@@ -307,6 +378,8 @@ balsa_status model_build(const model_spec *s, const model_host *h, balsa_backend
         snprintf(err, errlen, "out of memory for the vocabulary");
     else
         st = build_weights(m, h, err, errlen);
+    if (st == BALSA_OK)
+        st = fold_build(m, err, errlen);
     if (st != BALSA_OK) {
         model_free(m);
         return st;
@@ -610,9 +683,27 @@ static balsa_status save_state(balsa_model *m, const packing *p, const engine_se
     return st == BALSA_OK && (any_c || any_h) ? be->ops->synchronize(be) : st;
 }
 
+/* A folded model's first layer, direction d: fills m->g with the table rows of the
+ * tokens, row prow(p, i, t) with the token sorted sequence i reads at step t of this
+ * direction's packing: position t (forward packing, rev 0) or len - 1 - t (reverse
+ * packing, rev 1). Gathered on the host and sent as one transfer. */
+static balsa_status fold_gates(balsa_model *m, const packing *p, const engine_seq *seqs, int d,
+                               int rev)
+{
+    size_t G = (size_t)4 * m->spec.hidden_size;
+    for (int i = 0; i < p->n; i++) {
+        const int32_t *tok = seqs[p->order[i]].tokens;
+        for (int t = 0; t < p->len[i]; t++)
+            memcpy(m->hg.p + prow(p, i, t) * G,
+                   model_fold_row(m, d, tok[rev ? p->len[i] - 1 - t : t]), sizeof(float) * G);
+    }
+    return m->be->ops->to_device(m->be, m->g.p, m->hg.p, p->offs[p->T] * G * sizeof(float));
+}
+
 /* Runs one direction of one layer: gates from the input projection (one matmul over all
- * rows), then the recurrence step by step from m->c (loaded by the caller) and h0 (NULL:
- * zeros; else n rows at stride H). in/out are in this direction's packing. */
+ * rows; in NULL: m->g holds them already, from fold_gates), then the recurrence step by
+ * step from m->c (loaded by the caller) and h0 (NULL: zeros; else n rows at stride H).
+ * in/out are in this direction's packing. */
 static balsa_status run_direction(balsa_model *m, const lstm_dir_w *w, const packing *p,
                                   const float *in, int ld_in, float *out, int ld_out,
                                   const float *h0)
@@ -620,8 +711,9 @@ static balsa_status run_direction(balsa_model *m, const lstm_dir_w *w, const pac
     balsa_backend *be = m->be;
     int H = m->spec.hidden_size;
     size_t R = p->offs[p->T];
-    balsa_status st = be->ops->matmul(be, w->w_ih, in, ld_in, (int)R, w->bias, 0,
-                                      BALSA_ACT_NONE, m->g.p, 4 * H);
+    balsa_status st = in ? be->ops->matmul(be, w->w_ih, in, ld_in, (int)R, w->bias, 0,
+                                           BALSA_ACT_NONE, m->g.p, 4 * H)
+                         : BALSA_OK;
     for (int t = 0; t < p->T && st == BALSA_OK; t++) {
         float *gt = m->g.p + p->offs[t] * 4 * H;
         st = recurrent_step(be, w->w_hh, t > 0 ? out + p->offs[t - 1] * ld_out : h0,
@@ -632,7 +724,8 @@ static balsa_status run_direction(balsa_model *m, const lstm_dir_w *w, const pac
 }
 
 /* The reverse direction of a bidirectional layer whose input hin (host, forward packing,
- * stride ld_in) is given; writes reverse h into columns H..2H of y (backend, forward
+ * stride ld_in) is given, or NULL when m->g holds its gate rows in the reverse packing
+ * already (fold_gates); writes reverse h into columns H..2H of y (backend, forward
  * packing, stride 2H), reordering on the host. State as in run_direction. */
 static balsa_status run_reverse(balsa_model *m, const lstm_dir_w *w, const packing *p,
                                 const float *hin, int ld_in, float *y, const float *h0)
@@ -640,13 +733,16 @@ static balsa_status run_reverse(balsa_model *m, const lstm_dir_w *w, const packi
     balsa_backend *be = m->be;
     int H = m->spec.hidden_size;
     size_t R = p->offs[p->T];
-    for (int i = 0; i < p->n; i++)
-        for (int s = 0; s < p->len[i]; s++)
-            memcpy(m->hxr.p + prow(p, i, s) * ld_in, hin + prow(p, i, p->len[i] - 1 - s) * ld_in,
-                   sizeof(float) * ld_in);
-    balsa_status st = be->ops->to_device(be, m->xr.p, m->hxr.p, R * ld_in * sizeof(float));
+    balsa_status st = BALSA_OK;
+    if (hin) {
+        for (int i = 0; i < p->n; i++)
+            for (int s = 0; s < p->len[i]; s++)
+                memcpy(m->hxr.p + prow(p, i, s) * ld_in,
+                       hin + prow(p, i, p->len[i] - 1 - s) * ld_in, sizeof(float) * ld_in);
+        st = be->ops->to_device(be, m->xr.p, m->hxr.p, R * ld_in * sizeof(float));
+    }
     if (st == BALSA_OK)
-        st = run_direction(m, w, p, m->xr.p, ld_in, m->hr.p, H, h0);
+        st = run_direction(m, w, p, hin ? m->xr.p : NULL, ld_in, m->hr.p, H, h0);
     if (st == BALSA_OK)
         st = be->ops->to_host(be, m->hhr.p, m->hr.p, R * H * sizeof(float));
     if (st == BALSA_OK)
@@ -664,16 +760,17 @@ static balsa_status run_reverse(balsa_model *m, const lstm_dir_w *w, const packi
 
 /* The reverse direction when every sequence has the same length: reverse step s is then
  * forward step T-1-s for all of them, so it reads the forward packing's projection rows
- * and writes h straight into columns H..2H of y, with no reordering. State as in
- * run_direction. */
+ * (in NULL: m->g holds them already, from fold_gates) and writes h straight into columns
+ * H..2H of y, with no reordering. State as in run_direction. */
 static balsa_status run_reverse_aligned(balsa_model *m, const lstm_dir_w *w, const packing *p,
                                         const float *in, int ld_in, float *y, const float *h0)
 {
     balsa_backend *be = m->be;
     int H = m->spec.hidden_size, ldy = 2 * H;
     size_t R = p->offs[p->T];
-    balsa_status st = be->ops->matmul(be, w->w_ih, in, ld_in, (int)R, w->bias, 0,
-                                      BALSA_ACT_NONE, m->g.p, 4 * H);
+    balsa_status st = in ? be->ops->matmul(be, w->w_ih, in, ld_in, (int)R, w->bias, 0,
+                                           BALSA_ACT_NONE, m->g.p, 4 * H)
+                         : BALSA_OK;
     for (int t = p->T - 1; t >= 0 && st == BALSA_OK; t--) {
         float *gt = m->g.p + p->offs[t] * 4 * H;
         int first = t == p->T - 1;
@@ -692,12 +789,14 @@ static balsa_status reserve_run(balsa_model *m, const packing *p)
     int wide = I > H * ndir ? I : H * ndir;
     int O = m->info.output_size;
     int aligned = p->len[0] == p->len[p->n - 1];
-    balsa_status st = host_buf_reserve(&m->hx, R * I);
+    /* A folded model's first layer reads the table (through hg), not the embedding rows. */
+    balsa_status st = m->fold[0] ? host_buf_reserve(&m->hg, R * 4 * H)
+                                 : host_buf_reserve(&m->hx, R * I);
     if (st == BALSA_OK)
         st = host_buf_reserve(&m->hout, R * O);
     if (st == BALSA_OK)
         st = host_buf_reserve(&m->hlast, n * (H * ndir > I ? H * ndir : I));
-    if (st == BALSA_OK)
+    if (st == BALSA_OK && !m->fold[0])
         st = dev_buf_reserve(be, &m->x, R * I);
     if (st == BALSA_OK)
         st = dev_buf_reserve(be, &m->lastv, n * (H * ndir > I ? H * ndir : I));
@@ -730,14 +829,15 @@ static balsa_status reserve_run(balsa_model *m, const packing *p)
     return st;
 }
 
-/* The LSTM stack over the packed input in m->x, from and to the sequences' states;
- * returns the top layer's output (backend, forward packing, stride *ld). */
+/* The LSTM stack over the packed input in m->x (a folded model: over the sequences' tokens,
+ * the first layer's gates from the table), from and to the sequences' states; returns the
+ * top layer's output (backend, forward packing, stride *ld). */
 static balsa_status run_lstm(balsa_model *m, const packing *p, const engine_seq *seqs,
                              float **top, int *ld)
 {
     const model_spec *s = &m->spec;
     int H = s->hidden_size, ndir = s->bidirectional ? 2 : 1;
-    const float *in = m->x.p;
+    const float *in = m->fold[0] ? NULL : m->x.p; /* NULL: the layer's gates come folded */
     int ld_in = s->input_size;
     balsa_status st = BALSA_OK;
     float *y = NULL;
@@ -746,19 +846,23 @@ static balsa_status run_lstm(balsa_model *m, const packing *p, const engine_seq 
     for (int l = 0; l < s->num_layers && st == BALSA_OK; l++) {
         y = l % 2 ? m->yb.p : m->ya.p;
         st = load_state(m, p, seqs, l, 0, &h0);
+        if (st == BALSA_OK && !in)
+            st = fold_gates(m, p, seqs, 0, 0);
         if (st == BALSA_OK)
             st = run_direction(m, &m->lstm[l][0], p, in, ld_in, y, H * ndir, h0);
         if (st == BALSA_OK)
             st = save_state(m, p, seqs, l, 0, y, H * ndir);
         if (st == BALSA_OK && ndir == 2) {
             st = load_state(m, p, seqs, l, 1, &h0);
+            if (st == BALSA_OK && !in)
+                st = fold_gates(m, p, seqs, 1, !aligned);
             if (st == BALSA_OK && aligned)
                 st = run_reverse_aligned(m, &m->lstm[l][1], p, in, ld_in, y, h0);
             else if (st == BALSA_OK) /* run_reverse reads its host input before it
                                       * overwrites m->hy, so a deeper layer can pass the
                                       * previous layer's output m->hy still holds */
-                st = run_reverse(m, &m->lstm[l][1], p, l == 0 ? m->hx.p : m->hy.p, ld_in, y,
-                                 h0);
+                st = run_reverse(m, &m->lstm[l][1], p,
+                                 !in ? NULL : l == 0 ? m->hx.p : m->hy.p, ld_in, y, h0);
             if (st == BALSA_OK)
                 st = save_state(m, p, seqs, l, 1, y, H * ndir);
         }
@@ -793,14 +897,17 @@ balsa_status model_run(balsa_model *m, const engine_seq *seqs, int n, int all_st
     }
     int I = s->input_size, O = m->info.output_size;
     size_t R = p.offs[p.T];
-    for (int i = 0; i < n; i++)
+    /* A folded model (which has an LSTM) never needs the embedding rows: run_lstm takes
+     * the first layer's gates from the table. */
+    for (int i = 0; i < n && !m->fold[0]; i++)
         for (int t = 0; t < p.len[i]; t++)
             model_input_row(m, &seqs[p.order[i]], t, m->hx.p + prow(&p, i, t) * I);
 
     float *top = NULL;
     int ld = I;
     if (s->hidden_size > 0) {
-        st = be->ops->to_device(be, m->x.p, m->hx.p, R * I * sizeof(float));
+        if (!m->fold[0])
+            st = be->ops->to_device(be, m->x.p, m->hx.p, R * I * sizeof(float));
         if (st == BALSA_OK)
             st = run_lstm(m, &p, seqs, &top, &ld);
     }

@@ -41,6 +41,24 @@ typedef struct {
  * naming the field otherwise. */
 balsa_status model_spec_check(const model_spec *s, char *err, size_t errlen);
 
+/* Folding the embedding into the first LSTM layer. For a token model the first layer's
+ * input projection of token v, W_ih_l0 E[v] + b_ih_l0 + b_hh_l0, depends on v alone, so
+ * model_build computes it for every token once (one table of vocab_size x 4 * hidden_size
+ * floats per direction, on the host) and the engine copies a table row where it would
+ * otherwise look up the embedding and multiply it by W_ih_l0 (engine/model.c).
+ *
+ * The cap bounds the memory the table adds to a loaded model. The table is 4 * hidden /
+ * input_size times the embedding it stands in for, per direction: small for a character
+ * model (fortunes: 96 tokens x 1024 gates, 384 KiB), but for a word-level one (10,000
+ * tokens, embedding and hidden 650: 104 MB) it would be four times the embedding and dwarf the sparse
+ * weights, in every server process that loads it. Such models keep the product. */
+#define MODEL_FOLD_MAX_BYTES ((size_t)64 << 20)
+
+/* Bytes of the folded table of the network described by s: vocab_size x 4 * hidden_size
+ * floats per direction, or 0 when s has no embedding feeding an LSTM (vector input, or no
+ * LSTM). model_build folds exactly when this is between 1 and MODEL_FOLD_MAX_BYTES. */
+size_t model_fold_table_bytes(const model_spec *s);
+
 /* Features of one output vector of the network described by s. */
 int model_spec_output_size(const model_spec *s);
 
@@ -153,5 +171,15 @@ balsa_status model_build(const model_spec *s, const model_host *h, balsa_backend
 
 /* The description of a built model. */
 const model_spec *model_get_spec(const balsa_model *m);
+
+/* Bytes of a built model's folded table, or 0 when it projects token inputs through the
+ * embedding and W_ih_l0 (not folded, or unfolded by model_unfold). */
+size_t model_folded_bytes(const balsa_model *m);
+
+/* Drops a built model's folded table, so that it projects token inputs through the
+ * embedding and W_ih_l0 like a model over the cap: for tests and measurements that compare
+ * the two paths with the same weights. Call it before the model runs anything or any
+ * model_stream is created on it; nothing happens to a model that is not folded. */
+void model_unfold(balsa_model *m);
 
 #endif

@@ -41,6 +41,14 @@ int model_spec_output_size(const model_spec *s)
     return s->input_size;
 }
 
+size_t model_fold_table_bytes(const model_spec *s)
+{
+    if (s->input_kind != MODEL_INPUT_TOKENS || s->hidden_size <= 0)
+        return 0;
+    return (size_t)s->vocab_size * 4 * (size_t)s->hidden_size * (s->bidirectional ? 2 : 1) *
+           sizeof(float);
+}
+
 static int in_range(int v, int lo, int hi) { return v >= lo && v <= hi; }
 
 balsa_status model_spec_check(const model_spec *s, char *err, size_t errlen)

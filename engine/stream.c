@@ -12,7 +12,9 @@
  * matmul over up to STREAM_CHUNK of its steps at a time (when it is added, then whenever
  * those are used up), kept on the host and copied into the step's gate rows; deeper
  * layers project per step. The arithmetic per row is the same as model_run's, in the same
- * order, so the numbers agree with it.
+ * order, so the numbers agree with it. A folded token model (model.h) has that projection
+ * ready for every token: each row's gate row is copied from the table at its step, and
+ * nothing is projected ahead.
  *
  * A generating sequence (model_stream_add_gen) grows by one token at each of its steps
  * from its last input on: the token is picked from that step's output (step_outputs) and
@@ -185,14 +187,19 @@ balsa_status model_stream_create(balsa_model *m, int max_slots, model_stream **o
     }
     if (!s->whole && st == BALSA_OK) {
         int fcw = m->max_fc_out > 0 ? m->max_fc_out : 1;
-        /* xin and proj hold a chunk of one sequence's steps, or one step of every row. */
-        size_t chunk = STREAM_CHUNK > n ? STREAM_CHUNK : n;
-        if (dev_buf_reserve(be, &s->g, n * 4 * H) || dev_buf_reserve(be, &s->xin, chunk * I) ||
-            dev_buf_reserve(be, &s->proj, chunk * 4 * H) || dev_buf_reserve(be, &s->fcin, n * H) ||
-            host_buf_reserve(&s->hproj, n * 4 * H) ||
+        if (dev_buf_reserve(be, &s->g, n * 4 * H) || dev_buf_reserve(be, &s->fcin, n * H) ||
             dev_buf_reserve(be, &s->fa, n * fcw) || dev_buf_reserve(be, &s->fb, n * fcw) ||
-            host_buf_reserve(&s->hx, chunk * I) || host_buf_reserve(&s->hg, n * 4 * H) ||
-            host_buf_reserve(&s->hrow, n * H) || host_buf_reserve(&s->hout, n * O))
+            host_buf_reserve(&s->hg, n * 4 * H) || host_buf_reserve(&s->hrow, n * H) ||
+            host_buf_reserve(&s->hout, n * O))
+            st = BALSA_ERR_OOM;
+    }
+    if (!s->whole && !m->fold[0] && st == BALSA_OK) {
+        /* The projection's buffers (a folded model copies table rows instead): xin and
+         * proj hold a chunk of one sequence's steps, or one step of every row. */
+        size_t chunk = STREAM_CHUNK > n ? STREAM_CHUNK : n;
+        if (dev_buf_reserve(be, &s->xin, chunk * I) ||
+            dev_buf_reserve(be, &s->proj, chunk * 4 * H) ||
+            host_buf_reserve(&s->hproj, n * 4 * H) || host_buf_reserve(&s->hx, chunk * I))
             st = BALSA_ERR_OOM;
     }
     if (st != BALSA_OK) {
@@ -295,7 +302,7 @@ static balsa_status stream_add(model_stream *s, const engine_seq *seq, int all_s
     sl->has_c0 = seq->c0 != NULL;
     sl->hn = seq->hn;
     sl->cn = seq->cn;
-    if (!s->whole) {
+    if (!s->whole && !s->m->fold[0]) {
         if (!sl->proj)
             sl->proj = malloc(sizeof(float) * STREAM_CHUNK * 4 * sp->hidden_size);
         balsa_status st = sl->proj ? slot_project(s, sl, 0) : BALSA_ERR_OOM;
@@ -614,13 +621,22 @@ static balsa_status step_outputs(model_stream *s)
  * whose step is not projected yet and has more steps ahead projects a chunk of them
  * (slot_project); the rows for which this step is the last one known (a generating
  * sequence's fed-back token above all, every step) are projected together, one matmul
- * over all of them, instead of one small product each. */
+ * over all of them, instead of one small product each. A folded model copies each row's
+ * gate row from the table instead. */
 static balsa_status project_rows(model_stream *s)
 {
     balsa_model *m = s->m;
     int H = m->spec.hidden_size, I = m->spec.input_size, k = 0;
     size_t row = (size_t)4 * H;
     balsa_status st = BALSA_OK;
+    if (m->fold[0]) {
+        for (int r = 0; r < s->nrows; r++) {
+            const stream_slot *sl = &s->slots[s->row_slot[r]];
+            memcpy(s->hg.p + (size_t)r * row, model_fold_row(m, 0, sl->tokens[sl->pos]),
+                   sizeof(float) * row);
+        }
+        return BALSA_OK;
+    }
     for (int r = 0; r < s->nrows && st == BALSA_OK; r++) {
         stream_slot *sl = &s->slots[s->row_slot[r]];
         if (sl->pos >= sl->proj_from + sl->proj_n && sl->len - sl->pos == 1) {

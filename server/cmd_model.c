@@ -205,6 +205,15 @@ int inspect_main(int argc, char **argv)
         printf("lstm      %d layer%s, hidden %d%s%s\n", s.num_layers, s.num_layers > 1 ? "s" : "",
                s.hidden_size, s.bidirectional ? ", bidirectional" : "",
                s.lstm_bias ? "" : ", no bias");
+    size_t fold = model_fold_table_bytes(&s);
+    if (fold > 0 && fold <= MODEL_FOLD_MAX_BYTES)
+        printf("fold      embedding folded into lstm layer 0 at load: %zu-byte table (%d "
+               "tokens x %d gates%s)\n",
+               fold, s.vocab_size, 4 * s.hidden_size, s.bidirectional ? " x 2 directions" : "");
+    else if (fold > 0)
+        printf("fold      embedding not folded: its table would be %zu bytes, over the %zu-byte "
+               "cap\n",
+               fold, MODEL_FOLD_MAX_BYTES);
     for (int i = 0; i < s.n_fc; i++)
         printf("fc.%-6d %d outputs, %s%s\n", i, s.fc[i].out, balsa_act_str(s.fc[i].act),
                s.fc[i].bias ? "" : ", no bias");
