@@ -79,7 +79,8 @@ typedef struct {
     const char *allow;
     size_t infer_header_len;
     uint64_t t_submit, t_out0, t_out1;
-    http_stream *st; /* streaming requests only */
+    uint64_t t_first; /* generating requests: when the first token came (scheduler thread) */
+    http_stream *st;  /* streaming requests only */
 } http_req;
 
 static const struct {
@@ -226,11 +227,49 @@ static enum MHD_Result handle_metrics(http_req *x)
     return send_body(x, 200, body, len, "text/plain; version=0.0.4; charset=utf-8");
 }
 
+/* Scheduler thread, generating requests: notes when the first token came. */
+static void note_first_token(http_req *x)
+{
+    if (x->t_first)
+        return;
+    for (int i = 0; i < x->req.nseqs; i++)
+        if (x->req.gen_counts[i] > 0) {
+            x->t_first = queue_now_ns();
+            return;
+        }
+}
+
+static void on_gen_progress(sched_request *r)
+{
+    note_first_token(r->user);
+}
+
+/* Scheduler thread, once a generating request has run: its tokens, time to the first
+ * and time per token after it, for /metrics. */
+static void record_generation(http_req *x)
+{
+    const sched_request *r = &x->sreq;
+    if (!x->req.generate || r->status != BALSA_OK)
+        return;
+    note_first_token(x);
+    long tokens = 0;
+    int most = 0;
+    for (int i = 0; i < x->req.nseqs; i++) {
+        tokens += x->req.gen_counts[i];
+        if (x->req.gen_counts[i] > most)
+            most = x->req.gen_counts[i];
+    }
+    uint64_t first = x->t_first ? x->t_first : r->finished_ns;
+    metrics_generation(x->srv->metrics, x->model, tokens, secs(x->t0, first),
+                       most >= 2 ? secs(first, r->finished_ns) / (most - 1) : -1);
+}
+
 /* Called from the scheduler thread once the request has run (or failed): wake the
  * connection; MHD calls the handler again, which answers from the request's state. */
 static void on_sched_done(sched_request *r)
 {
     http_req *x = r->user;
+    record_generation(x);
     x->phase = PHASE_DONE;
     MHD_resume_connection(x->conn);
 }
@@ -310,6 +349,7 @@ static void stream_push(http_req *x, int final)
 static void on_stream_progress(sched_request *r)
 {
     http_req *x = r->user;
+    note_first_token(x);
     if (!x->st->ended)
         stream_push(x, 0);
 }
@@ -321,6 +361,7 @@ static void on_stream_done(sched_request *r)
         metrics_queue_compute(x->srv->metrics, x->model, secs(r->enqueued_ns, r->started_ns),
                               secs(r->started_ns, r->finished_ns));
     x->t_out0 = x->t_out1 = r->finished_ns;
+    record_generation(x);
     stream_push(x, 1);
     http_stream *st = x->st;
     pthread_mutex_lock(&st->mu);
@@ -444,6 +485,7 @@ static enum MHD_Result submit_infer(http_req *x)
     r->gen_counts = x->req.gen_counts;
     r->deadline_ns = x->t0 + (uint64_t)timeout_ms * 1000000u;
     r->done = on_sched_done;
+    r->progress = x->req.generate ? on_gen_progress : NULL;
     r->user = x;
     if (x->req.stream) {
         x->st = calloc(1, sizeof *x->st);

@@ -28,18 +28,24 @@ static const double dur_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 #define NDUR (int)(sizeof dur_bounds / sizeof *dur_bounds)
 static const double batch_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024};
 #define NBATCH (int)(sizeof batch_bounds / sizeof *batch_bounds)
+/* Time per generated token: one step of a small model takes tens of microseconds. */
+static const double tok_bounds[] = {0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                    0.01,    0.025,  0.05,    0.1,    0.25,   0.5,    1};
+#define NTOK (int)(sizeof tok_bounds / sizeof *tok_bounds)
+#define MAXB(a, b) ((a) > (b) ? (a) : (b))
 
 /* Bucket counts are per bucket (not cumulative) so one observation is one increment;
  * the sum is kept in integer units (nanoseconds, or sequences) to stay atomic. */
 typedef struct {
-    _Atomic uint64_t bucket[NDUR + 1 > NBATCH + 1 ? NDUR + 1 : NBATCH + 1];
+    _Atomic uint64_t bucket[MAXB(MAXB(NDUR, NBATCH), NTOK) + 1];
     _Atomic uint64_t sum;
 } hist;
 
 typedef struct {
     char name[64];
     _Atomic uint64_t requests[NCODES];
-    hist request_dur, queue_dur, compute_dur, batch;
+    hist request_dur, queue_dur, compute_dur, batch, first_token, per_token;
+    _Atomic uint64_t generated;
     _Atomic uint64_t load_ns;
     _Atomic int ready;
 } model_metrics;
@@ -158,6 +164,16 @@ void metrics_queue_compute(metrics *m, int model, double queue_s, double compute
     model_metrics *mm = &m->models[model];
     hist_observe(&mm->queue_dur, dur_bounds, NDUR, queue_s, to_ns(queue_s));
     hist_observe(&mm->compute_dur, dur_bounds, NDUR, compute_s, to_ns(compute_s));
+}
+
+void metrics_generation(metrics *m, int model, long tokens, double first_token_s,
+                        double per_token_s)
+{
+    model_metrics *mm = &m->models[model];
+    inc(&mm->generated, tokens > 0 ? (uint64_t)tokens : 0);
+    hist_observe(&mm->first_token, dur_bounds, NDUR, first_token_s, to_ns(first_token_s));
+    if (per_token_s >= 0)
+        hist_observe(&mm->per_token, tok_bounds, NTOK, per_token_s, to_ns(per_token_s));
 }
 
 void metrics_batch(metrics *m, int model, int size)
@@ -302,6 +318,12 @@ void metrics_render(metrics *m, const int *queue_depth, jsonw *w)
          offsetof(model_metrics, compute_dur), dur_bounds, NDUR, 1e-9},
         {"balsa_batch_size", "Sequences in each executed step of a model.",
          offsetof(model_metrics, batch), batch_bounds, NBATCH, 1},
+        {"balsa_time_to_first_token_seconds",
+         "Time from a generating request's arrival to its first generated token.",
+         offsetof(model_metrics, first_token), dur_bounds, NDUR, 1e-9},
+        {"balsa_time_per_output_token_seconds",
+         "Mean time between a generating request's tokens after the first.",
+         offsetof(model_metrics, per_token), tok_bounds, NTOK, 1e-9},
     };
     for (size_t k = 0; k < sizeof hs / sizeof *hs; k++) {
         family(w, hs[k].name, "histogram", hs[k].help);
@@ -311,6 +333,11 @@ void metrics_render(metrics *m, const int *queue_depth, jsonw *w)
                         hs[k].nb, hs[k].scale);
     }
 
+    family(w, "balsa_generated_tokens_total", "counter",
+           "Tokens generated (\"generate\", v2 generate and generate_stream), by model.");
+    for (int i = 0; i < m->nmodels; i++)
+        jsonw_printf(w, "balsa_generated_tokens_total{model=\"%s\"} %llu\n", m->models[i].name,
+                     (unsigned long long)atomic_load(&m->models[i].generated));
     family(w, "balsa_queue_depth", "gauge", "Requests waiting in a model's queue.");
     for (int i = 0; i < m->nmodels; i++)
         jsonw_printf(w, "balsa_queue_depth{model=\"%s\"} %d\n", m->models[i].name,

@@ -43,6 +43,11 @@ void metrics_http(metrics *m, metrics_handler h, int code);
 void metrics_infer(metrics *m, int model, int code, double seconds);
 /* Time a request waited in its model's queue and then ran, for a request that ran. */
 void metrics_queue_compute(metrics *m, int model, double queue_s, double compute_s);
+/* A generating request that ran: the tokens it generated (all its sequences), the
+ * seconds from its arrival to its first generated token, and the mean seconds per token
+ * after the first (per_token_s < 0 when it generated fewer than two). */
+void metrics_generation(metrics *m, int model, long tokens, double first_token_s,
+                        double per_token_s);
 /* One executed step (or batch) of `size` sequences. */
 void metrics_batch(metrics *m, int model, int size);
 void metrics_reject(metrics *m, metrics_reason r);

@@ -76,6 +76,8 @@ TEST(exposition_structure)
     metrics_batch(m, 0, 1);
     metrics_batch(m, 0, 17);
     metrics_batch(m, 0, 17);
+    metrics_generation(m, 0, 64, 0.004, 0.0003);
+    metrics_generation(m, 0, 1, 0.002, -1); /* one token: no time per token */
     metrics_reject(m, METRICS_R_QUEUE_FULL);
     metrics_model_loaded(m, 0, 0.25);
     metrics_set_ready(m, 0, 1);
@@ -100,6 +102,14 @@ TEST(exposition_structure)
     CHECK(strstr(t, "balsa_batch_size_bucket{model=\"demo\",le=\"32\"} 3\n"));
     CHECK(strstr(t, "balsa_batch_size_sum{model=\"demo\"} 35\n"));
     CHECK(strstr(t, "balsa_queue_depth{model=\"demo\"} 5\n"));
+    CHECK(strstr(t, "balsa_generated_tokens_total{model=\"demo\"} 65\n"));
+    CHECK(strstr(t, "balsa_generated_tokens_total{model=\"other\"} 0\n"));
+    CHECK(strstr(t, "balsa_time_to_first_token_seconds_bucket{model=\"demo\",le=\"0.0025\"} 1\n"));
+    CHECK(strstr(t, "balsa_time_to_first_token_seconds_count{model=\"demo\"} 2\n"));
+    CHECK(strstr(t, "balsa_time_to_first_token_seconds_sum{model=\"demo\"} 0.006\n"));
+    CHECK(strstr(t, "balsa_time_per_output_token_seconds_bucket{model=\"demo\",le=\"0.00025\"} 0\n"));
+    CHECK(strstr(t, "balsa_time_per_output_token_seconds_bucket{model=\"demo\",le=\"0.0005\"} 1\n"));
+    CHECK(strstr(t, "balsa_time_per_output_token_seconds_count{model=\"demo\"} 1\n"));
     CHECK(strstr(t, "balsa_requests_in_flight 2\n"));
     CHECK(strstr(t, "balsa_rejected_requests_total{reason=\"queue_full\"} 1\n"));
     CHECK(strstr(t, "balsa_model_load_duration_seconds{model=\"demo\"} 0.25\n"));
@@ -108,8 +118,10 @@ TEST(exposition_structure)
     CHECK(strstr(t, "process_open_fds "));
     /* every histogram family has +Inf buckets, as many as models */
     const char *hists[] = {"balsa_request_duration_seconds", "balsa_queue_duration_seconds",
-                           "balsa_compute_duration_seconds", "balsa_batch_size"};
-    for (int i = 0; i < 4; i++) {
+                           "balsa_compute_duration_seconds", "balsa_batch_size",
+                           "balsa_time_to_first_token_seconds",
+                           "balsa_time_per_output_token_seconds"};
+    for (int i = 0; i < 6; i++) {
         char want[128];
         int n = 0;
         snprintf(want, sizeof want, "%s_bucket{model=", hists[i]);
@@ -132,6 +144,7 @@ TEST(promtool_accepts)
     metrics_http(m, METRICS_H_HEALTHZ, 200);
     metrics_infer(m, 0, 200, 0.01);
     metrics_batch(m, 0, 4);
+    metrics_generation(m, 0, 40, 0.003, 0.0001);
     jsonw w;
     jsonw_init(&w);
     metrics_render(m, NULL, &w);

@@ -294,6 +294,9 @@ TEST(serve_streams_generation)
                         "\"seed\": 3, \"stop\": \"the \"}";
     const char *body = "{\"text\": \"And the\", \"generate\": 40, \"temperature\": 0.7, "
                        "\"seed\": 3, \"stop\": \"the \", \"stream\": true}";
+    const char *gen_total = "balsa_generated_tokens_total{model=\"fortunes\"} ";
+    const char *ttft = "balsa_time_to_first_token_seconds_count{model=\"fortunes\"} ";
+    double tokens0 = metric(sv.port, gen_total), ttft0 = metric(sv.port, ttft);
     su_resp a;
     su_request(sv.port, "POST", "/infer", plain, strlen(plain), NULL, &a);
     REQUIRE(a.code == 200);
@@ -311,6 +314,11 @@ TEST(serve_streams_generation)
                   j.ntokens == cJSON_GetArraySize(cJSON_GetObjectItem(out, "tokens")),
               "streamed \"%s\" (%s, %d tokens), answer %s", j.text, j.finish, j.ntokens, a.body);
     CHECK_MSG(j.events > 1 && !strcmp(j.model, "fortunes"), "%d events", j.events);
+    /* both generations are in /metrics: their tokens, and a time to the first token each */
+    double tokens1 = metric(sv.port, gen_total), ttft1 = metric(sv.port, ttft);
+    CHECK_MSG(tokens0 == 0 && tokens1 == 2.0 * j.ntokens && ttft0 == 0 && ttft1 == 2,
+              "generated tokens %g -> %g (2 x %d), first-token count %g -> %g", tokens0,
+              tokens1, j.ntokens, ttft0, ttft1);
     cJSON_Delete(o);
     free(a.body);
     free(s.r.body);
