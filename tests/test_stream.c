@@ -3,8 +3,9 @@
  * stop string, finish_reason), text that may begin a stop string is held back until
  * later tokens settle it, the refusals, and `balsa serve` end to end: POST /infer with
  * "stream": true and v2 generate_stream against their non-streamed answers, a client
- * that leaves in the middle (499, the server keeps serving), and SIGTERM while a stream
- * runs (it is delivered whole). */
+ * that leaves in the middle (499, the engine stops generating for it, the server keeps
+ * serving), SIGTERM while a stream runs (it is delivered whole), a deadline that passes
+ * after the 200 (an error event), and the generation metrics. */
 #include <cJSON.h>
 #include <pthread.h>
 
@@ -285,6 +286,36 @@ static void *stream_thread(void *p)
     return NULL;
 }
 
+/* A stream whose deadline passes in the queue: its 200 is out already, so the failure is
+ * a last event naming the deadline. One slot, taken by a long generation. */
+TEST(serve_stream_deadline_is_an_error_event)
+{
+    const char *args[] = {"--model", "fortunes=" FORTUNES, "--max-batch-size", "1",
+                          "--drain-delay-ms", "0", NULL};
+    su_server sv;
+    REQUIRE(su_start(&sv, args) == 0);
+    stream_job job = {.port = sv.port};
+    pthread_t t;
+    REQUIRE(pthread_create(&t, NULL, stream_thread, &job) == 0);
+    double t0 = su_now();
+    while (job.s.writes == 0 && su_now() - t0 < 30) /* the slot is taken */
+        usleep(1000);
+    streamed s = {0};
+    stream_request(sv.port, "/infer",
+                   "{\"text\": \"And the\", \"generate\": 5, \"stream\": true, "
+                   "\"timeout_ms\": 1}",
+                   &s);
+    joined j;
+    CHECK_MSG(s.r.code == 200 && join_events(s.r.body, s.r.len, 0, &j) == 0 && j.events == 1 &&
+                  strstr(j.error, "timeout_ms: the deadline passed") && j.ntokens == 0,
+              "%ld: %s", s.r.code, s.r.body);
+    free(s.r.body);
+    pthread_join(t, NULL);
+    CHECK(job.s.r.code == 200);
+    free(job.s.r.body);
+    CHECK(su_stop(&sv, 30) == 0);
+}
+
 TEST(serve_streams_generation)
 {
     const char *args[] = {"--model", "fortunes=" FORTUNES, "--drain-delay-ms", "0", NULL};
@@ -398,6 +429,7 @@ int main(void)
     RUN(stream_holds_back_the_start_of_a_stop_string);
     RUN(stream_refusals);
     RUN(serve_streams_generation);
+    RUN(serve_stream_deadline_is_an_error_event);
     model_free(voc);
     be->ops->destroy(be);
     curl_global_cleanup();
