@@ -88,7 +88,9 @@ static void model_metadata(server_model *sm, v2_reply *rep)
     jsonw_str(&w, ",\"versions\":[\"1\"],\"platform\":\"balsa\",\"inputs\":[");
     if (in->input_kind == MODEL_INPUT_TOKENS)
         jsonw_str(&w, "{\"name\":\"tokens\",\"datatype\":\"INT32\",\"shape\":[-1,-1]}");
-    else
+    if (in->input_kind == MODEL_INPUT_TOKENS && in->has_vocabulary)
+        jsonw_str(&w, ",{\"name\":\"text\",\"datatype\":\"BYTES\",\"shape\":[-1]}");
+    if (in->input_kind != MODEL_INPUT_TOKENS)
         jsonw_printf(&w, "{\"name\":\"features\",\"datatype\":\"FP32\",\"shape\":[-1,-1,%d]}",
                      in->input_size);
     jsonw_printf(&w,
@@ -113,8 +115,12 @@ static void model_config(server_model *sm, v2_reply *rep)
                      "{\"specific\":{\"versions\":[1]}},\"max_batch_size\":%d,\"input\":[",
                  b->max_batch_size);
     if (in->input_kind == MODEL_INPUT_TOKENS)
-        jsonw_str(&w, "{\"name\":\"tokens\",\"data_type\":\"TYPE_INT32\",\"dims\":[-1]}");
-    else
+        jsonw_printf(&w, "{\"name\":\"tokens\",\"data_type\":\"TYPE_INT32\",\"dims\":[-1]%s}",
+                     in->has_vocabulary ? ",\"optional\":true" : "");
+    if (in->input_kind == MODEL_INPUT_TOKENS && in->has_vocabulary)
+        jsonw_str(&w, ",{\"name\":\"text\",\"data_type\":\"TYPE_STRING\",\"dims\":[1],"
+                      "\"optional\":true}");
+    if (in->input_kind != MODEL_INPUT_TOKENS)
         jsonw_printf(&w, "{\"name\":\"features\",\"data_type\":\"TYPE_FP32\",\"dims\":[-1,%d]}",
                      in->input_size);
     jsonw_printf(&w,

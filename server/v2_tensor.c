@@ -24,7 +24,8 @@ static const char *const out_names[V2_NOUTS] = {"output", "top_k_indices", "top_
  * limit bounds real requests far below it). */
 #define V2_MAX_ELEMS (1LL << 28)
 
-/* One input tensor as decoded: integers widened to int64, floats as float. */
+/* One input tensor as decoded: integers widened to int64, floats as float, BYTES
+ * elements as pointers into the request (the JSON tree or the binary data) with lengths. */
 typedef struct {
     int present;
     int dtype;
@@ -33,7 +34,13 @@ typedef struct {
     long long count;
     int64_t *ints;
     float *floats;
+    const char **strs;
+    size_t *slens;
 } v2_in;
+
+/* The inputs a request may hold: the model's tensor, lengths, and text (models with a
+ * vocabulary, in place of both). */
+enum { IN_MAIN = 0, IN_LENGTHS, IN_TEXT, IN_COUNT };
 
 /* Copies s into out for messages, printable ASCII only (a client's name may hold bytes
  * that would break the JSON of the error). */
@@ -102,12 +109,115 @@ static int flatten(const cJSON *a, v2_in *t, long long *n, const char *name, cha
     return 0;
 }
 
-/* Reads one element of "inputs" into ins[0] (the model's input) or ins[1] (lengths). */
+/* Collects the strings of a flat or nested JSON array into t (count expected); returns 0,
+ * or 400 with a message. */
+static int flatten_strings(const cJSON *a, v2_in *t, long long *n, char *err, size_t errlen)
+{
+    const cJSON *e;
+    cJSON_ArrayForEach(e, a)
+    {
+        if (cJSON_IsArray(e)) {
+            int code = flatten_strings(e, t, n, err, errlen);
+            if (code)
+                return code;
+            continue;
+        }
+        if (!cJSON_IsString(e))
+            return api_fail(err, errlen, 400, "inputs.text.data[%lld]: must be a string", *n);
+        if (*n >= t->count)
+            return api_fail(err, errlen, 400,
+                            "inputs.text.data: more than the %lld elements its shape holds",
+                            t->count);
+        t->strs[*n] = e->valuestring;
+        t->slens[*n] = strlen(e->valuestring);
+        (*n)++;
+    }
+    return 0;
+}
+
+/* The BYTES elements of t from raw data src[0..bytes): each a 4-byte little-endian length
+ * and that many bytes (Triton's layout); returns 0, or 400 with a message. */
+static int read_bytes_elems(v2_in *t, const char *src, size_t bytes, char *err, size_t errlen)
+{
+    size_t at = 0;
+    for (long long i = 0; i < t->count; i++) {
+        uint32_t l;
+        if (bytes - at < 4)
+            return api_fail(err, errlen, 400,
+                            "inputs.text: binary data ends inside element %lld's length", i);
+        l = (uint32_t)(unsigned char)src[at] | (uint32_t)(unsigned char)src[at + 1] << 8 |
+            (uint32_t)(unsigned char)src[at + 2] << 16 | (uint32_t)(unsigned char)src[at + 3] << 24;
+        at += 4;
+        if (l > bytes - at)
+            return api_fail(err, errlen, 400,
+                            "inputs.text: element %lld's %u bytes run past its binary data", i,
+                            (unsigned)l);
+        t->strs[i] = src + at;
+        t->slens[i] = l;
+        at += l;
+    }
+    if (at != bytes)
+        return api_fail(err, errlen, 400,
+                        "inputs.text: %zu bytes of binary data after its %lld elements",
+                        bytes - at, t->count);
+    return 0;
+}
+
+/* Reads a text input (BYTES, [batch] or [batch, 1]) whose shape is read: its strings from
+ * data or from bin_size bytes of the binary data. */
+static int read_text(v2_in *t, const cJSON *data, long long bin_size, const char *bin,
+                     size_t binlen, size_t *bin_used, int have_header, size_t json_len, char *err,
+                     size_t errlen)
+{
+    /* Nothing is allocated for a shape the body cannot hold: a raw element takes at least
+     * its 4-byte length, a JSON one at least two characters. */
+    if (bin_size >= 0 ? t->count > bin_size / 4 : (size_t)t->count > json_len / 2 + 1)
+        return api_fail(err, errlen, 400,
+                        "inputs.text.shape: holds %lld elements, more than the request's data can",
+                        t->count);
+    t->strs = calloc((size_t)t->count, sizeof *t->strs);
+    t->slens = calloc((size_t)t->count, sizeof *t->slens);
+    if (!t->strs || !t->slens)
+        return api_fail(err, errlen, 500, "out of memory");
+    if (bin_size >= 0) {
+        if (!have_header)
+            return api_fail(err, errlen, 400,
+                            "inputs.text.parameters.binary_data_size: binary data needs the "
+                            "Inference-Header-Content-Length header");
+        if (data)
+            return api_fail(err, errlen, 400,
+                            "inputs.text: give either data or binary_data_size");
+        if ((size_t)bin_size > binlen - *bin_used)
+            return api_fail(err, errlen, 400,
+                            "inputs.text: binary data runs past the end of the body (%zu bytes "
+                            "after the header)",
+                            binlen);
+        const char *src = bin + *bin_used;
+        *bin_used += (size_t)bin_size;
+        return read_bytes_elems(t, src, (size_t)bin_size, err, errlen);
+    }
+    if (!cJSON_IsArray(data))
+        return api_fail(err, errlen, 400,
+                        "inputs.text.data: required (an array of strings), or parameters."
+                        "binary_data_size");
+    long long n = 0;
+    int code = flatten_strings(data, t, &n, err, errlen);
+    if (code)
+        return code;
+    if (n != t->count)
+        return api_fail(err, errlen, 400,
+                        "inputs.text.data: %lld elements, but the shape holds %lld", n, t->count);
+    return 0;
+}
+
+/* Reads one element of "inputs" into ins[IN_MAIN] (the model's input), ins[IN_LENGTHS]
+ * or ins[IN_TEXT]. */
 static int parse_input(const cJSON *in, int idx, const model_info *info, v2_in *ins,
                        const char *bin, size_t binlen, size_t *bin_used, int have_header,
                        size_t json_len, char *err, size_t errlen)
 {
     const char *main_name = info->input_kind == MODEL_INPUT_TOKENS ? "tokens" : "features";
+    const int vocab = info->has_vocabulary && info->input_kind == MODEL_INPUT_TOKENS;
     if (!cJSON_IsObject(in))
         return api_fail(
             err, errlen, 400,
@@ -132,25 +242,25 @@ static int parse_input(const cJSON *in, int idx, const model_info *info, v2_in *
             return api_fail(err, errlen, 400, "inputs[%d].%s: given twice", idx, pf);
         *slot = f;
     }
+    const char *names = vocab ? "lengths, text" : "lengths";
     if (!cJSON_IsString(name))
-        return api_fail(err, errlen, 400,
-                        "inputs[%d].name: required, a string (\"%s\" or \"lengths\")", idx,
-                        main_name);
-    int which = !strcmp(name->valuestring, main_name)   ? 0
-                : !strcmp(name->valuestring, "lengths") ? 1
-                                                        : -1;
+        return api_fail(err, errlen, 400, "inputs[%d].name: required, a string (%s, %s)", idx,
+                        main_name, names);
+    int which = !strcmp(name->valuestring, main_name)           ? IN_MAIN
+                : !strcmp(name->valuestring, "lengths")         ? IN_LENGTHS
+                : vocab && !strcmp(name->valuestring, "text")   ? IN_TEXT
+                                                                : -1;
     char pn[64];
     printable(name->valuestring, pn, sizeof pn);
     if (which < 0)
-        return api_fail(
-            err, errlen, 400,
-            "inputs[%d].name: \"%s\" is not an input of this model (inputs: %s, lengths)", idx, pn,
-            main_name);
+        return api_fail(err, errlen, 400,
+                        "inputs[%d].name: \"%s\" is not an input of this model (inputs: %s, %s)",
+                        idx, pn, main_name, names);
     v2_in *t = &ins[which];
+    const char *nm = which == IN_LENGTHS ? "lengths" : which == IN_TEXT ? "text" : main_name;
     if (t->present)
-        return api_fail(err, errlen, 400, "inputs.%s: given twice", main_name);
+        return api_fail(err, errlen, 400, "inputs.%s: given twice", nm);
     t->present = 1;
-    const char *nm = which ? "lengths" : main_name;
 
     if (!cJSON_IsString(dtype))
         return api_fail(err, errlen, 400, "inputs.%s.datatype: required, a string", nm);
@@ -158,15 +268,22 @@ static int parse_input(const cJSON *in, int idx, const model_info *info, v2_in *
     for (int d = 0; d < 3; d++)
         if (!strcmp(dtype->valuestring, dt_names[d]))
             t->dtype = d;
-    int want_float = which == 0 && info->input_kind == MODEL_INPUT_VECTORS;
-    if (want_float ? t->dtype != DT_FP32 : (t->dtype != DT_INT32 && t->dtype != DT_INT64)) {
+    int want_float = which == IN_MAIN && info->input_kind == MODEL_INPUT_VECTORS;
+    int ok_type = which == IN_TEXT ? !strcmp(dtype->valuestring, "BYTES")
+                  : want_float     ? t->dtype == DT_FP32
+                                   : t->dtype == DT_INT32 || t->dtype == DT_INT64;
+    if (!ok_type) {
         char pd[32];
         printable(dtype->valuestring, pd, sizeof pd);
         return api_fail(err, errlen, 400, "inputs.%s.datatype: \"%s\" not accepted (use %s)", nm,
-                        pd, want_float ? "FP32" : "INT32 or INT64");
+                        pd,
+                        which == IN_TEXT ? "BYTES"
+                        : want_float     ? "FP32"
+                                         : "INT32 or INT64");
     }
 
-    int rank_lo = which ? 1 : (want_float ? 3 : 2), rank_hi = which ? 2 : rank_lo;
+    int one_dim = which != IN_MAIN; /* lengths and text: [batch] or [batch, 1] */
+    int rank_lo = one_dim ? 1 : (want_float ? 3 : 2), rank_hi = one_dim ? 2 : rank_lo;
     if (!cJSON_IsArray(shape))
         return api_fail(err, errlen, 400, "inputs.%s.shape: required, an array of dimensions", nm);
     t->rank = 0;
@@ -179,7 +296,7 @@ static int parse_input(const cJSON *in, int idx, const model_info *info, v2_in *
         snprintf(field, sizeof field, "inputs.%s.shape[%d]", nm, t->rank);
         if (t->rank >= rank_hi)
             return api_fail(err, errlen, 400, "inputs.%s.shape: must have %d dimensions%s", nm,
-                            rank_lo, which ? " ([batch] or [batch, 1])" : "");
+                            rank_lo, one_dim ? " ([batch] or [batch, 1])" : "");
         int code = read_int(d, field, 1, V2_MAX_ELEMS, &v, err, errlen);
         if (code)
             return code;
@@ -191,10 +308,10 @@ static int parse_input(const cJSON *in, int idx, const model_info *info, v2_in *
     }
     if (t->rank < rank_lo)
         return api_fail(err, errlen, 400, "inputs.%s.shape: must have %d dimensions%s", nm, rank_lo,
-                        which ? " ([batch] or [batch, 1])"
-                              : (want_float ? " [batch, steps, input_size]" : " [batch, steps]"));
-    if (which && t->rank == 2 && t->shape[1] != 1)
-        return api_fail(err, errlen, 400, "inputs.lengths.shape: must be [batch] or [batch, 1]");
+                        one_dim ? " ([batch] or [batch, 1])"
+                                : (want_float ? " [batch, steps, input_size]" : " [batch, steps]"));
+    if (one_dim && t->rank == 2 && t->shape[1] != 1)
+        return api_fail(err, errlen, 400, "inputs.%s.shape: must be [batch] or [batch, 1]", nm);
     if (want_float && t->shape[2] != info->input_size)
         return api_fail(err, errlen, 400,
                         "inputs.features.shape[2]: must be the input size %d, got %lld",
@@ -216,6 +333,9 @@ static int parse_input(const cJSON *in, int idx, const model_info *info, v2_in *
                 return code;
         }
     }
+    if (which == IN_TEXT)
+        return read_text(t, data, bin_size, bin, binlen, bin_used, have_header, json_len, err,
+                         errlen);
     size_t bytes = (size_t)t->count * dt_size[t->dtype];
     /* Nothing is allocated for a shape the body cannot hold: raw data must be exactly
      * `bytes` long, and JSON needs at least two characters ("0,") per element. */
@@ -352,6 +472,68 @@ static int parse_outputs(const cJSON *outputs, int binary_default, v2_request *v
     return 0;
 }
 
+/* Encodes the strings of a text input by the model's vocabulary into the tokens and
+ * lengths inputs the client could have sent instead (rows padded with token 0). Returns
+ * 0, or 400 naming the string and the character no token matches. */
+static int text_to_tokens(const api_model *am, const v2_in *text, v2_in *tok, v2_in *len,
+                          const api_limits *lim, char *err, size_t errlen)
+{
+    long long batch = text->count, steps = 0, total = 0;
+    size_t bytes = 0;
+    for (long long i = 0; i < batch; i++)
+        bytes += text->slens[i];
+    int32_t *ids = malloc((bytes ? bytes : 1) * sizeof *ids);
+    len->ints = malloc((size_t)batch * sizeof *len->ints);
+    if (!ids || !len->ints) {
+        free(ids);
+        return api_fail(err, errlen, 500, "out of memory");
+    }
+    size_t at = 0;
+    for (long long i = 0; i < batch; i++) {
+        char why[200];
+        int n = 0;
+        if (model_encode_text(am->model, text->strs[i], text->slens[i], ids + at, &n, why,
+                              sizeof why) != BALSA_OK) {
+            free(ids);
+            return api_fail(err, errlen, 400, "inputs.text[%lld]: %s", i, why);
+        }
+        len->ints[i] = n;
+        at += (size_t)n;
+        total += n;
+        if (n > steps)
+            steps = n;
+    }
+    /* The padded [batch, steps] rows are built before the step limit is checked on the
+     * lengths: bound them first (one long string among many short ones). */
+    if (total > lim->max_request_steps || batch * steps > 16LL * lim->max_request_steps) {
+        free(ids);
+        return api_fail(err, errlen, 400,
+                        "inputs.text: %lld tokens in %lld strings (the longest %lld), more than "
+                        "the limit of %d steps%s",
+                        total, batch, steps, lim->max_request_steps,
+                        total > lim->max_request_steps ? "" : " once padded to the longest");
+    }
+    tok->ints = calloc((size_t)(batch * steps), sizeof *tok->ints);
+    if (!tok->ints) {
+        free(ids);
+        return api_fail(err, errlen, 500, "out of memory");
+    }
+    at = 0;
+    for (long long i = 0; i < batch; i++)
+        for (long long k = 0; k < len->ints[i]; k++)
+            tok->ints[i * steps + k] = ids[at++];
+    free(ids);
+    tok->present = len->present = 1;
+    tok->dtype = len->dtype = DT_INT64;
+    tok->rank = 2;
+    tok->shape[0] = len->shape[0] = batch;
+    tok->shape[1] = steps;
+    tok->count = batch * steps;
+    len->rank = 1;
+    len->count = batch;
+    return 0;
+}
+
 static int parse_root(const cJSON *root, size_t json_len, const char *bin, size_t binlen,
                       int have_header,
                       const api_model *am, const api_limits *lim, api_request *r,
@@ -431,13 +613,25 @@ static int parse_root(const cJSON *root, size_t json_len, const char *bin, size_
             return code;
     }
     const char *main_name = info->input_kind == MODEL_INPUT_TOKENS ? "tokens" : "features";
-    if (!ins[0].present)
-        return api_fail(err, errlen, 400, "inputs: the tensor \"%s\" is required", main_name);
     if (bin_used != binlen)
         return api_fail(err, errlen, 400,
                         "body: %zu bytes of binary data after the header, but the inputs' "
                         "binary_data_size add up to %zu",
                         binlen, bin_used);
+    if (ins[IN_TEXT].present) {
+        if (ins[IN_MAIN].present || ins[IN_LENGTHS].present)
+            return api_fail(err, errlen, 400,
+                            "inputs.text: give either text or tokens (with lengths), not both");
+        int code = text_to_tokens(am, &ins[IN_TEXT], &ins[IN_MAIN], &ins[IN_LENGTHS], lim, err,
+                                  errlen);
+        if (code)
+            return code;
+    }
+    if (!ins[IN_MAIN].present)
+        return api_fail(err, errlen, 400, "inputs: the tensor \"%s\" is required%s", main_name,
+                        info->has_vocabulary && info->input_kind == MODEL_INPUT_TOKENS
+                            ? " (or \"text\")"
+                            : "");
     v->batch = (int)ins[0].shape[0];
     v->steps = (int)ins[0].shape[1];
     if (ins[1].present && ins[1].shape[0] != v->batch)
@@ -541,7 +735,7 @@ int v2_parse_infer(const char *body, size_t len, long header_len, const api_mode
     int code = api_parse_json(body, jlen, &root, &off, err, errlen);
     if (code)
         return code;
-    v2_in ins[2];
+    v2_in ins[IN_COUNT];
     memset(ins, 0, sizeof ins);
     if (off != jlen)
         code =
@@ -551,9 +745,11 @@ int v2_parse_infer(const char *body, size_t len, long header_len, const api_mode
         code = parse_root(root, jlen, body + jlen, len - jlen, header_len >= 0, &models[model], lim,
                           r, v, ins, err, errlen);
     cJSON_Delete(root);
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < IN_COUNT; k++) {
         free(ins[k].ints);
         free(ins[k].floats);
+        free(ins[k].strs);
+        free(ins[k].slens);
     }
     if (code) {
         api_request_free(r);

@@ -9,6 +9,10 @@
  *            lengths  INT32 or INT64 [batch, 1] (or [batch])     optional; sequence i is
  *                     the first lengths[i] steps of row i (1 <= lengths[i] <= steps); without
  *                     it every sequence is `steps` long
+ *            text     BYTES [batch] (or [batch, 1])              token models with a
+ *                     vocabulary, in place of tokens and lengths: each string is split into
+ *                     tokens (longest match) and is one sequence; in the binary form each
+ *                     element is a 4-byte little-endian length and its bytes (Triton's)
  *   params   output "last" (default) | "all"; top_k (integer); timeout_ms (integer);
  *            binary_data_output (bool: every output as raw bytes); others are ignored
  *   outputs  output        FP32  [batch, output_size] ("last") or

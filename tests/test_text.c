@@ -728,6 +728,32 @@ TEST(serve_generates_text_with_the_demo_model)
           !strcmp(cJSON_GetObjectItem(o, "model_name")->valuestring, "fortunes"));
     cJSON_Delete(o);
     free(r.body);
+    /* the v2 metadata lists the text input, and a BYTES tensor gives /infer's numbers */
+    su_request(sv.port, "GET", "/v2/models/fortunes", NULL, 0, NULL, &r);
+    CHECK_MSG(r.code == 200 && strstr(r.body, "{\"name\":\"text\",\"datatype\":\"BYTES\""), "%s",
+              r.body);
+    free(r.body);
+    body = "{\"text\": \"Love is\", \"top_k\": 3}";
+    su_request(sv.port, "POST", "/infer", body, strlen(body), NULL, &r);
+    o = cJSON_Parse(r.body);
+    free(r.body);
+    body = "{\"inputs\": [{\"name\": \"text\", \"datatype\": \"BYTES\", \"shape\": [1], "
+           "\"data\": [\"Love is\"]}], \"parameters\": {\"top_k\": 3}}";
+    su_request(sv.port, "POST", "/v2/models/fortunes/infer", body, strlen(body), NULL, &r);
+    cJSON *v2o = cJSON_Parse(r.body);
+    cJSON *native = o ? cJSON_GetObjectItem(
+                            cJSON_GetArrayItem(cJSON_GetObjectItem(o, "outputs"), 0), "indices")
+                      : NULL;
+    cJSON *got = NULL, *t, *v2outs = v2o ? cJSON_GetObjectItem(v2o, "outputs") : NULL;
+    cJSON_ArrayForEach(t, v2outs)
+    {
+        if (!strcmp(cJSON_GetObjectItem(t, "name")->valuestring, "top_k_indices"))
+            got = cJSON_GetObjectItem(t, "data");
+    }
+    CHECK_MSG(native && got && cJSON_Compare(native, got, 1), "%ld %s", r.code, r.body);
+    cJSON_Delete(o);
+    cJSON_Delete(v2o);
+    free(r.body);
     struct {
         const char *path, *body;
         long code;

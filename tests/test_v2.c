@@ -1,5 +1,5 @@
 /* Tests of the KServe v2 protocol: the tensor codec in process (JSON and binary inputs,
- * lengths, every refusal, rendering JSON and binary outputs that agree, padding and top_k),
+ * lengths, text as BYTES, every refusal, rendering JSON and binary outputs that agree, padding and top_k),
  * then `balsa serve` over HTTP: metadata, config, readiness, statistics, v2 inference giving
  * the same numbers as POST /infer (JSON and binary), error codes; then NVIDIA's
  * tritonclient (tests/v2_clients.py) and schemathesis against the served OpenAPI document
@@ -14,9 +14,11 @@
 #define OUT 30
 #define FEAT 6
 
+#define FORTUNES "models/fortunes/fortunes-b90.safetensors"
+
 static char tok_path[256], vec_path[256];
 static balsa_backend *be;
-static balsa_model *tok_model, *vec_model;
+static balsa_model *tok_model, *vec_model, *text_model; /* the last: with a vocabulary */
 static su_server srv;
 
 static int write_models(void)
@@ -35,7 +37,8 @@ static int write_models(void)
         st = ref_write_random_model(vec_path, &s, 8, 2, 0.5f, 12, err, sizeof err);
     if (st != BALSA_OK || balsa_backend_cpu_create(1, &be) != BALSA_OK ||
         model_load(tok_path, be, &tok_model, err, sizeof err) != BALSA_OK ||
-        model_load(vec_path, be, &vec_model, err, sizeof err) != BALSA_OK) {
+        model_load(vec_path, be, &vec_model, err, sizeof err) != BALSA_OK ||
+        model_load(FORTUNES, be, &text_model, err, sizeof err) != BALSA_OK) {
         printf("write_models: %s\n", err);
         return -1;
     }
@@ -44,7 +47,7 @@ static int write_models(void)
 
 /* ------------------------------------------------------------------ codec */
 
-static api_model models[2];
+static api_model models[3];
 static const api_limits lim = {1000, 100000};
 
 static int parse(int model, const char *body, size_t len, long header_len, api_request *r,
@@ -58,8 +61,8 @@ static void run(int model, api_request *r)
 {
     const model_info *info = models[model].info;
     BALSA_ASSERT(api_alloc_outputs(r, info) == 0);
-    BALSA_ASSERT(model_run(model ? vec_model : tok_model, r->seqs, r->nseqs, r->all_steps,
-                           r->outputs) == BALSA_OK);
+    balsa_model *m = model == 2 ? text_model : model ? vec_model : tok_model;
+    BALSA_ASSERT(model_run(m, r->seqs, r->nseqs, r->all_steps, r->outputs) == BALSA_OK);
 }
 
 TEST(codec_json_tokens_with_lengths)
@@ -201,6 +204,134 @@ TEST(codec_refusals)
     CHECK(v2_parse_infer(body, strlen(body), -1, models, 0, &small, &r, &v, err, sizeof err) ==
               400 &&
           strstr(err, "60 values, more than the limit 50"));
+}
+
+/* Text as a BYTES tensor (models with a vocabulary): the same sequences, and so the same
+ * numbers, as the token ids and lengths it encodes to, in JSON and in Triton's binary
+ * layout (a 4-byte length before each element); and every way to get it wrong. */
+TEST(codec_text_input)
+{
+    const char *texts[] = {"And the", "Lo", "Q: Why?"};
+    int32_t ids[3][16];
+    int lens[3];
+    char err[256];
+    for (int i = 0; i < 3; i++)
+        REQUIRE(model_encode_text(text_model, texts[i], strlen(texts[i]), ids[i], &lens[i], err,
+                                  sizeof err) == BALSA_OK);
+    char tokens_body[1024];
+    int at = snprintf(tokens_body, sizeof tokens_body,
+                      "{\"inputs\":[{\"name\":\"tokens\",\"shape\":[3,7],\"datatype\":"
+                      "\"INT32\",\"data\":[");
+    for (int i = 0; i < 3; i++)
+        for (int k = 0; k < 7; k++)
+            at += snprintf(tokens_body + at, sizeof tokens_body - (size_t)at, "%s%d",
+                           i || k ? "," : "", k < lens[i] ? ids[i][k] : 0);
+    snprintf(tokens_body + at, sizeof tokens_body - (size_t)at,
+             "]},{\"name\":\"lengths\",\"shape\":[3],\"datatype\":\"INT32\",\"data\":[%d,%d,%d]}],"
+             "\"parameters\":{\"top_k\":3}}",
+             lens[0], lens[1], lens[2]);
+    const char *json_body = "{\"inputs\":[{\"name\":\"text\",\"shape\":[3,1],\"datatype\":"
+                            "\"BYTES\",\"data\":[[\"And the\"],[\"Lo\"],[\"Q: Why?\"]]}],"
+                            "\"parameters\":{\"top_k\":3}}";
+    /* the binary form: the JSON header, then each string after its 4-byte length */
+    char bin_body[512];
+    char raw[64];
+    size_t rl = 0;
+    for (int i = 0; i < 3; i++) {
+        uint32_t l = (uint32_t)strlen(texts[i]);
+        unsigned char le[4] = {(unsigned char)l, (unsigned char)(l >> 8), (unsigned char)(l >> 16),
+                               (unsigned char)(l >> 24)};
+        memcpy(raw + rl, le, 4);
+        memcpy(raw + rl + 4, texts[i], l);
+        rl += 4 + l;
+    }
+    int hl = snprintf(bin_body, sizeof bin_body,
+                      "{\"inputs\":[{\"name\":\"text\",\"shape\":[3],\"datatype\":\"BYTES\","
+                      "\"parameters\":{\"binary_data_size\":%zu}}],\"parameters\":{\"top_k\":3}}",
+                      rl);
+    memcpy(bin_body + hl, raw, rl);
+    api_request rt, rj, rb;
+    v2_request vt, vj, vb;
+    REQUIRE(parse(2, tokens_body, strlen(tokens_body), -1, &rt, &vt, err) == 0);
+    CHECK_MSG(parse(2, json_body, strlen(json_body), -1, &rj, &vj, err) == 0, "%s", err);
+    CHECK_MSG(parse(2, bin_body, (size_t)hl + rl, hl, &rb, &vb, err) == 0, "%s", err);
+    REQUIRE(rj.nseqs == 3 && rb.nseqs == 3 && vj.batch == 3 && vj.steps == 7);
+    run(2, &rt);
+    run(2, &rj);
+    run(2, &rb);
+    int O = models[2].info->output_size;
+    for (int i = 0; i < 3; i++) {
+        CHECK(rj.seqs[i].len == lens[i] && rb.seqs[i].len == lens[i]);
+        CHECK(!memcmp(rj.outputs[i], rt.outputs[i], (size_t)O * sizeof(float)));
+        CHECK(!memcmp(rb.outputs[i], rt.outputs[i], (size_t)O * sizeof(float)));
+    }
+    api_request_free(&rt);
+    api_request_free(&rj);
+    api_request_free(&rb);
+
+    static const struct {
+        int model;
+        const char *body;
+        const char *msg;
+    } bad[] = {
+        {0, "{\"inputs\":[{\"name\":\"text\",\"shape\":[1],\"datatype\":\"BYTES\",\"data\":[\"a\"]}]}",
+         "inputs[0].name: \"text\" is not an input of this model (inputs: tokens, lengths)"},
+        {2, "{\"inputs\":[{\"name\":\"text\",\"shape\":[1],\"datatype\":\"BYTES\",\"data\":[\"a\"]},"
+            "{\"name\":\"tokens\",\"shape\":[1,1],\"datatype\":\"INT32\",\"data\":[1]}]}",
+         "inputs.text: give either text or tokens (with lengths), not both"},
+        {2, "{\"inputs\":[{\"name\":\"text\",\"shape\":[1],\"datatype\":\"INT32\",\"data\":[1]}]}",
+         "inputs.text.datatype: \"INT32\" not accepted (use BYTES)"},
+        {2, "{\"inputs\":[{\"name\":\"tokens\",\"shape\":[1,1],\"datatype\":\"BYTES\",\"data\":[\"a\"]}]}",
+         "inputs.tokens.datatype: \"BYTES\" not accepted (use INT32 or INT64)"},
+        {2, "{\"inputs\":[{\"name\":\"text\",\"shape\":[2],\"datatype\":\"BYTES\",\"data\":[\"a\",1]}]}",
+         "inputs.text.data[1]: must be a string"},
+        {2, "{\"inputs\":[{\"name\":\"text\",\"shape\":[2],\"datatype\":\"BYTES\",\"data\":[\"a\"]}]}",
+         "inputs.text.data: 1 elements, but the shape holds 2"},
+        {2, "{\"inputs\":[{\"name\":\"text\",\"shape\":[1,2],\"datatype\":\"BYTES\",\"data\":[\"a\",\"b\"]}]}",
+         "inputs.text.shape: must be [batch] or [batch, 1]"},
+        {2, "{\"inputs\":[{\"name\":\"text\",\"shape\":[2],\"datatype\":\"BYTES\",\"data\":[\"a\",\"caf\u00e9\"]}]}",
+         "inputs.text[1]: '\xc3\xa9' (U+00E9) at byte 3 is not in the model's vocabulary"},
+        {2, "{\"inputs\":[{\"name\":\"text\",\"shape\":[1],\"datatype\":\"BYTES\",\"data\":[\"\"]}]}",
+         "inputs.text[0]: empty"},
+        {2, "{\"inputs\":[{\"name\":\"text\",\"shape\":[100000],\"datatype\":\"BYTES\",\"data\":[\"a\"]}]}",
+         "inputs.text.shape: holds 100000 elements, more than the request's data can"},
+        {2, "{\"inputs\":[]}", "inputs: the tensor \"tokens\" is required (or \"text\")"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        api_request r;
+        v2_request v;
+        char e[256] = "";
+        int code = parse(bad[i].model, bad[i].body, strlen(bad[i].body), -1, &r, &v, e);
+        CHECK_MSG(code == 400 && strncmp(e, bad[i].msg, strlen(bad[i].msg)) == 0, "case %zu: %d %s",
+                  i, code, e);
+        CHECK(r.seqs == NULL && r.tokens == NULL);
+    }
+    /* binary layouts that do not add up */
+    struct {
+        int count;
+        const char *raw;
+        size_t n;
+        const char *msg;
+    } braw[] = {
+        {1, "\x05\x00\x00\x00" "abc", 7, "inputs.text: element 0's 5 bytes run past its binary data"},
+        {2, "\x02\x00\x00\x00" "ab\x01\x00", 8,
+         "inputs.text: binary data ends inside element 1's length"},
+        {1, "\x01\x00\x00\x00" "ab", 6, "inputs.text: 1 bytes of binary data after its 1 elements"},
+        {1, "\x01\x00", 2, "inputs.text.shape: holds 1 elements, more than the request's data can"},
+    };
+    for (size_t i = 0; i < sizeof braw / sizeof *braw; i++) {
+        char body[256];
+        int h = snprintf(body, sizeof body,
+                         "{\"inputs\":[{\"name\":\"text\",\"shape\":[%d],\"datatype\":\"BYTES\","
+                         "\"parameters\":{\"binary_data_size\":%zu}}]}",
+                         braw[i].count, braw[i].n);
+        memcpy(body + h, braw[i].raw, braw[i].n);
+        api_request r;
+        v2_request v;
+        char e[256] = "";
+        int code = parse(2, body, (size_t)h + braw[i].n, h, &r, &v, e);
+        CHECK_MSG(code == 400 && strstr(e, braw[i].msg), "binary case %zu: %d %s", i, code, e);
+    }
 }
 
 /* Renders r as JSON and as binary; checks both carry the same numbers and that they equal
@@ -514,10 +645,12 @@ int main(void)
     }
     models[0] = (api_model){"tok", model_get_info(tok_model), tok_model};
     models[1] = (api_model){"vec", model_get_info(vec_model), vec_model};
+    models[2] = (api_model){"fortunes", model_get_info(text_model), text_model};
     RUN(codec_json_tokens_with_lengths);
     RUN(codec_binary_inputs);
     RUN(codec_refusals);
     RUN(codec_render_json_equals_binary);
+    RUN(codec_text_input);
 
     char m1[300], m2[300];
     snprintf(m1, sizeof m1, "tok=%s", tok_path);
@@ -540,6 +673,7 @@ int main(void)
     unlink(vec_path);
     model_free(tok_model);
     model_free(vec_model);
+    model_free(text_model);
     be->ops->destroy(be);
     curl_global_cleanup();
     HARNESS_END();
