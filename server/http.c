@@ -20,6 +20,7 @@
 #include <arpa/inet.h>
 #include <microhttpd.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,7 +52,6 @@ typedef struct {
     int ended;           /* the last event is in buf */
     int sched_done;      /* the scheduler called done (or never had the request) */
     int http_done;       /* MHD completed the request */
-    _Atomic int cancel;  /* the client left: the engine stops generating (model_gen_opts) */
 } http_stream;
 
 typedef struct {
@@ -80,6 +80,8 @@ typedef struct {
     size_t infer_header_len;
     uint64_t t_submit, t_out0, t_out1;
     uint64_t t_first; /* generating requests: when the first token came (scheduler thread) */
+    int polled;       /* generating requests: steps since the client's socket was looked at */
+    _Atomic int cancel; /* the client left: the engine stops generating (model_gen_opts) */
     http_stream *st;  /* streaming requests only */
 } http_req;
 
@@ -239,9 +241,34 @@ static void note_first_token(http_req *x)
         }
 }
 
+/* Steps between looks at a generating request's socket. */
+#define GONE_POLL_STEPS 16
+
+/* Scheduler thread: 1 when the client of a suspended request has closed its end. MHD does
+ * not watch suspended connections, so a client that gives up on a long generation would
+ * otherwise be noticed only when the answer is sent. The descriptor stays open while the
+ * connection is suspended, so looking at it from this thread is safe. */
+static int client_gone(http_req *x)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(x->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci)
+        return 0;
+    struct pollfd p = {.fd = ci->connect_fd, .events = POLLRDHUP};
+    return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
+}
+
+/* Scheduler thread, after each step of a generating request answered at once: notes the
+ * first token, and every GONE_POLL_STEPS steps stops the generation if the client left. */
 static void on_gen_progress(sched_request *r)
 {
-    note_first_token(r->user);
+    http_req *x = r->user;
+    note_first_token(x);
+    if (++x->polled >= GONE_POLL_STEPS) {
+        x->polled = 0;
+        if (client_gone(x))
+            x->cancel = 1;
+    }
 }
 
 /* Scheduler thread, once a generating request has run: its tokens, time to the first
@@ -487,12 +514,12 @@ static enum MHD_Result submit_infer(http_req *x)
     r->done = on_sched_done;
     r->progress = x->req.generate ? on_gen_progress : NULL;
     r->user = x;
+    x->req.gen.cancel = &x->cancel;
     if (x->req.stream) {
         x->st = calloc(1, sizeof *x->st);
         if (!x->st)
             return send_error(x, 500, "out of memory for the stream");
         pthread_mutex_init(&x->st->mu, NULL);
-        x->req.gen.cancel = &x->st->cancel;
         r->done = on_stream_done;
         r->progress = on_stream_progress;
     }
@@ -561,6 +588,12 @@ static enum MHD_Result answer_infer(http_req *x)
     server_model *sm = &s->models[x->model];
     if (x->err[0])
         return send_error(x, 503, x->err);
+    if (x->cancel && !x->st) {
+        /* The client closed its end while generating (on_gen_progress): close too; a write
+         * to the socket could still appear to succeed. */
+        x->code = 499;
+        return MHD_NO;
+    }
     if (r->status == BALSA_OK) {
         metrics_queue_compute(s->metrics, x->model, secs(r->enqueued_ns, r->started_ns),
                               secs(r->started_ns, r->finished_ns));
@@ -767,10 +800,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
     uint64_t t1 = x->t0 ? queue_now_ns() : 0;
     /* No answer queued: the client closed the connection (or stopped sending) first, which
-     * is counted apart from the server's own failures, as nginx's 499. */
+     * is counted apart from the server's own failures, as nginx's 499. x->cancel: it was
+     * seen gone while generating (MHD may then end the connection with any code). */
     int client_gone = toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT ||
                       toe == MHD_REQUEST_TERMINATED_READ_ERROR ||
-                      toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED;
+                      toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED || x->cancel;
     int code = x->code ? x->code : client_gone ? 499 : 500;
     /* A stream's scheduler part may still run (the client left): its times and batch are
      * only read once it is done. */
@@ -815,7 +849,7 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         x->st->http_done = 1;
         int last = x->st->sched_done;
         if (!last)
-            x->st->cancel = 1; /* nobody reads the rest; set before on_stream_done may free */
+            x->cancel = 1; /* nobody reads the rest; set before on_stream_done may free */
         pthread_mutex_unlock(&x->st->mu);
         if (!last)
             return; /* on_stream_done frees it */

@@ -3,8 +3,8 @@
  * stop string, finish_reason), text that may begin a stop string is held back until
  * later tokens settle it, the refusals, and `balsa serve` end to end: POST /infer with
  * "stream": true and v2 generate_stream against their non-streamed answers, a client
- * that leaves in the middle (499, the engine stops generating for it, the server keeps
- * serving), SIGTERM while a stream runs (it is delivered whole), a deadline that passes
+ * that leaves in the middle, streaming or waiting for a generation answered at once (499,
+ * the engine stops generating for it, the server keeps serving), SIGTERM while a stream runs (it is delivered whole), a deadline that passes
  * after the 200 (an error event), and the generation metrics. */
 #include <cJSON.h>
 #include <pthread.h>
@@ -391,6 +391,27 @@ TEST(serve_streams_generation)
     double after = metric(sv.port, c499), ran = metric(sv.port, steps) - steps0;
     CHECK_MSG(after == (before < 0 ? 0 : before) + 1, "499s: %g -> %g", before, after);
     CHECK_MSG(ran > 0 && ran < 30000, "%g steps ran for the request that was left", ran);
+    /* the same for a generation answered at once: the client gives up after 300 ms, the
+     * server sees the closed socket while generating and stops */
+    before = metric(sv.port, c499);
+    steps0 = metric(sv.port, steps);
+    CURL *h = curl_easy_init();
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/infer", sv.port);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_POSTFIELDS, "{\"text\": \"And the\", \"generate\": 60000}");
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, 300L);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    CURLcode cc = curl_easy_perform(h);
+    curl_easy_cleanup(h);
+    CHECK_MSG(cc == CURLE_OPERATION_TIMEDOUT, "curl %d", (int)cc);
+    t1 = su_now();
+    while (metric(sv.port, "\nbalsa_requests_in_flight ") != 0 && su_now() - t1 < 120)
+        usleep(20000);
+    after = metric(sv.port, c499);
+    ran = metric(sv.port, steps) - steps0;
+    CHECK_MSG(after == before + 1, "499s: %g -> %g", before, after);
+    CHECK_MSG(ran > 0 && ran < 30000, "%g steps ran for the generation that was left", ran);
     s.stop_after = 0;
     stream_request(sv.port, "/v2/models/fortunes/generate_stream", v2, &s);
     CHECK(s.r.code == 200 && join_events(s.r.body, s.r.len, 1, &j) == 0 && j.ntokens == 30);
