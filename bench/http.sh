@@ -2,7 +2,8 @@
 # End-to-end HTTP benchmark of `balsa serve` with wrk on loopback, everything in one run
 # so the ratios compare like with like on this (shared, noisy) machine:
 #   1. POST /infer at concurrency 1, 16, 64, 256: req/s, p50, p99;
-#   2. batching on (max_batch_size 32) vs off (max_batch_size 1) at concurrency 64;
+#   2. batching on (max_batch_size ON_BATCH, default 64: the server's default) vs off
+#      (max_batch_size 1) at concurrency 64;
 #      parts 1 and 2 run for the demo model and for a 2-layer hidden-650 language model
 #      (vocabulary 10,000, 90.6% balanced, bank 32: the paper's PTB shape), which this
 #      script builds with bench/make_lm_model.py and `balsa convert` (needs numpy);
@@ -17,7 +18,7 @@
 # model built here; "none" skips it); each model is served as `demo` by servers of its
 # own, so one BODY fits both; BODY, the /infer body; PHASES, the parts to run, default
 # "sweep batching healthz memory stream"; SERVE_ARGS, extra flags for every `balsa serve`, e.g.
-# "--threads 1")
+# "--threads 1"); ON_BATCH, max_batch_size of the batching servers (default 64)
 # Needs wrk (tools/deps.sh); nginx is optional (apt-get install nginx-light).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +32,7 @@ BALSA=$BUILD/balsa
 BARE=$BUILD/bench/bare_mhd
 MODEL=${MODEL:-models/demo/demo.safetensors}
 MODEL2=${MODEL2:-lm650}
+ON_BATCH=${ON_BATCH:-64}
 MODEL2_ARG=$MODEL2
 BODY=${BODY:-'{"model": "demo", "inputs": [[12, 7, 99, 5, 310, 42, 8, 77, 501, 3, 64, 19, 230, 11, 900, 1]], "top_k": 5}'}
 # The memory phase sends many small requests: it looks for leaks per request.
@@ -144,7 +146,7 @@ if [ "$MODEL2" != none ]; then LABELS+=("$(basename "$MODEL2" .safetensors)") FI
 # Model i is served with batching on at port PORT_BASE + 10 + 2i, off at the next port.
 ON_PIDS=() OFF_PIDS=()
 for i in "${!FILES[@]}"; do
-    start_balsa $((PORT_BASE + 10 + 2 * i)) "${FILES[$i]}" --max-batch-size 32
+    start_balsa $((PORT_BASE + 10 + 2 * i)) "${FILES[$i]}" --max-batch-size "$ON_BATCH"
     ON_PIDS+=("$LAST_PID")
     start_balsa $((PORT_BASE + 11 + 2 * i)) "${FILES[$i]}" --max-batch-size 1
     OFF_PIDS+=("$LAST_PID")
@@ -185,7 +187,7 @@ for i in "${!FILES[@]}"; do
 pon=$((PORT_BASE + 10 + 2 * i)) poff=$((PORT_BASE + 11 + 2 * i))
 label=${LABELS[$i]}
 if phase sweep; then
-echo "## POST /infer, model $label (${FILES[$i]}), batching on (max_batch_size 32, max_queue_delay_us 1000)"
+echo "## POST /infer, model $label (${FILES[$i]}), batching on (max_batch_size $ON_BATCH, max_queue_delay_us 1000)"
 echo "| concurrency | req/s | p50 ms | p99 ms | server CPU us/request | errors |"
 echo "|---|---|---|---|---|---|"
 for c in 1 16 64 256; do
@@ -199,7 +201,7 @@ echo
 fi
 
 if phase batching; then
-echo "## model $label: batching on (max_batch_size 32) vs off (max_batch_size 1), concurrency 64, $ROUNDS rounds"
+echo "## model $label: batching on (max_batch_size $ON_BATCH) vs off (max_batch_size 1), concurrency 64, $ROUNDS rounds"
 echo "| round | on: req/s (p50 / p99 ms, CPU us/req) | off: req/s (p50 / p99 ms, CPU us/req) |"
 echo "|---|---|---|"
 ON=() OFF=() ONC=() OFFC=()
@@ -297,4 +299,4 @@ echo
 echo "streamed / at once, medians: req/s $g2 / $g1 = $(awk -v a="$g2" -v b="$g1" 'BEGIN { printf "%.2fx", a / b }'); server CPU per request $c2 vs $c1 us (+$(awk -v a="$c2" -v b="$c1" 'BEGIN { printf "%.1f", (a - b) / 64 }') us per streamed token)"
 fi
 echo
-echo "rerun: DUR=$DUR ROUNDS=$ROUNDS PHASES=\"$PHASES\" SERVE_ARGS=\"${SERVE_ARGS:-}\" MODEL=$MODEL MODEL2=$MODEL2_ARG bash bench/http.sh"
+echo "rerun: DUR=$DUR ROUNDS=$ROUNDS PHASES=\"$PHASES\" ON_BATCH=$ON_BATCH SERVE_ARGS=\"${SERVE_ARGS:-}\" MODEL=$MODEL MODEL2=$MODEL2_ARG bash bench/http.sh"

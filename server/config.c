@@ -81,7 +81,7 @@ void config_defaults(config *c)
     c->max_output_values = 1L << 22;
     c->drain_delay_ms = 1000;
     c->drain_timeout_ms = 30000;
-    c->batching.max_batch_size = 32;
+    c->batching.max_batch_size = 64;
     c->batching.max_queue_delay_us = 1000;
     c->batching.queue_capacity = 1024;
     c->batching.request_timeout_ms = 30000;
