@@ -90,6 +90,19 @@ static inline double h_max_rel_err(const float *a, const double *b, size_t n, do
     return worst;
 }
 
+/* h_max_rel_err (floor 1) of got against want, another float result of n values. */
+static inline double h_max_rel_err_ff(const float *got, const float *want, size_t n)
+{
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)got[i] - want[i]);
+        double s = fabs((double)want[i]) > 1 ? fabs((double)want[i]) : 1;
+        if (isnan(got[i]) || d / s > worst)
+            worst = isnan(got[i]) ? INFINITY : d / s;
+    }
+    return worst;
+}
+
 /* Deterministic xorshift random numbers, so every failure reproduces. */
 static inline unsigned long long h_rand_u64(unsigned long long *s)
 {

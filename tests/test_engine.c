@@ -129,18 +129,6 @@ static balsa_model *random_model(const model_spec *s, model_host *h, int k,
     return m;
 }
 
-/* h_max_rel_err (floor 1) of got against want, another float result of n values. */
-static double rel_err_f(const float *got, const float *want, size_t n)
-{
-    double *ref = malloc(sizeof(double) * n);
-    BALSA_ASSERT(ref);
-    for (size_t j = 0; j < n; j++)
-        ref[j] = want[j];
-    double e = h_max_rel_err(got, ref, n, 1);
-    free(ref);
-    return e;
-}
-
 static const net_case cases[] = {
     {MODEL_INPUT_VECTORS, 19, 37, 1, 0, 0, 0, BALSA_ACT_NONE, MODEL_HEAD_NONE},
     {MODEL_INPUT_VECTORS, 19, 37, 2, 0, 3, 1, BALSA_ACT_RELU, MODEL_HEAD_SOFTMAX},
@@ -229,7 +217,7 @@ static void check_batch_independence(const net_case *c, int all)
     double worst = 0;
     for (int i = 0; i < N; i++) {
         CHECK(model_run(m, &q[i], 1, all, &alone[i]) == BALSA_OK);
-        double e = rel_err_f(together[i], alone[i], (size_t)(all ? q[i].len : 1) * O);
+        double e = h_max_rel_err_ff(together[i], alone[i], (size_t)(all ? q[i].len : 1) * O);
         worst = e > worst ? e : worst;
     }
     CHECK_MSG(worst <= 1e-5, "bidir %d sparse %d all %d: batch of 64 vs alone: %g", c->bidir,
@@ -452,7 +440,7 @@ static void check_stream(const net_case *c, int max_slots, int n, unsigned long 
     CHECK(ndone_total == n && model_stream_active(st) == 0);
     double worst = 0;
     for (int i = 0; i < n; i++) {
-        double e = rel_err_f(got[i], want[i], (size_t)(all[i] ? rs[i].seq.len : 1) * O);
+        double e = h_max_rel_err_ff(got[i], want[i], (size_t)(all[i] ? rs[i].seq.len : 1) * O);
         worst = e > worst ? e : worst;
     }
     CHECK_MSG(worst <= 1e-5, "stream vs model_run (bidir %d, %d slots): %g", c->bidir,
@@ -514,8 +502,8 @@ TEST(stream_long_sequence)
         }
     }
     CHECK(got_a == 1 && got_b == 1);
-    CHECK(rel_err_f(ga, wa, (size_t)150 * O) <= 1e-5);
-    CHECK(rel_err_f(gb, wb, O) <= 1e-5);
+    CHECK(h_max_rel_err_ff(ga, wa, (size_t)150 * O) <= 1e-5);
+    CHECK(h_max_rel_err_ff(gb, wb, O) <= 1e-5);
     free(ga);
     free(wa);
     ref_free_seq(&a);
@@ -554,7 +542,7 @@ TEST(stream_reuses_slot_buffers)
             finished += nd == 1 && done[0] == &q;
         }
         CHECK(finished == 1 && steps == lens[i]);
-        CHECK_MSG(rel_err_f(got, want, O) <= 1e-5, "sequence %d (%d steps)", i, lens[i]);
+        CHECK_MSG(h_max_rel_err_ff(got, want, O) <= 1e-5, "sequence %d (%d steps)", i, lens[i]);
         free(got);
         free(want);
         ref_free_seq(&q);

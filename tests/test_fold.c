@@ -63,18 +63,6 @@ static int build_pair(const model_spec *s, model_host *h, int k, unsigned long l
     return 1;
 }
 
-/* h_max_rel_err (floor 1) of got against want, another float result of n values. */
-static double rel_err_f(const float *got, const float *want, size_t n)
-{
-    double *ref = malloc(sizeof(double) * n);
-    BALSA_ASSERT(ref);
-    for (size_t j = 0; j < n; j++)
-        ref[j] = want[j];
-    double e = h_max_rel_err(got, ref, n, 1);
-    free(ref);
-    return e;
-}
-
 static double worse(double a, double b) { return a > b ? a : b; }
 
 TEST(which_models_fold)
@@ -224,9 +212,9 @@ TEST(run_matches_unfolded)
                 plain_products += input_products;
                 for (int i = 0; i < n; i++) {
                     size_t rows = all ? (size_t)b.q[i].len : 1;
-                    e_fold = worse(e_fold, rel_err_f(fo[i], uo[i], rows * O));
+                    e_fold = worse(e_fold, h_max_rel_err_ff(fo[i], uo[i], rows * O));
                     if (b.state[i])
-                        e_state = worse(e_state, rel_err_f(fs[i], us[i], 2 * ns));
+                        e_state = worse(e_state, h_max_rel_err_ff(fs[i], us[i], 2 * ns));
                     double *want = malloc(sizeof(double) * rows * O);
                     engine_seq q = b.q[i];
                     q.hn = q.cn = NULL;
@@ -331,8 +319,8 @@ TEST(stream_matches_unfolded)
         double e_fold = 0, e_alone = 0;
         for (int i = 0; i < N; i++) {
             size_t rows = all[i] ? (size_t)rs[i].seq.len : 1;
-            e_fold = worse(e_fold, rel_err_f(fo[i], uo[i], rows * O));
-            e_alone = worse(e_alone, rel_err_f(fo[i], alone[i], rows * O));
+            e_fold = worse(e_fold, h_max_rel_err_ff(fo[i], uo[i], rows * O));
+            e_alone = worse(e_alone, h_max_rel_err_ff(fo[i], alone[i], rows * O));
             ref_free_seq(&rs[i]);
             free(fo[i]);
             free(uo[i]);
@@ -471,7 +459,7 @@ TEST(cap_edge)
             double want[6];
             ref_forward(&s, &h, &b.q[i], 0, want);
             e_ref = worse(e_ref, h_max_rel_err(fo[i], want, 6, 1e-3));
-            e_fold = worse(e_fold, rel_err_f(fo[i], uo[i], 6));
+            e_fold = worse(e_fold, h_max_rel_err_ff(fo[i], uo[i], 6));
             free(fo[i]);
             free(uo[i]);
         }
