@@ -79,6 +79,8 @@ typedef struct {
 struct balsa_backend {
     const balsa_backend_ops *ops;
     int threads;       /* CPU worker threads (1 = the caller only) */
+    int host_memory;   /* 1: the backend's memory is the host's (CPU): callers may write it
+                        * directly instead of staging through to_device */
     char describe[128]; /* one line for banners: backend, ISA or device, threads */
 };
 

@@ -319,6 +319,7 @@ balsa_status cpu_backend_create_isa(int threads, cpu_isa isa, balsa_backend **ou
     cb->isa = isa;
     cb->base.ops = &cpu_ops;
     cb->base.threads = threads;
+    cb->base.host_memory = 1;
     snprintf(cb->base.describe, sizeof cb->base.describe, "cpu (%s, %d thread%s)%s%s",
              cpu_isa_str(isa), threads, threads == 1 ? "" : "s", why[0] ? "; " : "", why);
     *out = &cb->base;

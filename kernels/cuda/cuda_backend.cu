@@ -446,6 +446,7 @@ balsa_status balsa_backend_cuda_create(const balsa_cuda_options *opt, balsa_back
     }
     be->base.ops = &cuda_ops;
     be->base.threads = 1;
+    be->base.host_memory = 0; /* device memory: the engine stages through to_device */
     snprintf(be->base.describe, sizeof be->base.describe,
              "cuda (%.40s, sm_%d%d, %d SMs, %.0f GiB, %s values, spmm kernel %d%s)", prop.name,
              prop.major, prop.minor, prop.multiProcessorCount,
