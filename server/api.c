@@ -812,9 +812,18 @@ static int cut_at_stop(const api_request *r, char *text)
     return first != NULL;
 }
 
+/* Why a sequence's generation ended: "stop" (a stop string), "length" (all the tokens
+ * asked for), or "cancelled" (fewer without a stop string: the server cut it short while
+ * shutting down). */
+static const char *finish_reason(const api_request *r, int count, int stopped)
+{
+    return stopped ? "stop" : count < r->generate ? "cancelled" : "length";
+}
+
 /* Sequence i's generated tokens: {"tokens": [ids], "text": "...", "finish_reason"} (text
  * when the model has a vocabulary, cut before a stop string; finish_reason "stop" when a
- * stop string ended it, else "length"); -1 when out of memory. */
+ * stop string ended it, "cancelled" when the server cut it short, else "length"); -1 when
+ * out of memory. */
 static int render_generated(jsonw *w, const api_request *r, int i)
 {
     const balsa_model *m = r->engine_model;
@@ -833,7 +842,7 @@ static int render_generated(jsonw *w, const api_request *r, int i)
         jsonw_quoted(w, text);
         free(text);
     }
-    jsonw_printf(w, ",\"finish_reason\":\"%s\"}", stopped ? "stop" : "length");
+    jsonw_printf(w, ",\"finish_reason\":\"%s\"}", finish_reason(r, n, stopped));
     return 0;
 }
 
@@ -1080,7 +1089,7 @@ char *api_render_generate(const api_request *r, const char *model_name, size_t *
     jsonw_str(&w, ",\"text_output\":");
     jsonw_quoted(&w, text);
     free(text);
-    jsonw_printf(&w, ",\"finish_reason\":\"%s\"", stopped ? "stop" : "length");
+    jsonw_printf(&w, ",\"finish_reason\":\"%s\"", finish_reason(r, r->gen_counts[0], stopped));
     jsonw_str(&w, ",\"tokens\":[");
     for (int i = 0; i < r->gen_counts[0]; i++)
         jsonw_printf(&w, i ? ",%d" : "%d", (int)r->gen_tokens[0][i]);
@@ -1172,7 +1181,7 @@ int api_stream_event(const api_request *r, const char *model_name, int v2, int f
         st->sent = sendable;
     }
     if (final) {
-        jsonw_printf(w, ",\"finish_reason\":\"%s\"", stopped ? "stop" : "length");
+        jsonw_printf(w, ",\"finish_reason\":\"%s\"", finish_reason(r, n, stopped));
         if (r->gen.temperature > 0)
             jsonw_printf(w, ",\"seed\":%llu", (unsigned long long)r->gen.seed);
     }

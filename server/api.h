@@ -127,8 +127,8 @@ typedef struct {
  * {"tokens": [new ids], "text": "new text"}, for v2 generate_stream {"model_name",
  * "model_version", "text_output": new text, "tokens"}. Text that may be the start of a
  * stop string is held back until later tokens rule that out or the sequence ends. final:
- * the sequence has ended; the event then also carries "finish_reason" ("stop" or
- * "length"), the seed of a sampling request and, for /infer, "model", and the text ends
+ * the sequence has ended; the event then also carries "finish_reason" ("stop", "length"
+ * or "cancelled"), the seed of a sampling request and, for /infer, "model", and the text ends
  * before the stop string. Without final and with no new token it appends nothing.
  * Called from one thread at a time per request. Returns 0, or -1 when out of memory. */
 int api_stream_event(const api_request *r, const char *model_name, int v2, int final,

@@ -81,7 +81,9 @@ typedef struct {
     uint64_t t_submit, t_out0, t_out1;
     uint64_t t_first; /* generating requests: when the first token came (scheduler thread) */
     int polled;       /* generating requests: steps since the client's socket was looked at */
-    _Atomic int cancel; /* the client left: the engine stops generating (model_gen_opts) */
+    int gone;         /* the client was seen gone while generating (scheduler thread) */
+    _Atomic int cancel; /* the engine stops generating (model_gen_opts): the client left, or
+                         * the drain timed out */
     http_stream *st;  /* streaming requests only */
 } http_req;
 
@@ -258,16 +260,25 @@ static int client_gone(http_req *x)
     return poll(&p, 1, 0) == 1 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR));
 }
 
+/* Scheduler thread, after each step of a generating request: stops it once the drain has
+ * timed out (the answer then says "cancelled"). */
+static void cut_if_draining(http_req *x)
+{
+    if (atomic_load(&x->srv->cut_generation))
+        x->cancel = 1;
+}
+
 /* Scheduler thread, after each step of a generating request answered at once: notes the
  * first token, and every GONE_POLL_STEPS steps stops the generation if the client left. */
 static void on_gen_progress(sched_request *r)
 {
     http_req *x = r->user;
     note_first_token(x);
+    cut_if_draining(x);
     if (++x->polled >= GONE_POLL_STEPS) {
         x->polled = 0;
         if (client_gone(x))
-            x->cancel = 1;
+            x->gone = x->cancel = 1;
     }
 }
 
@@ -377,6 +388,7 @@ static void on_stream_progress(sched_request *r)
 {
     http_req *x = r->user;
     note_first_token(x);
+    cut_if_draining(x);
     if (!x->st->ended)
         stream_push(x, 0);
 }
@@ -588,7 +600,7 @@ static enum MHD_Result answer_infer(http_req *x)
     server_model *sm = &s->models[x->model];
     if (x->err[0])
         return send_error(x, 503, x->err);
-    if (x->cancel && !x->st) {
+    if (x->gone) {
         /* The client closed its end while generating (on_gen_progress): close too; a write
          * to the socket could still appear to succeed. */
         x->code = 499;
@@ -800,11 +812,11 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     *con_cls = NULL;
     uint64_t t1 = x->t0 ? queue_now_ns() : 0;
     /* No answer queued: the client closed the connection (or stopped sending) first, which
-     * is counted apart from the server's own failures, as nginx's 499. x->cancel: it was
+     * is counted apart from the server's own failures, as nginx's 499. x->gone: it was
      * seen gone while generating (MHD may then end the connection with any code). */
     int client_gone = toe == MHD_REQUEST_TERMINATED_CLIENT_ABORT ||
                       toe == MHD_REQUEST_TERMINATED_READ_ERROR ||
-                      toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED || x->cancel;
+                      toe == MHD_REQUEST_TERMINATED_TIMEOUT_REACHED || x->gone;
     int code = x->code ? x->code : client_gone ? 499 : 500;
     /* A stream's scheduler part may still run (the client left): its times and batch are
      * only read once it is done. */

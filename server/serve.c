@@ -160,8 +160,11 @@ static int drain(server *s, const sigset_t *sigs)
     long left = atomic_load(&s->suspended);
     fprintf(stderr, "balsa: stopped accepting; finishing %ld admitted request(s)\n", left);
     if (!wait_idle(s, s->cfg.drain_timeout_ms)) {
-        fprintf(stderr, "balsa: drain timeout (%d ms): failing the queued requests with 503\n",
+        fprintf(stderr,
+                "balsa: drain timeout (%d ms): failing the queued requests with 503, ending "
+                "running generations at their next token\n",
                 s->cfg.drain_timeout_ms);
+        atomic_store(&s->cut_generation, 1);
         for (int i = 0; i < s->nmodels; i++)
             if (s->models[i].sched)
                 sched_abort(s->models[i].sched);

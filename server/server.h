@@ -38,6 +38,8 @@ typedef struct server {
     int port;                    /* the bound port */
     atomic_int stage;
     atomic_long suspended;       /* connections suspended for the scheduler, not yet done */
+    atomic_int cut_generation;   /* set at the drain timeout: running generations end at
+                                  * their next step (finish_reason "cancelled") */
 } server;
 
 /* Starts the libmicrohttpd daemon on cfg.host:cfg.port; 0, or -1 with err. */

@@ -273,6 +273,7 @@ static double metric(int port, const char *prefix)
 
 typedef struct {
     int port;
+    const char *body; /* NULL: a 3000-token sampled stream */
     streamed s;
 } stream_job;
 
@@ -280,10 +281,51 @@ static void *stream_thread(void *p)
 {
     stream_job *j = p;
     stream_request(j->port, "/infer",
-                   "{\"text\": \"And the\", \"generate\": 3000, \"temperature\": 1, \"seed\": 5, "
-                   "\"stream\": true}",
+                   j->body ? j->body
+                           : "{\"text\": \"And the\", \"generate\": 3000, \"temperature\": 1, "
+                             "\"seed\": 5, \"stream\": true}",
                    &j->s);
     return NULL;
+}
+
+/* The drain times out while two long generations run, one streamed and one answered at
+ * once: both are cut at their next step and answered with finish_reason "cancelled",
+ * and the server exits 0 (nothing admitted is lost). */
+TEST(serve_drain_timeout_cuts_generations)
+{
+    const char *args[] = {"--model",          "fortunes=" FORTUNES, "--drain-delay-ms", "0",
+                          "--drain-timeout-ms", "200", NULL};
+    su_server sv;
+    REQUIRE(su_start(&sv, args) == 0);
+    stream_job a = {.port = sv.port,
+                    .body = "{\"text\": \"And the\", \"generate\": 60000, \"stream\": true}"};
+    stream_job b = {.port = sv.port, .body = "{\"text\": \"Love is\", \"generate\": 60000}"};
+    pthread_t ta, tb;
+    REQUIRE(pthread_create(&ta, NULL, stream_thread, &a) == 0);
+    REQUIRE(pthread_create(&tb, NULL, stream_thread, &b) == 0);
+    double t0 = su_now();
+    while ((a.s.writes == 0 || metric(sv.port, "\nbalsa_requests_in_flight ") < 2) &&
+           su_now() - t0 < 30)
+        usleep(2000);
+    int rc = su_stop(&sv, 60);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    CHECK_MSG(rc == 0, "exit %d (log %s)", rc, sv.log);
+    joined j;
+    CHECK_MSG(a.s.r.code == 200 && join_events(a.s.r.body, a.s.r.len, 0, &j) == 0 &&
+                  j.finals == 1 && !strcmp(j.finish, "cancelled") && j.ntokens > 0 &&
+                  j.ntokens < 60000,
+              "stream: %ld, %d tokens, finish %s", a.s.r.code, j.ntokens, j.finish);
+    cJSON *o = cJSON_Parse(b.s.r.body);
+    cJSON *out = o ? cJSON_GetArrayItem(cJSON_GetObjectItem(o, "outputs"), 0) : NULL;
+    cJSON *fr = out ? cJSON_GetObjectItem(out, "finish_reason") : NULL;
+    int n = out ? cJSON_GetArraySize(cJSON_GetObjectItem(out, "tokens")) : 0;
+    CHECK_MSG(b.s.r.code == 200 && cJSON_IsString(fr) && !strcmp(fr->valuestring, "cancelled") &&
+                  n > 0 && n < 60000,
+              "answered at once: %ld, %d tokens, %.80s", b.s.r.code, n, b.s.r.body);
+    cJSON_Delete(o);
+    free(a.s.r.body);
+    free(b.s.r.body);
 }
 
 /* A stream whose deadline passes in the queue: its 200 is out already, so the failure is
@@ -451,6 +493,7 @@ int main(void)
     RUN(stream_refusals);
     RUN(serve_streams_generation);
     RUN(serve_stream_deadline_is_an_error_event);
+    RUN(serve_drain_timeout_cuts_generations);
     model_free(voc);
     be->ops->destroy(be);
     curl_global_cleanup();
