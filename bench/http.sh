@@ -284,19 +284,32 @@ done
 P6=$((PORT_BASE + 6))
 start_balsa "$P6" models/fortunes/fortunes-b90.safetensors
 GEN_PID=$LAST_PID
-echo "| round | at once: req/s (p50 / p99 ms, CPU us/req) | streamed: req/s (p50 / p99 ms, CPU us/req) |"
+# The server's mean time to the first generated token over one wrk run, from /metrics:
+# what a streaming client waits before its first event (the other waits for p50/p99).
+ttft_sum_count() {
+    curl -s "http://127.0.0.1:$P6/metrics" |
+        awk '/^balsa_time_to_first_token_seconds_(sum|count)\{/ { printf "%s ", $2 }'
+}
+mean_ttft_ms() { # sum0 count0 sum1 count1
+    awk -v s0="$1" -v c0="$2" -v s1="$3" -v c1="$4" \
+        'BEGIN { printf "%.2f", (c1 > c0 ? (s1 - s0) / (c1 - c0) * 1000 : 0) }'
+}
+echo "| round | at once: req/s (p50 / p99 ms, CPU us/req) | streamed: req/s (p50 / p99 ms, CPU us/req, mean ms to the first token) |"
 echo "|---|---|---|"
-G1=() G2=() C1=() C2=()
+G1=() G2=() C1=() C2=() T2=()
 for r in $(seq "$ROUNDS"); do
     read -r a a50 a99 ac _ <<<"$(run_wrk "http://127.0.0.1:$P6/infer" 64 "$TMP/gen1.lua" "$GEN_PID")"
+    read -r s0 n0 <<<"$(ttft_sum_count)"
     read -r b b50 b99 bc _ <<<"$(run_wrk "http://127.0.0.1:$P6/infer" 64 "$TMP/gen2.lua" "$GEN_PID")"
-    G1+=("$a") G2+=("$b") C1+=("$ac") C2+=("$bc")
-    echo "| $r | $a ($a50 / $a99, $ac) | $b ($b50 / $b99, $bc) |"
+    read -r s1 n1 <<<"$(ttft_sum_count)"
+    bt=$(mean_ttft_ms "$s0" "$n0" "$s1" "$n1")
+    G1+=("$a") G2+=("$b") C1+=("$ac") C2+=("$bc") T2+=("$bt")
+    echo "| $r | $a ($a50 / $a99, $ac) | $b ($b50 / $b99, $bc, $bt) |"
 done
 stop_pid "$GEN_PID"
 g1=$(median "${G1[@]}") g2=$(median "${G2[@]}") c1=$(median "${C1[@]}") c2=$(median "${C2[@]}")
 echo
-echo "streamed / at once, medians: req/s $g2 / $g1 = $(awk -v a="$g2" -v b="$g1" 'BEGIN { printf "%.2fx", a / b }'); server CPU per request $c2 vs $c1 us (+$(awk -v a="$c2" -v b="$c1" 'BEGIN { printf "%.1f", (a - b) / 64 }') us per streamed token)"
+echo "streamed / at once, medians: req/s $g2 / $g1 = $(awk -v a="$g2" -v b="$g1" 'BEGIN { printf "%.2fx", a / b }'); server CPU per request $c2 vs $c1 us (+$(awk -v a="$c2" -v b="$c1" 'BEGIN { printf "%.1f", (a - b) / 64 }') us per streamed token); a streaming client's first token after $(median "${T2[@]}") ms (mean, server side)"
 fi
 echo
 echo "rerun: DUR=$DUR ROUNDS=$ROUNDS PHASES=\"$PHASES\" ON_BATCH=$ON_BATCH SERVE_ARGS=\"${SERVE_ARGS:-}\" MODEL=$MODEL MODEL2=$MODEL2_ARG bash bench/http.sh"
