@@ -20,6 +20,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kernels/backend.h"
+
 typedef struct {
     pid_t pid;
     int port;
@@ -289,6 +291,20 @@ static inline int su_stop(su_server *sp, double timeout_s)
         return -1;
     kill(sp->pid, SIGTERM);
     return su_wait(sp, timeout_s);
+}
+
+/* The start of a test binary that runs servers beside models of its own: the handlers
+ * that kill the children on a crash, libcurl, and a one-thread CPU backend in *be.
+ * Returns 0, or -1 (said on stdout) when there is no backend. */
+static inline int su_main_init(balsa_backend **be)
+{
+    su_init();
+    curl_global_init(CURL_GLOBAL_ALL);
+    if (balsa_backend_cpu_create(1, be) != BALSA_OK) {
+        printf("no CPU backend\n");
+        return -1;
+    }
+    return 0;
 }
 
 #endif

@@ -884,9 +884,7 @@ TEST(serve_continues_a_sequence)
 
 int main(void)
 {
-    su_init();
-    curl_global_init(CURL_GLOBAL_ALL);
-    if (balsa_backend_cpu_create(1, &be) != BALSA_OK)
+    if (su_main_init(&be))
         return 1;
     RUN(run_state_batch_independence);
     RUN(stream_state_matches_run);

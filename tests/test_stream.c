@@ -479,12 +479,8 @@ TEST(serve_streams_generation)
 
 int main(void)
 {
-    su_init();
-    curl_global_init(CURL_GLOBAL_ALL);
-    if (balsa_backend_cpu_create(1, &be) != BALSA_OK) {
-        printf("no CPU backend\n");
+    if (su_main_init(&be))
         return 1;
-    }
     voc = gen_model(be, MODEL_HEAD_LOG_SOFTMAX, 1, 1, 71);
     BALSA_ASSERT(voc);
     models[0] = (api_model){"voc", model_get_info(voc), voc};

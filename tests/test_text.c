@@ -790,12 +790,8 @@ TEST(serve_generates_text_with_the_demo_model)
 
 int main(void)
 {
-    su_init();
-    curl_global_init(CURL_GLOBAL_ALL);
-    if (balsa_backend_cpu_create(1, &be) != BALSA_OK) {
-        printf("no CPU backend\n");
+    if (su_main_init(&be))
         return 1;
-    }
     RUN(vocabulary_checks);
     RUN(vocabulary_in_the_model_file);
     RUN(greedy_generation_is_argmax_of_model_run);
