@@ -46,10 +46,10 @@ enum { PHASE_RECEIVING = 0, PHASE_WAITING, PHASE_DONE };
 typedef struct {
     pthread_mutex_t mu;  /* guards everything below except pos */
     api_stream pos;      /* what the events so far carried (scheduler thread only) */
-    char *buf;           /* rendered events not yet read: buf[off..len) */
-    size_t len, cap, off;
+    jsonw out;           /* rendered events; out.data[off..out.len) not yet read */
+    size_t off;
     int waiting;         /* stream_read found nothing and suspended the connection */
-    int ended;           /* the last event is in buf */
+    int ended;           /* the last event is in out */
     int sched_done;      /* the scheduler called done (or never had the request) */
     int http_done;       /* MHD completed the request */
 } http_stream;
@@ -323,7 +323,7 @@ static void free_req(http_req *x)
     if (x->st) {
         pthread_mutex_destroy(&x->st->mu);
         api_stream_free(&x->st->pos);
-        free(x->st->buf);
+        jsonw_free(&x->st->out);
         free(x->st);
     }
     api_request_free(&x->req);
@@ -357,22 +357,10 @@ static void stream_push(http_req *x, int final)
     }
     pthread_mutex_lock(&st->mu);
     if (!st->ended && !st->http_done && w.len) {
-        if (st->len + w.len > st->cap) {
-            size_t cap = st->cap ? st->cap : 1024;
-            while (cap < st->len + w.len)
-                cap *= 2;
-            char *b = w.oom ? NULL : realloc(st->buf, cap);
-            if (b) {
-                st->buf = b;
-                st->cap = cap;
-            }
-        }
-        if (st->len + w.len <= st->cap && !w.oom) {
-            memcpy(st->buf + st->len, w.data, w.len);
-            st->len += w.len;
-        } else {
-            final = 1;
-        }
+        if (!w.oom)
+            jsonw_raw(&st->out, w.data, w.len);
+        if (w.oom || st->out.oom)
+            final = 1; /* what was kept is still read; nothing more is added */
     }
     if (final)
         st->ended = 1;
@@ -421,12 +409,12 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     http_stream *st = x->st;
     ssize_t n;
     pthread_mutex_lock(&st->mu);
-    if (st->off < st->len) {
-        size_t k = st->len - st->off < max ? st->len - st->off : max;
-        memcpy(buf, st->buf + st->off, k);
+    if (st->off < st->out.len) {
+        size_t k = st->out.len - st->off < max ? st->out.len - st->off : max;
+        memcpy(buf, st->out.data + st->off, k);
         st->off += k;
-        if (st->off == st->len)
-            st->off = st->len = 0;
+        if (st->off == st->out.len)
+            st->off = st->out.len = 0; /* all read: the buffer starts over */
         n = (ssize_t)k;
     } else if (st->ended) {
         n = MHD_CONTENT_READER_END_OF_STREAM;
