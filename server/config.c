@@ -37,6 +37,8 @@ static const key_def keys[] = {
      "idle connections are closed after this many seconds"},
     {"body_limit", K_LONG, CFG(body_limit), 0, 64, 1L << 30, "request body bytes at most (else 413)"},
     {"access_log", K_BOOL, CFG(access_log), 0, 0, 1, "one stderr line per request"},
+    {"model_control", K_BOOL, CFG(model_control), 0, 0, 1,
+     "allow POST /v2/repository/models/NAME/load to reload a model from its file"},
     {"max_request_steps", K_INT, CFG(max_request_steps), 0, 1, 1 << 30,
      "time steps summed over one request's sequences at most (else 400)"},
     {"max_output_values", K_LONG, CFG(max_output_values), 0, 1, 1L << 34,

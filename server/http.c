@@ -66,8 +66,11 @@ typedef struct {
     int too_big;
     int phase;
     int suspended;     /* counted in srv->suspended */
+    server_job *load;  /* a reload asked over the repository API (V2_LOAD): run by the main
+                        * thread while the connection is suspended; not an inference */
     int code;          /* the status answered */
     int model;         /* index of the model, -1 when none */
+    server_loaded *inst; /* the model's instance this request runs on, held until freed */
     char err[256];     /* message for a 503 decided before the scheduler ran */
     api_request req;
     sched_request sreq;
@@ -188,23 +191,35 @@ static int server_ready(server *s, char *why, size_t whylen)
     return 1;
 }
 
-/* The api's view of the models: info only for those that are ready. */
-static void api_models(server *s, api_model *out)
+/* The api's view of the models, each from its current instance, which is held in held[i]
+ * (NULL while the model is loading: then info and model are NULL) until release_models. */
+static void acquire_models(server *s, api_model *out, server_loaded **held)
 {
     for (int i = 0; i < s->nmodels; i++) {
-        int ready = atomic_load(&s->models[i].ready);
+        held[i] = server_model_acquire(&s->models[i]);
         out[i].name = s->models[i].cfg->name;
-        out[i].info = ready ? s->models[i].info : NULL;
-        out[i].model = ready ? s->models[i].model : NULL;
+        out[i].info = held[i] ? held[i]->info : NULL;
+        out[i].model = held[i] ? held[i]->model : NULL;
     }
+}
+
+/* Releases what acquire_models took except model keep's instance (keep -1: all), which
+ * is returned, still held. */
+static server_loaded *release_models(server *s, server_loaded **held, int keep)
+{
+    for (int i = 0; i < s->nmodels; i++)
+        if (i != keep)
+            server_loaded_release(held[i]);
+    return keep >= 0 ? held[keep] : NULL;
 }
 
 static enum MHD_Result handle_models(http_req *x)
 {
     server *s = x->srv;
     api_model am[CONFIG_MAX_MODELS];
+    server_loaded *held[CONFIG_MAX_MODELS];
     int batching[CONFIG_MAX_MODELS][4];
-    api_models(s, am);
+    acquire_models(s, am, held);
     for (int i = 0; i < s->nmodels; i++) {
         const config_batching *b = &s->models[i].cfg->batching;
         batching[i][0] = b->max_batch_size;
@@ -214,6 +229,7 @@ static enum MHD_Result handle_models(http_req *x)
     }
     size_t len;
     char *body = api_render_models(am, s->nmodels, (const int(*)[4])batching, &len);
+    release_models(s, held, -1);
     return send_json(x, 200, body, len);
 }
 
@@ -221,8 +237,11 @@ static enum MHD_Result handle_metrics(http_req *x)
 {
     server *s = x->srv;
     int depth[CONFIG_MAX_MODELS];
-    for (int i = 0; i < s->nmodels; i++)
-        depth[i] = atomic_load(&s->models[i].ready) ? sched_queue_depth(s->models[i].sched) : 0;
+    for (int i = 0; i < s->nmodels; i++) {
+        server_loaded *l = server_model_acquire(&s->models[i]);
+        depth[i] = l ? sched_queue_depth(l->sched) : 0;
+        server_loaded_release(l);
+    }
     jsonw w;
     jsonw_init(&w);
     metrics_render(s->metrics, depth, &w);
@@ -317,9 +336,11 @@ static void free_req(http_req *x)
 {
     server *s = x->srv;
     if (x->suspended) {
-        metrics_inflight_add(s->metrics, -1);
+        if (!x->load)
+            metrics_inflight_add(s->metrics, -1);
         atomic_fetch_sub(&s->suspended, 1);
     }
+    free(x->load);
     if (x->st) {
         pthread_mutex_destroy(&x->st->mu);
         api_stream_free(&x->st->pos);
@@ -327,6 +348,7 @@ static void free_req(http_req *x)
         free(x->st);
     }
     api_request_free(&x->req);
+    server_loaded_release(x->inst);
     free(x->body);
     free(x->url);
     free(x);
@@ -474,12 +496,14 @@ static enum MHD_Result handle_infer(http_req *x)
         return send_error(x, 503, "server is shutting down; retry on another instance");
     }
     api_model am[CONFIG_MAX_MODELS];
-    api_models(s, am);
+    server_loaded *held[CONFIG_MAX_MODELS];
+    acquire_models(s, am, held);
     api_limits lim = {s->cfg.max_request_steps, s->cfg.max_output_values};
     char err[512];
     int code = api_parse_request(x->body ? x->body : "", x->len, am, s->nmodels, &lim, &x->req,
                                  err, sizeof err);
     x->model = x->req.model;
+    x->inst = release_models(s, held, code ? -1 : x->model);
     if (code) {
         if (code == 503)
             metrics_reject(s->metrics, METRICS_R_NOT_READY);
@@ -494,8 +518,8 @@ static enum MHD_Result handle_infer(http_req *x)
 static enum MHD_Result submit_infer(http_req *x)
 {
     server *s = x->srv;
-    server_model *sm = &s->models[x->model];
-    if (api_alloc_outputs(&x->req, sm->info))
+    const server_model *sm = &s->models[x->model];
+    if (api_alloc_outputs(&x->req, x->inst->info))
         return send_error(x, 500, "out of memory for the outputs");
     free(x->body); /* the parsed request holds everything now */
     x->body = NULL;
@@ -538,7 +562,7 @@ static enum MHD_Result submit_infer(http_req *x)
     x->t_submit = queue_now_ns();
     if (!x->st)
         MHD_suspend_connection(x->conn);
-    balsa_status st = sched_submit(sm->sched, r);
+    balsa_status st = sched_submit(x->inst->sched, r);
     if (st != BALSA_OK) {
         r->status = st;
         snprintf(x->err, sizeof x->err, "%s",
@@ -585,7 +609,7 @@ static enum MHD_Result answer_infer(http_req *x)
 {
     server *s = x->srv;
     sched_request *r = &x->sreq;
-    server_model *sm = &s->models[x->model];
+    const server_model *sm = &s->models[x->model];
     if (x->err[0])
         return send_error(x, 503, x->err);
     if (x->gone) {
@@ -600,9 +624,9 @@ static enum MHD_Result answer_infer(http_req *x)
         size_t len;
         x->t_out0 = queue_now_ns();
         char *body = x->v2 == 2 ? api_render_generate(&x->req, sm->cfg->name, &len)
-                     : x->v2  ? v2_render_infer(&x->req, &x->v2req, sm->cfg->name, sm->info,
-                                                &len, &x->infer_header_len)
-                              : api_render_response(&x->req, sm->cfg->name, sm->info, &len);
+                     : x->v2  ? v2_render_infer(&x->req, &x->v2req, sm->cfg->name,
+                                                x->inst->info, &len, &x->infer_header_len)
+                              : api_render_response(&x->req, sm->cfg->name, x->inst->info, &len);
         x->t_out1 = queue_now_ns();
         if (!body)
             return send_error(x, 500, "out of memory rendering the response");
@@ -615,6 +639,61 @@ static enum MHD_Result answer_infer(http_req *x)
     char msg[256];
     int code = failure(x, msg, sizeof msg);
     return send_error(x, code, msg);
+}
+
+/* Main thread: a reload asked over HTTP is done (or refused); wake its connection. */
+static void on_load_done(server_job *j)
+{
+    http_req *x = j->user;
+    x->phase = PHASE_DONE;
+    MHD_resume_connection(x->conn);
+}
+
+/* POST /v2/repository/models/{m}/load: the main thread reloads the model (server_post_job)
+ * while the connection is suspended; answer_load answers it. Counted in srv->suspended so
+ * that a drain waits for it (it is answered 503 if the drain comes first). */
+static enum MHD_Result submit_load(http_req *x, int model)
+{
+    server *s = x->srv;
+    char err[256];
+    int code = v2_parse_load(x->body ? x->body : "", x->len, err, sizeof err);
+    if (code)
+        return send_error(x, code, err);
+    x->load = calloc(1, sizeof *x->load);
+    if (!x->load)
+        return send_error(x, 500, "out of memory for the load request");
+    x->load->model = model;
+    x->load->done = on_load_done;
+    x->load->user = x;
+    atomic_fetch_add(&s->suspended, 1);
+    x->suspended = 1;
+    x->phase = PHASE_WAITING;
+    MHD_suspend_connection(x->conn);
+    if (server_post_job(s, x->load)) {
+        x->load->code = 503;
+        snprintf(x->load->msg, sizeof x->load->msg,
+                 "server is shutting down; the model was not reloaded");
+        on_load_done(x->load);
+    }
+    return MHD_YES;
+}
+
+/* The second handler call of a load request, after the main thread ran it. */
+static enum MHD_Result answer_load(http_req *x)
+{
+    const server_job *j = x->load;
+    if (j->code != 200)
+        return send_error(x, j->code, j->msg);
+    jsonw w;
+    jsonw_init(&w);
+    jsonw_str(&w, "{\"name\":");
+    jsonw_quoted(&w, x->srv->models[j->model].cfg->name);
+    jsonw_str(&w, ",\"state\":\"READY\",\"message\":");
+    jsonw_quoted(&w, j->msg);
+    jsonw_str(&w, "}\n");
+    size_t len;
+    char *body = jsonw_take(&w, &len);
+    return send_json(x, 200, body, len);
 }
 
 /* KServe v2 paths and /openapi.json (v2.c); v2 inference runs like POST /infer. */
@@ -632,6 +711,8 @@ static enum MHD_Result route_v2(http_req *x, const char *method)
         metrics_reject(s->metrics, METRICS_R_DRAINING);
         return send_error(x, 503, "server is shutting down; retry on another instance");
     }
+    if (kind == V2_LOAD)
+        return submit_load(x, model);
     const char *hl = MHD_lookup_connection_value(x->conn, MHD_HEADER_KIND,
                                                  "Inference-Header-Content-Length");
     long header_len = -1;
@@ -642,7 +723,8 @@ static enum MHD_Result route_v2(http_req *x, const char *method)
             return send_error(x, 400, "Inference-Header-Content-Length: must be a byte count");
     }
     api_model am[CONFIG_MAX_MODELS];
-    api_models(s, am);
+    server_loaded *held[CONFIG_MAX_MODELS];
+    acquire_models(s, am, held);
     api_limits lim = {s->cfg.max_request_steps, s->cfg.max_output_values};
     char err[512];
     x->model = model;
@@ -652,6 +734,7 @@ static enum MHD_Result route_v2(http_req *x, const char *method)
                                         err, sizeof err)
                    : v2_parse_infer(x->body ? x->body : "", x->len, header_len, am, model, &lim,
                                     &x->req, &x->v2req, err, sizeof err);
+    x->inst = release_models(s, held, code ? -1 : model);
     if (code) {
         if (code == 503)
             metrics_reject(s->metrics, METRICS_R_NOT_READY);
@@ -755,7 +838,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         return MHD_YES;
     }
     if (x->phase == PHASE_DONE)
-        return answer_infer(x);
+        return x->load ? answer_load(x) : answer_infer(x);
     if (x->phase == PHASE_WAITING)
         return MHD_YES; /* not reached: a suspended connection is not called */
     if (*upload_size) {

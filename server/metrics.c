@@ -47,6 +47,7 @@ typedef struct {
     hist request_dur, queue_dur, compute_dur, batch, first_token, per_token;
     _Atomic uint64_t generated;
     _Atomic uint64_t load_ns;
+    _Atomic uint64_t reloads[2]; /* failed, succeeded */
     _Atomic int ready;
 } model_metrics;
 
@@ -189,6 +190,11 @@ void metrics_reject(metrics *m, metrics_reason r)
 void metrics_model_loaded(metrics *m, int model, double load_seconds)
 {
     atomic_store(&m->models[model].load_ns, to_ns(load_seconds));
+}
+
+void metrics_model_reload(metrics *m, int model, int ok)
+{
+    inc(&m->models[model].reloads[ok ? 1 : 0], 1);
 }
 
 void metrics_set_ready(metrics *m, int model, int ready)
@@ -350,6 +356,13 @@ void metrics_render(metrics *m, const int *queue_depth, jsonw *w)
     for (int i = 0; i < m->nmodels; i++)
         jsonw_printf(w, "balsa_model_load_duration_seconds{model=\"%s\"} %.9g\n",
                      m->models[i].name, (double)atomic_load(&m->models[i].load_ns) * 1e-9);
+    family(w, "balsa_model_reloads_total", "counter",
+           "Reloads of a model from its file (SIGHUP or the repository API), by result.");
+    for (int i = 0; i < m->nmodels; i++)
+        for (int ok = 1; ok >= 0; ok--)
+            jsonw_printf(w, "balsa_model_reloads_total{model=\"%s\",result=\"%s\"} %llu\n",
+                         m->models[i].name, ok ? "ok" : "error",
+                         (unsigned long long)atomic_load(&m->models[i].reloads[ok]));
     family(w, "balsa_model_ready", "gauge",
            "1 once a model is loaded and warmed up, else 0.");
     for (int i = 0; i < m->nmodels; i++)

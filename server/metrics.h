@@ -51,7 +51,10 @@ void metrics_generation(metrics *m, int model, long tokens, double first_token_s
 /* One executed step (or batch) of `size` sequences. */
 void metrics_batch(metrics *m, int model, int size);
 void metrics_reject(metrics *m, metrics_reason r);
+/* A load (at start-up or a reload) that succeeded, and how long it took. */
 void metrics_model_loaded(metrics *m, int model, double load_seconds);
+/* A reload of a model from its file, and whether it succeeded. */
+void metrics_model_reload(metrics *m, int model, int ok);
 void metrics_set_ready(metrics *m, int model, int ready);
 /* Requests admitted to a queue and not yet answered. */
 void metrics_inflight_add(metrics *m, int delta);

@@ -2,7 +2,13 @@
  * model on its own backend, starts one batching scheduler per model, and on SIGTERM or
  * SIGINT drains: /readyz turns 503 at once, requests are still served for drain_delay_ms,
  * then the daemon stops accepting, refuses new work, finishes every admitted request
- * (failing the queued ones with 503 if drain_timeout_ms runs out) and exits 0. */
+ * (failing the queued ones with 503 if drain_timeout_ms runs out) and exits 0.
+ *
+ * Reloads: on SIGHUP every model whose file changed, and on a load request over HTTP
+ * (server_post_job, SIGUSR1) the model asked for, is loaded into a new instance while the
+ * current one serves, then swapped in; the old instance is retired and freed once the
+ * requests holding it are done. Every load runs on this (the main) thread, one at a time,
+ * so a reload never races the drain. */
 #include <errno.h>
 #ifdef __GLIBC__
 #include <malloc.h>
@@ -53,80 +59,261 @@ static void on_executed(void *ctx, int batch, uint64_t step_ns)
     v2_stats_execution(c->st, c->model, batch, step_ns);
 }
 
-/* Loads model i, runs one warm-up batch with model_run and starts its scheduler. */
-static int load_model(server *s, int i, step_ctx *ctx, char *err, size_t errlen)
+server_loaded *server_model_acquire(server_model *sm)
 {
-    server_model *sm = &s->models[i];
-    char why[256];
-    balsa_status st = balsa_backend_create(s->cfg.backend, s->cfg.threads, &sm->be, why,
-                                           sizeof why);
-    if (st != BALSA_OK) {
-        snprintf(err, errlen, "model %s: %s", sm->cfg->name, why);
-        return -1;
-    }
-    uint64_t t0 = queue_now_ns();
-    char msg[512];
-    st = model_load(sm->cfg->path, sm->be, &sm->model, msg, sizeof msg);
-    if (st != BALSA_OK) {
-        snprintf(err, errlen, "model %s: %s: %s", sm->cfg->name, sm->cfg->path, msg);
-        return -1;
-    }
-    double load_s = (double)(queue_now_ns() - t0) * 1e-9;
-    metrics_model_loaded(s->metrics, i, load_s);
-    sm->info = model_get_info(sm->model);
+    pthread_mutex_lock(&sm->mu);
+    server_loaded *l = sm->cur;
+    if (l)
+        atomic_fetch_add(&l->refs, 1);
+    pthread_mutex_unlock(&sm->mu);
+    return l;
+}
 
-    /* Warm-up: one batch of max_batch_size one-step sequences, so the first request does
-     * not pay for first-touch allocations. */
-    int n = sm->cfg->batching.max_batch_size;
-    int d = sm->info->input_kind == MODEL_INPUT_TOKENS ? 1 : sm->info->input_size;
+void server_loaded_release(server_loaded *l)
+{
+    if (l)
+        atomic_fetch_sub(&l->refs, 1);
+}
+
+/* Stops an instance's scheduler (after everything admitted to it finished) and frees it;
+ * nothing may hold it. */
+static void free_instance(server_loaded *l)
+{
+    sched_free(l->sched);
+    if (l->model)
+        model_free(l->model);
+    if (l->be)
+        l->be->ops->destroy(l->be);
+    free(l);
+}
+
+/* Runs one batch of max_batch_size one-step sequences, so that the first request does not
+ * pay for first-touch allocations. */
+static balsa_status warm_up(balsa_model *m, const model_info *in, int n)
+{
+    int d = in->input_kind == MODEL_INPUT_TOKENS ? 1 : in->input_size;
     int32_t *tok = calloc((size_t)n, sizeof *tok);
     float *feat = calloc((size_t)n * (size_t)d, sizeof *feat);
-    float *out = calloc((size_t)n * (size_t)sm->info->output_size, sizeof *out);
+    float *out = calloc((size_t)n * (size_t)in->output_size, sizeof *out);
     engine_seq *seqs = calloc((size_t)n, sizeof *seqs);
     float **outs = calloc((size_t)n, sizeof *outs);
-    st = BALSA_ERR_OOM;
+    balsa_status st = BALSA_ERR_OOM;
     if (tok && feat && out && seqs && outs) {
         for (int k = 0; k < n; k++) {
             seqs[k].len = 1;
-            if (sm->info->input_kind == MODEL_INPUT_TOKENS)
+            if (in->input_kind == MODEL_INPUT_TOKENS)
                 seqs[k].tokens = tok + k;
             else
                 seqs[k].features = feat + (size_t)k * (size_t)d;
-            outs[k] = out + (size_t)k * (size_t)sm->info->output_size;
+            outs[k] = out + (size_t)k * (size_t)in->output_size;
         }
-        st = model_run(sm->model, seqs, n, 0, outs);
+        st = model_run(m, seqs, n, 0, outs);
     }
     free(tok);
     free(feat);
     free(out);
     free(seqs);
     free(outs);
+    return st;
+}
+
+/* Loads model i's file into a new instance on a backend of its own, warms it up and
+ * starts its scheduler; *file is the file as it was before the load began. Returns the
+ * instance holding the one reference of the current instance, or NULL with err (nothing
+ * left allocated). what: "ready" or "reloaded", for the log line. */
+static server_loaded *load_instance(server *s, int i, step_ctx *ctx, struct stat *file,
+                                    const char *what, char *err, size_t errlen)
+{
+    const config_model *cm = s->models[i].cfg;
+    server_loaded *l = calloc(1, sizeof *l);
+    if (!l) {
+        snprintf(err, errlen, "model %s: out of memory", cm->name);
+        return NULL;
+    }
+    char why[256];
+    if (stat(cm->path, file)) {
+        snprintf(err, errlen, "model %s: %s: %s", cm->name, cm->path, strerror(errno));
+        free(l);
+        return NULL;
+    }
+    balsa_status st = balsa_backend_create(s->cfg.backend, s->cfg.threads, &l->be, why,
+                                           sizeof why);
     if (st != BALSA_OK) {
-        snprintf(err, errlen, "model %s: warm-up failed: %s", sm->cfg->name,
-                 balsa_status_str(st));
-        return -1;
+        snprintf(err, errlen, "model %s: %s", cm->name, why);
+        free_instance(l);
+        return NULL;
+    }
+    uint64_t t0 = queue_now_ns();
+    char msg[512];
+    st = model_load(cm->path, l->be, &l->model, msg, sizeof msg);
+    if (st != BALSA_OK) {
+        snprintf(err, errlen, "model %s: %s: %s", cm->name, cm->path, msg);
+        free_instance(l);
+        return NULL;
+    }
+    double load_s = (double)(queue_now_ns() - t0) * 1e-9;
+    l->info = model_get_info(l->model);
+    st = warm_up(l->model, l->info, cm->batching.max_batch_size);
+    if (st != BALSA_OK) {
+        snprintf(err, errlen, "model %s: warm-up failed: %s", cm->name, balsa_status_str(st));
+        free_instance(l);
+        return NULL;
     }
     ctx->m = s->metrics;
     ctx->st = s->v2stats;
     ctx->model = i;
-    sched_config sc = {sm->cfg->batching.max_batch_size, sm->cfg->batching.max_queue_delay_us,
-                       sm->cfg->batching.queue_capacity, on_executed};
-    st = sched_create(sm->model, &sc, on_step, ctx, &sm->sched);
+    sched_config sc = {cm->batching.max_batch_size, cm->batching.max_queue_delay_us,
+                       cm->batching.queue_capacity, on_executed};
+    st = sched_create(l->model, &sc, on_step, ctx, &l->sched);
     if (st != BALSA_OK) {
-        snprintf(err, errlen, "model %s: scheduler: %s", sm->cfg->name, balsa_status_str(st));
-        return -1;
+        snprintf(err, errlen, "model %s: scheduler: %s", cm->name, balsa_status_str(st));
+        free_instance(l);
+        return NULL;
     }
-    const model_info *in = sm->info;
+    metrics_model_loaded(s->metrics, i, load_s);
+    atomic_store(&l->refs, 1);
+    const model_info *in = l->info;
     fprintf(stderr,
-            "balsa: model %s ready in %.3f s: %s, %s %d -> %d, hidden %d x %d layers, bank %d, "
+            "balsa: model %s %s in %.3f s: %s, %s %d -> %d, hidden %d x %d layers, bank %d, "
             "sparsity %.3f\n",
-            sm->cfg->name, load_s, sm->cfg->path,
+            cm->name, what, load_s, cm->path,
             in->input_kind == MODEL_INPUT_TOKENS ? "tokens" : "vectors",
             in->input_kind == MODEL_INPUT_TOKENS ? in->vocab_size : in->input_size,
             in->output_size, in->hidden_size, in->num_layers, in->bank, in->sparsity);
+    return l;
+}
+
+/* The first load of model i. */
+static int load_model(server *s, int i, step_ctx *ctx, char *err, size_t errlen)
+{
+    server_model *sm = &s->models[i];
+    server_loaded *l = load_instance(s, i, ctx, &sm->file, "ready", err, errlen);
+    if (!l)
+        return -1;
+    pthread_mutex_lock(&sm->mu);
+    sm->cur = l;
+    pthread_mutex_unlock(&sm->mu);
     atomic_store(&sm->ready, 1);
     metrics_set_ready(s->metrics, i, 1);
     return 0;
+}
+
+/* Frees the retired instances that nothing holds any more. */
+static void reap_retired(server *s)
+{
+    server_loaded **p = &s->retired;
+    while (*p) {
+        server_loaded *l = *p;
+        if (atomic_load(&l->refs) == 0) {
+            *p = l->next;
+            free_instance(l);
+        } else {
+            p = &l->next;
+        }
+    }
+}
+
+/* Same inode, size and modification time: the file a model was loaded from is unchanged. */
+static int same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+/* Reloads model i from its file: a new instance is loaded and warmed up while the current
+ * one serves, then new requests get the new one and the old one is retired (freed once
+ * its last request is answered). Without force, an unchanged file is left alone (*skipped
+ * set). 0, or -1 with err: the current instance keeps serving. */
+static int reload_model(server *s, int i, step_ctx *ctx, int force, int *skipped, char *err,
+                        size_t errlen)
+{
+    server_model *sm = &s->models[i];
+    struct stat now;
+    *skipped = !force && stat(sm->cfg->path, &now) == 0 && same_file(&now, &sm->file);
+    if (*skipped)
+        return 0;
+    server_loaded *l = load_instance(s, i, ctx, &now, "reloaded", err, errlen);
+    metrics_model_reload(s->metrics, i, l != NULL);
+    if (!l)
+        return -1;
+    pthread_mutex_lock(&sm->mu);
+    server_loaded *old = sm->cur;
+    sm->cur = l;
+    sm->file = now;
+    pthread_mutex_unlock(&sm->mu);
+    old->next = s->retired;
+    s->retired = old;
+    server_loaded_release(old); /* the reference of the current instance */
+    reap_retired(s);
+    return 0;
+}
+
+/* SIGHUP: every model whose file changed is reloaded; a failure leaves that model on what
+ * it served before. */
+static void reload_changed(server *s, step_ctx *ctx)
+{
+    for (int i = 0; i < s->nmodels; i++) {
+        char err[1024];
+        int skipped;
+        if (reload_model(s, i, &ctx[i], 0, &skipped, err, sizeof err))
+            fprintf(stderr, "balsa: SIGHUP: reload failed, still serving the previous %s: %s\n",
+                    s->models[i].cfg->name, err);
+        else if (skipped)
+            fprintf(stderr, "balsa: SIGHUP: model %s: %s unchanged, not reloaded\n",
+                    s->models[i].cfg->name, s->models[i].cfg->path);
+    }
+}
+
+int server_post_job(server *s, server_job *j)
+{
+    pthread_mutex_lock(&s->jobs_mu);
+    if (atomic_load(&s->stage) != SERVER_SERVING) {
+        pthread_mutex_unlock(&s->jobs_mu);
+        return -1;
+    }
+    server_job **p = &s->jobs;
+    while (*p)
+        p = &(*p)->next;
+    j->next = NULL;
+    *p = j;
+    pthread_mutex_unlock(&s->jobs_mu);
+    pthread_kill(s->main_thread, SIGUSR1);
+    return 0;
+}
+
+/* Takes every queued job off the server's queue. */
+static server_job *take_jobs(server *s)
+{
+    pthread_mutex_lock(&s->jobs_mu);
+    server_job *j = s->jobs;
+    s->jobs = NULL;
+    pthread_mutex_unlock(&s->jobs_mu);
+    return j;
+}
+
+/* SIGUSR1: the reloads asked over HTTP, each forced (the client asked for this one). */
+static void run_jobs(server *s, step_ctx *ctx)
+{
+    server_job *j = take_jobs(s);
+    while (j) {
+        server_job *next = j->next; /* done() may free j */
+        const char *name = s->models[j->model].cfg->name;
+        char err[1024];
+        int skipped;
+        if (reload_model(s, j->model, &ctx[j->model], 1, &skipped, err, sizeof err)) {
+            fprintf(stderr, "balsa: load request: reload failed, still serving the previous "
+                            "%s: %s\n", name, err);
+            j->code = 500;
+            snprintf(j->msg, sizeof j->msg, "reload failed, still serving the previous "
+                     "instance: %s", err);
+        } else {
+            j->code = 200;
+            snprintf(j->msg, sizeof j->msg, "model %s reloaded from %s", name,
+                     s->models[j->model].cfg->path);
+        }
+        j->done(j);
+        j = next;
+    }
 }
 
 /* Waits up to ms for the admitted requests to finish; returns 1 when none is left. */
@@ -141,11 +328,40 @@ static int wait_idle(server *s, int ms)
     return 1;
 }
 
+/* Moves the server to stage (past SERVER_SERVING) and answers the queued jobs 503. Under
+ * jobs_mu, so that a reload asked over HTTP is either refused by server_post_job or taken
+ * here. */
+static void stop_jobs(server *s, int stage)
+{
+    pthread_mutex_lock(&s->jobs_mu);
+    atomic_store(&s->stage, stage);
+    pthread_mutex_unlock(&s->jobs_mu);
+    for (server_job *j = take_jobs(s), *next; j; j = next) {
+        next = j->next;
+        j->code = 503;
+        snprintf(j->msg, sizeof j->msg, "server is shutting down; the model was not reloaded");
+        j->done(j);
+    }
+}
+
+/* Calls fn on the scheduler of every instance: the current ones and the retired ones,
+ * which may still run requests admitted before a reload. */
+static void each_sched(server *s, void (*fn)(sched *))
+{
+    for (int i = 0; i < s->nmodels; i++)
+        if (s->models[i].cur)
+            fn(s->models[i].cur->sched);
+    for (server_loaded *l = s->retired; l; l = l->next)
+        fn(l->sched);
+}
+
 /* The drain sequence after the first SIGTERM/SIGINT (a second one cuts the delay short). */
 static int drain(server *s, const sigset_t *sigs)
 {
     uint64_t t0 = queue_now_ns();
-    atomic_store(&s->stage, SERVER_UNREADY);
+    /* Under jobs_mu, so that a reload asked over HTTP is either refused by
+     * server_post_job or taken here and answered 503. */
+    stop_jobs(s, SERVER_UNREADY);
     fprintf(stderr, "balsa: shutting down: /readyz now 503; serving for %d ms more\n",
             s->cfg.drain_delay_ms);
     struct timespec ts = {s->cfg.drain_delay_ms / 1000,
@@ -154,9 +370,7 @@ static int drain(server *s, const sigset_t *sigs)
         fprintf(stderr, "balsa: second signal: skipping the rest of the drain delay\n");
     http_quiesce(s);
     atomic_store(&s->stage, SERVER_REFUSING);
-    for (int i = 0; i < s->nmodels; i++)
-        if (s->models[i].sched)
-            sched_close(s->models[i].sched);
+    each_sched(s, sched_close);
     long left = atomic_load(&s->suspended);
     fprintf(stderr, "balsa: stopped accepting; finishing %ld admitted request(s)\n", left);
     if (!wait_idle(s, s->cfg.drain_timeout_ms)) {
@@ -165,9 +379,7 @@ static int drain(server *s, const sigset_t *sigs)
                 "running generations at their next token\n",
                 s->cfg.drain_timeout_ms);
         atomic_store(&s->cut_generation, 1);
-        for (int i = 0; i < s->nmodels; i++)
-            if (s->models[i].sched)
-                sched_abort(s->models[i].sched);
+        each_sched(s, sched_abort);
         if (!wait_idle(s, 5000)) {
             /* Stopping the daemon now would abort on the suspended connections. */
             fprintf(stderr, "balsa: %ld request(s) still running; exiting without them\n",
@@ -182,13 +394,13 @@ static int drain(server *s, const sigset_t *sigs)
 
 static void server_free(server *s)
 {
-    for (int i = 0; i < s->nmodels; i++) {
-        server_model *sm = &s->models[i];
-        sched_free(sm->sched);
-        if (sm->model)
-            model_free(sm->model);
-        if (sm->be)
-            sm->be->ops->destroy(sm->be);
+    for (int i = 0; i < s->nmodels; i++)
+        if (s->models[i].cur)
+            free_instance(s->models[i].cur);
+    while (s->retired) {
+        server_loaded *l = s->retired;
+        s->retired = l->next;
+        free_instance(l);
     }
     metrics_free(s->metrics);
     v2_stats_free(s->v2stats);
@@ -232,18 +444,26 @@ int serve_main(int argc, char **argv)
     mallopt(M_ARENA_MAX, 1);
 #endif
     /* Signals are taken by sigwait in this thread only: block them before any thread
-     * starts, so every thread inherits the mask. */
-    sigset_t sigs;
+     * starts, so every thread inherits the mask. SIGTERM and SIGINT drain, SIGHUP reloads
+     * the models whose files changed, SIGUSR1 (from server_post_job) runs the reloads asked
+     * over HTTP. */
+    sigset_t sigs, all;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    all = sigs;
+    sigaddset(&all, SIGHUP);
+    sigaddset(&all, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
     signal(SIGPIPE, SIG_IGN);
+    s->main_thread = pthread_self();
+    pthread_mutex_init(&s->jobs_mu, NULL);
 
     s->nmodels = c->nmodels;
     const char *names[CONFIG_MAX_MODELS];
     for (int i = 0; i < c->nmodels; i++) {
         s->models[i].cfg = &c->models[i];
+        pthread_mutex_init(&s->models[i].mu, NULL);
         names[i] = c->models[i].name;
     }
     /* The banner names the backend the models will get, and why. */
@@ -286,7 +506,7 @@ int serve_main(int argc, char **argv)
     for (int i = 0; i < c->nmodels; i++) {
         if (load_model(s, i, &ctx[i], err, sizeof err)) {
             fprintf(stderr, "balsa serve: %s\n", err);
-            atomic_store(&s->stage, SERVER_REFUSING);
+            stop_jobs(s, SERVER_REFUSING);
             http_quiesce(s);
             http_stop(s);
             server_free(s);
@@ -295,8 +515,24 @@ int serve_main(int argc, char **argv)
     }
     fprintf(stderr, "balsa: ready\n");
     int sig = 0;
-    while (sigwait(&sigs, &sig) != 0)
-        ;
+    for (;;) {
+        if (s->retired) {
+            /* Look again every 100 ms for retired instances to free. */
+            struct timespec ts = {0, 100000000L};
+            sig = sigtimedwait(&all, NULL, &ts);
+        } else if (sigwait(&all, &sig) != 0) {
+            sig = -1;
+        }
+        if (sig == SIGTERM || sig == SIGINT)
+            break;
+        if (sig == SIGHUP) {
+            fprintf(stderr, "balsa: got SIGHUP: reloading the models whose files changed\n");
+            reload_changed(s, ctx);
+        } else if (sig == SIGUSR1) {
+            run_jobs(s, ctx);
+        }
+        reap_retired(s);
+    }
     fprintf(stderr, "balsa: got %s\n", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     rc = drain(s, &sigs);
     if (rc) {

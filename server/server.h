@@ -4,21 +4,55 @@
 #ifndef BALSA_SERVER_H
 #define BALSA_SERVER_H
 
+#include <pthread.h>
 #include <stdatomic.h>
+#include <sys/stat.h>
 
 #include "config.h"
 #include "engine/engine.h"
 #include "engine/sched.h"
 #include "metrics.h"
 
-typedef struct {
-    const config_model *cfg;     /* name, path and effective batching settings */
+/* One loaded instance of a served model: its backend, the model and the model's
+ * scheduler. A reload (serve.c) builds a new instance beside the one serving, switches the
+ * model over to it, and frees the old one once the last request that took it is done. */
+typedef struct server_loaded {
     balsa_backend *be;
     balsa_model *model;
-    const model_info *info;      /* valid once ready is 1 */
+    const model_info *info;
     sched *sched;
-    atomic_int ready;            /* loaded, warmed up and scheduled */
+    atomic_long refs;            /* one while it is the model's current instance, plus one
+                                  * per request or reader holding it */
+    struct server_loaded *next;  /* the server's list of retired instances (serve.c) */
+} server_loaded;
+
+typedef struct {
+    const config_model *cfg;     /* name, path and effective batching settings */
+    pthread_mutex_t mu;          /* guards cur against a reload while a ref is taken */
+    server_loaded *cur;          /* the instance new requests get; NULL until loaded */
+    atomic_int ready;            /* loaded, warmed up and scheduled once */
+    struct stat file;            /* the model file as last loaded (a reload of an unchanged
+                                  * file is skipped) */
 } server_model;
+
+/* The model's current instance with a reference taken, or NULL while it is loading.
+ * Everything a request reads of its model (info, model, sched) comes from one instance
+ * held from parsing to the response, so a reload in between cannot mix two. */
+server_loaded *server_model_acquire(server_model *sm);
+/* Drops a reference from server_model_acquire; NULL is ignored. Never frees: the reload
+ * side frees retired instances once nothing holds them. */
+void server_loaded_release(server_loaded *l);
+
+/* A reload asked over HTTP (POST /v2/repository/models/{m}/load): the main thread, which
+ * runs every load, takes it from the server's queue and calls done with the outcome. */
+typedef struct server_job {
+    int model;
+    int code;                    /* set before done: 200, or the HTTP status of the failure */
+    char msg[1280];              /* set before done: what happened, for the answer */
+    void (*done)(struct server_job *j);
+    void *user;
+    struct server_job *next;
+} server_job;
 
 /* Draining stages, in order. */
 enum {
@@ -40,7 +74,15 @@ typedef struct server {
     atomic_long suspended;       /* connections suspended for the scheduler, not yet done */
     atomic_int cut_generation;   /* set at the drain timeout: running generations end at
                                   * their next step (finish_reason "cancelled") */
+    server_loaded *retired;      /* instances a reload replaced, not yet freed (main thread) */
+    pthread_t main_thread;       /* takes the signals and runs every load */
+    pthread_mutex_t jobs_mu;     /* guards jobs and the check of stage that admits one */
+    server_job *jobs;            /* reloads asked over HTTP, oldest first */
 } server;
+
+/* Queues j for the main thread and wakes it; j->done will be called from there. Returns
+ * 0, or -1 when the server is no longer admitting requests (j is not queued). */
+int server_post_job(server *s, server_job *j);
 
 /* Starts the libmicrohttpd daemon on cfg.host:cfg.port; 0, or -1 with err. */
 int http_start(server *s, char *err, size_t errlen);

@@ -8,6 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cjson/cJSON.h>
+
+#include "api.h"
 #include "jsonw.h"
 #include "v2_stats.h"
 
@@ -74,13 +77,13 @@ static void server_metadata(v2_reply *rep)
     jsonw w;
     jsonw_init(&w);
     jsonw_str(&w, "{\"name\":\"balsa\",\"version\":\"" BALSA_VERSION "\",\"extensions\":["
-                  "\"binary_tensor_data\",\"statistics\",\"model_configuration\"]}\n");
+                  "\"binary_tensor_data\",\"statistics\",\"model_configuration\","
+                  "\"model_repository\"]}\n");
     reply_json(rep, 200, &w);
 }
 
-static void model_metadata(server_model *sm, v2_reply *rep)
+static void model_metadata(const server_model *sm, const model_info *in, v2_reply *rep)
 {
-    const model_info *in = sm->info;
     jsonw w;
     jsonw_init(&w);
     jsonw_str(&w, "{\"name\":");
@@ -103,9 +106,8 @@ static void model_metadata(server_model *sm, v2_reply *rep)
 }
 
 /* Triton's model configuration: dims exclude the batch dimension (max_batch_size > 0). */
-static void model_config(server_model *sm, v2_reply *rep)
+static void model_config(const server_model *sm, const model_info *in, v2_reply *rep)
 {
-    const model_info *in = sm->info;
     const config_batching *b = &sm->cfg->batching;
     jsonw w;
     jsonw_init(&w);
@@ -167,6 +169,129 @@ static int method_ok(const char *method, int post, v2_reply *rep, const char *ur
     return 0;
 }
 
+/* The index of the model named by name[0..nlen), with its printable form in pn; or -1
+ * with a 404 in rep that lists the served models. */
+static int find_model(server *s, const char *name, size_t nlen, char *pn, size_t pnlen,
+                      v2_reply *rep)
+{
+    printable(name, nlen, pn, pnlen);
+    for (int i = 0; i < s->nmodels; i++)
+        if (strlen(s->models[i].cfg->name) == nlen &&
+            !strncmp(s->models[i].cfg->name, name, nlen))
+            return i;
+    char names[512];
+    size_t used = 0;
+    names[0] = 0;
+    for (int i = 0; i < s->nmodels && used < sizeof names; i++)
+        used += (size_t)snprintf(names + used, sizeof names - used, "%s%s", i ? ", " : "",
+                                 s->models[i].cfg->name);
+    reply_error(rep, 404, "model: no model named \"%s\" (served: %s)", pn, names);
+    return -1;
+}
+
+/* Triton's model repository extension: POST /v2/repository/index lists the models and
+ * their state; POST /v2/repository/models/{m}/load reloads one from its file (V2_LOAD,
+ * run by the main thread) when model_control allows it. Unloading is refused: balsa
+ * serves every model of its configuration. */
+static int route_repository(server *s, const char *method, const char *url, v2_reply *rep,
+                            int *model)
+{
+    char pu[128];
+    printable(url, strlen(url), pu, sizeof pu);
+    if (!strcmp(url, "/v2/repository/index")) {
+        if (!method_ok(method, 1, rep, url))
+            return V2_ANSWERED;
+        jsonw w;
+        jsonw_init(&w);
+        jsonw_str(&w, "[");
+        for (int i = 0; i < s->nmodels; i++) {
+            jsonw_str(&w, i ? ",{\"name\":" : "{\"name\":");
+            jsonw_quoted(&w, s->models[i].cfg->name);
+            jsonw_printf(&w, ",\"version\":\"1\",\"state\":\"%s\"}",
+                         atomic_load(&s->models[i].ready) ? "READY" : "LOADING");
+        }
+        jsonw_str(&w, "]\n");
+        reply_json(rep, 200, &w);
+        return V2_ANSWERED;
+    }
+    const char *name = url + strlen("/v2/repository/models/");
+    size_t nlen = strcspn(name, "/");
+    const char *action = name + nlen;
+    if (strncmp(url, "/v2/repository/models/", strlen("/v2/repository/models/")) != 0 ||
+        (strcmp(action, "/load") != 0 && strcmp(action, "/unload") != 0)) {
+        reply_error(rep, 404,
+                    "no such path: %s (repository paths: /v2/repository/index, "
+                    "/v2/repository/models/{model}/load)",
+                    pu);
+        return V2_ANSWERED;
+    }
+    if (!method_ok(method, 1, rep, url))
+        return V2_ANSWERED;
+    char pn[80];
+    int idx = find_model(s, name, nlen, pn, sizeof pn, rep);
+    if (idx < 0)
+        return V2_ANSWERED;
+    if (!s->cfg.model_control) {
+        reply_error(rep, 403,
+                    "model control is off: set \"model_control\": true in the configuration "
+                    "(or BALSA_MODEL_CONTROL=1) to allow loads over HTTP; SIGHUP reloads the "
+                    "models whose files changed");
+        return V2_ANSWERED;
+    }
+    if (!strcmp(action, "/unload")) {
+        reply_error(rep, 400,
+                    "unload: not supported: balsa serves every model of its configuration "
+                    "(load reloads %s from its file)",
+                    pn);
+        return V2_ANSWERED;
+    }
+    if (!atomic_load(&s->models[idx].ready)) {
+        reply_error(rep, 503, "model: \"%s\" is still loading", pn);
+        return V2_ANSWERED;
+    }
+    *model = idx;
+    return V2_LOAD;
+}
+
+int v2_parse_load(const char *body, size_t len, char *err, size_t errlen)
+{
+    size_t ws = 0;
+    while (ws < len && (body[ws] == ' ' || body[ws] == '\n' || body[ws] == '\r' ||
+                        body[ws] == '\t'))
+        ws++;
+    if (ws == len)
+        return 0;
+    cJSON *root;
+    size_t off;
+    int code = api_parse_json(body, len, &root, &off, err, errlen);
+    if (code)
+        return code;
+    if (off != len)
+        code = api_fail(err, errlen, 400, "body: unexpected text after the JSON value at byte %zu",
+                        off);
+    else if (!cJSON_IsObject(root))
+        code = api_fail(err, errlen, 400, "body: must be a JSON object {\"parameters\"}");
+    const cJSON *fields = code ? NULL : root, *f;
+    cJSON_ArrayForEach(f, fields)
+    {
+        if (strcmp(f->string, "parameters") != 0) {
+            code = api_fail(err, errlen, 400, "%.64s: unknown field (expected parameters)",
+                            f->string);
+        } else if (!cJSON_IsObject(f)) {
+            code = api_fail(err, errlen, 400, "parameters: must be an object");
+        } else if (f->child) {
+            code = api_fail(err, errlen, 400,
+                            "parameters.%.64s: not supported: balsa reloads the model from the "
+                            "path in its configuration and takes no load parameters",
+                            f->child->string);
+        }
+        if (code)
+            break;
+    }
+    cJSON_Delete(root);
+    return code;
+}
+
 int v2_route(server *s, const char *method, const char *url, v2_reply *rep, int *model)
 {
     memset(rep, 0, sizeof *rep);
@@ -216,12 +341,15 @@ int v2_route(server *s, const char *method, const char *url, v2_reply *rep, int 
             model_stats(s, -1, rep);
         return V2_ANSWERED;
     }
+    if (!strncmp(url, "/v2/repository/", 15))
+        return route_repository(s, method, url, rep, model);
     char pu[128];
     printable(url, strlen(url), pu, sizeof pu);
     if (strncmp(url, "/v2/models/", 11) != 0) {
         reply_error(rep, 404,
                     "no such path: %s (v2 paths: /v2, /v2/health/live, /v2/health/ready, "
-                    "/v2/models/{model}[/versions/1][/ready|/config|/stats|/infer])",
+                    "/v2/models/{model}[/versions/1][/ready|/config|/stats|/infer], "
+                    "/v2/repository/index, /v2/repository/models/{model}/load)",
                     pu);
         return V2_ANSWERED;
     }
@@ -229,23 +357,10 @@ int v2_route(server *s, const char *method, const char *url, v2_reply *rep, int 
     const char *name = url + 11;
     size_t nlen = strcspn(name, "/");
     const char *rest = name + nlen;
-    int idx = -1;
-    for (int i = 0; i < s->nmodels; i++)
-        if (strlen(s->models[i].cfg->name) == nlen &&
-            !strncmp(s->models[i].cfg->name, name, nlen))
-            idx = i;
     char pn[80];
-    printable(name, nlen, pn, sizeof pn);
-    if (idx < 0) {
-        char names[512];
-        size_t used = 0;
-        names[0] = 0;
-        for (int i = 0; i < s->nmodels && used < sizeof names; i++)
-            used += (size_t)snprintf(names + used, sizeof names - used, "%s%s", i ? ", " : "",
-                                     s->models[i].cfg->name);
-        reply_error(rep, 404, "model: no model named \"%s\" (served: %s)", pn, names);
+    int idx = find_model(s, name, nlen, pn, sizeof pn, rep);
+    if (idx < 0)
         return V2_ANSWERED;
-    }
     if (!strncmp(rest, "/versions/", 10)) {
         const char *ver = rest + 10;
         size_t vlen = strcspn(ver, "/");
@@ -293,7 +408,8 @@ int v2_route(server *s, const char *method, const char *url, v2_reply *rep, int 
         return action == A_INFER ? V2_INFER : action == A_GENERATE ? V2_GENERATE
                                                                    : V2_GENERATE_STREAM;
     }
-    if (!atomic_load(&sm->ready)) {
+    server_loaded *l = server_model_acquire(sm);
+    if (!l) {
         reply_error(rep, 503, "model: \"%s\" is still loading", sm->cfg->name);
         return V2_ANSWERED;
     }
@@ -305,9 +421,10 @@ int v2_route(server *s, const char *method, const char *url, v2_reply *rep, int 
         jsonw_str(&w, ",\"ready\":true}\n");
         reply_json(rep, 200, &w);
     } else if (action == A_CONFIG) {
-        model_config(sm, rep);
+        model_config(sm, l->info, rep);
     } else {
-        model_metadata(sm, rep);
+        model_metadata(sm, l->info, rep);
     }
+    server_loaded_release(l);
     return V2_ANSWERED;
 }

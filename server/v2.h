@@ -25,7 +25,7 @@ typedef struct {
     const char *allow;
 } v2_reply;
 
-enum { V2_ANSWERED = 0, V2_INFER, V2_GENERATE, V2_GENERATE_STREAM };
+enum { V2_ANSWERED = 0, V2_INFER, V2_GENERATE, V2_GENERATE_STREAM, V2_LOAD };
 
 /* 1 when url belongs to this module (/v2, /v2/..., /openapi.json). */
 int v2_owns_path(const char *url);
@@ -34,10 +34,17 @@ int v2_owns_path(const char *url);
  * a POST to the infer path of a served model (the caller then parses the body with
  * v2_parse_infer), V2_GENERATE for a POST to its generate path (Triton's generate
  * extension: api_parse_generate), V2_GENERATE_STREAM for its generate_stream path (the
- * same body, answered as server-sent events); otherwise V2_ANSWERED with rep filled (404 for an unknown path, model
- * or version; 405 for a wrong method; 503 for a model still loading or a draining server
- * where readiness is asked). */
+ * same body, answered as server-sent events), V2_LOAD for a POST to
+ * /v2/repository/models/{m}/load that model_control allows (the caller has the model
+ * reloaded: server_post_job); otherwise V2_ANSWERED with rep filled (404 for an unknown
+ * path, model or version; 405 for a wrong method; 403 for a load with model_control off;
+ * 503 for a model still loading or a draining server where readiness is asked). */
 int v2_route(server *s, const char *method, const char *url, v2_reply *rep, int *model);
+
+/* Checks the body of a load request: empty, or {"parameters": {}} (Triton's clients send
+ * that). Returns 0, or 400 with a message in err: malformed JSON, an unknown field, or a
+ * load parameter (a config or file given with the request), which balsa does not take. */
+int v2_parse_load(const char *body, size_t len, char *err, size_t errlen);
 
 /* The OpenAPI 3 document of the whole HTTP API (server/openapi.json, embedded at build
  * time): n bytes, not NUL-terminated. */
