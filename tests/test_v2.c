@@ -656,7 +656,8 @@ int main(void)
     snprintf(m1, sizeof m1, "tok=%s", tok_path);
     snprintf(m2, sizeof m2, "vec=%s", vec_path);
     const char *extra[] = {"--model", m1, "--model", m2, "--max-batch-size", "8",
-                           "--max-queue-delay-us", "500", "--drain-delay-ms", "0", NULL};
+                           "--max-queue-delay-us", "500", "--drain-delay-ms", "0",
+                           "--model-control", "true", NULL};
     if (su_start(&srv, extra) == 0) {
         RUN(http_metadata_config_ready);
         RUN(http_infer_same_as_native);

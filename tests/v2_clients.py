@@ -1,8 +1,9 @@
 """NVIDIA's tritonclient.http (the KServe v2 client, unmodified, from PyPI) against a
 running `balsa serve`: server and model metadata, model config, readiness, inference with
 JSON tensors and with binary tensors (inputs and outputs), lengths, "all" outputs, top_k,
-and statistics. Every answer is compared with balsa's native POST /infer for the same
-sequences. Run by tests/test_v2.c as: python3 tests/v2_clients.py PORT MODEL VOCAB OUT.
+statistics, and the model repository index, load_model and unload_model's refusal. Every
+answer is compared with balsa's native POST /infer for the same sequences. Run by
+tests/test_v2.c as: python3 tests/v2_clients.py PORT MODEL VOCAB OUT.
 Prints one line per check and exits 1 when any failed."""
 import json
 import sys
@@ -122,6 +123,20 @@ try:
     check(False, "out-of-range token raises")
 except InferenceServerException as e:
     check("out of range" in str(e), f"out-of-range token raises: {e}")
+
+# Triton's model repository extension: the index, a reload of the model from its file
+index = c.get_model_repository_index()
+check(any(m["name"] == model and m["state"] == "READY" for m in index),
+      f"get_model_repository_index: {index}")
+c.load_model(model)
+check(c.is_model_ready(model) and close(c.infer(model, [inp]).as_numpy("output"),
+                                        native_infer([full[0], full[1]])),
+      "load_model reloads the model, which serves the same answers")
+try:
+    c.unload_model(model)
+    check(False, "unload_model raises")
+except InferenceServerException as e:
+    check("unload: not supported" in str(e), f"unload_model raises: {e}")
 
 stats = c.get_inference_statistics(model)
 ms = stats["model_stats"][0]
