@@ -968,6 +968,11 @@ int http_start(server *s, char *err, size_t errlen)
         MHD_OPTION_THREAD_POOL_SIZE, (unsigned)s->cfg.http_threads,
         MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->cfg.connection_timeout_s,
         MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg.connection_limit,
+        /* Each connection's memory pool (request headers, read and write buffers; bodies
+         * stream through it) is cleared for every request: at the default 32 KiB that
+         * memset was 3.4% of the server's CPU under wrk -c64 with a short /infer (perf),
+         * at 16 KiB 1.1%. Headers over about 16 KiB get the library's own 431. */
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384,
         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
     if (!s->daemon) {
         snprintf(err, errlen, "cannot listen on %s:%d (address in use, or not this host's?)",

@@ -125,6 +125,18 @@ TEST(health_and_models)
     su_request_str(main_srv.port, "GET", "/readyz", NULL, NULL, &r);
     CHECK(r.code == 200 && strstr(r.body, "\"ready\""));
     free(r.body);
+    /* 12 KB of headers (large cookies, tracing headers) fit the connection's memory pool,
+     * which http.c sets to 16 KiB */
+    static char big[12032];
+    memcpy(big, "X-Big: ", 7);
+    memset(big + 7, 'a', sizeof big - 8);
+    CURL *h = curl_easy_init();
+    const char *body = "{\"inputs\": [[1, 2]]}";
+    su_request_on(h, main_srv.port, "POST", "/infer", body, strlen(body), "application/json",
+                  big, &r);
+    curl_easy_cleanup(h);
+    CHECK_MSG(r.code == 200, "12 KB header: %ld %s", r.code, r.body);
+    free(r.body);
     su_request_str(main_srv.port, "GET", "/models", NULL, NULL, &r);
     REQUIRE(r.code == 200);
     cJSON *j = cJSON_Parse(r.body);
