@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/random.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -61,6 +62,7 @@ typedef struct {
     metrics_handler handler;
     char method[8];
     char path[96];
+    char rid[72];      /* X-Request-Id: the client's, or one made here; in the answer and log */
     char *body;
     size_t len, cap;
     int too_big;
@@ -114,6 +116,24 @@ static double secs(uint64_t a, uint64_t b)
     return b > a ? (double)(b - a) * 1e-9 : 0;
 }
 
+/* The request's id: the client's X-Request-Id when it is 1 to 64 visible ASCII
+ * characters (so that it is safe in a header and a log line), else a new one: 16 hex
+ * digits random per server start, then a counter. */
+static void request_id(server *s, const char *given, char *out, size_t n)
+{
+    size_t len = given ? strnlen(given, 65) : 0;
+    int ok = len >= 1 && len <= 64;
+    for (size_t i = 0; ok && i < len; i++)
+        ok = given[i] > 0x20 && given[i] < 0x7f;
+    if (ok) {
+        memcpy(out, given, len);
+        out[len] = 0;
+        return;
+    }
+    snprintf(out, n, "%016llx%08llx", (unsigned long long)s->rid_base,
+             (unsigned long long)atomic_fetch_add(&s->rid_next, 1));
+}
+
 /* Queues body with status code: a malloc'd body whose ownership passes to MHD, or, with
  * is_static, a string constant that is not copied. */
 static enum MHD_Result send_response(http_req *x, int code, char *body, size_t len,
@@ -135,6 +155,7 @@ static enum MHD_Result send_response(http_req *x, int code, char *body, size_t l
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (code == 405 && x->allow)
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, x->allow);
+    MHD_add_response_header(r, "X-Request-Id", x->rid);
     if (x->infer_header_len) {
         char hl[24];
         snprintf(hl, sizeof hl, "%zu", x->infer_header_len);
@@ -458,6 +479,7 @@ static enum MHD_Result queue_stream(http_req *x)
         return MHD_NO;
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
+    MHD_add_response_header(r, "X-Request-Id", x->rid);
     if (atomic_load(&x->srv->stage) != SERVER_SERVING)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     x->code = 200;
@@ -811,6 +833,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
         x->model = -1;
         copy_str(x->method, sizeof x->method, method);
         copy_str(x->path, sizeof x->path, url);
+        request_id(s, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Request-Id"),
+                   x->rid, sizeof x->rid);
         x->handler = METRICS_H_OTHER;
         for (int i = 0; i < NROUTES; i++)
             if (!strcmp(url, routes[i].path))
@@ -916,14 +940,14 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
         int ran = x->model >= 0 && sched_done && r->started_ns;
         int n = snprintf(line, sizeof line,
                          "%s %s %d%s model=%s batch=%d queue_ms=%.3f compute_ms=%.3f "
-                         "total_ms=%.3f\n",
+                         "total_ms=%.3f id=%s\n",
                          x->method, x->path, code,
                          toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (not delivered)",
                          x->model >= 0 ? s->models[x->model].cfg->name : "-",
                          ran ? r->batch_max : 0,
                          ran ? secs(r->enqueued_ns, r->started_ns) * 1e3 : 0,
                          ran ? secs(r->started_ns, r->finished_ns) * 1e3 : 0,
-                         secs(x->t0, t1) * 1e3);
+                         secs(x->t0, t1) * 1e3, x->rid);
         /* One write per line, so lines from different threads do not interleave. */
         fwrite(line, 1, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1, stderr);
     }
@@ -962,6 +986,10 @@ int http_start(server *s, char *err, size_t errlen)
         snprintf(err, errlen, "host: \"%s\" is not an IP address", s->cfg.host);
         return -1;
     }
+    /* Made ids differ between servers and restarts; a failed getrandom falls back to the
+     * clock and pid, which only needs to differ, not to be secret. */
+    if (getrandom(&s->rid_base, sizeof s->rid_base, 0) != (ssize_t)sizeof s->rid_base)
+        s->rid_base = queue_now_ns() ^ ((uint64_t)getpid() << 40);
     s->listen_fd = -1;
     s->daemon = MHD_start_daemon(
         flags, (uint16_t)s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, addr,

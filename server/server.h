@@ -6,6 +6,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <sys/stat.h>
 
 #include "config.h"
@@ -78,6 +79,8 @@ typedef struct server {
     pthread_t main_thread;       /* takes the signals and runs every load */
     pthread_mutex_t jobs_mu;     /* guards jobs and the check of stage that admits one */
     server_job *jobs;            /* reloads asked over HTTP, oldest first */
+    uint64_t rid_base;           /* request ids made here: rid_base (random at start) and */
+    atomic_ullong rid_next;      /* a counter (http.c) */
 } server;
 
 /* Queues j for the main thread and wakes it; j->done will be called from there. Returns

@@ -85,7 +85,7 @@ typedef struct {
     long code;
     char *body; /* NUL-terminated (binary bodies too: use len) */
     size_t len;
-    char ctype[96], allow[64], retry_after[16], header_len[24];
+    char ctype[96], allow[64], retry_after[16], header_len[24], request_id[80];
 } su_resp;
 
 static inline size_t su_on_body(char *p, size_t sz, size_t n, void *u)
@@ -124,6 +124,7 @@ static inline size_t su_on_header(char *p, size_t sz, size_t n, void *u)
     su_header_value(p, sz * n, "Retry-After", r->retry_after, sizeof r->retry_after);
     su_header_value(p, sz * n, "Inference-Header-Content-Length", r->header_len,
                     sizeof r->header_len);
+    su_header_value(p, sz * n, "X-Request-Id", r->request_id, sizeof r->request_id);
     return sz * n;
 }
 

@@ -734,6 +734,64 @@ static int run_cli(const char *body, char *out, size_t outlen)
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* 1 when every character of s is a lower-case hex digit and it has n of them. */
+static int is_hex(const char *s, size_t n)
+{
+    return strlen(s) == n && strspn(s, "0123456789abcdef") == n;
+}
+
+/* X-Request-Id: the client's echoed (also on a stream and an error), one made by the server
+ * when there is none or it is unusable, and the id in the access log line. */
+TEST(request_ids)
+{
+    int port = main_srv.port;
+    CURL *h = curl_easy_init();
+    su_resp r;
+    const char *body = "{\"inputs\": [[1, 2]]}";
+    su_request_on(h, port, "POST", "/infer", body, strlen(body), "application/json",
+                  "X-Request-Id: trace-7f3a/42", &r);
+    CHECK(r.code == 200 && !strcmp(r.request_id, "trace-7f3a/42"));
+    free(r.body);
+    su_request_on(h, port, "POST", "/infer", "{\"inputs\": 1}", 14, "application/json",
+                  "X-Request-Id: err-1", &r);
+    CHECK(r.code == 400 && !strcmp(r.request_id, "err-1"));
+    free(r.body);
+    const char *gen = "{\"inputs\": [[1, 2]], \"generate\": 3, \"stream\": true}";
+    su_request_on(h, port, "POST", "/infer", gen, strlen(gen), "application/json",
+                  "X-Request-Id: stream-1", &r);
+    CHECK(r.code == 200 && !strcmp(r.request_id, "stream-1"));
+    free(r.body);
+    char first[80];
+    su_request_on(h, port, "GET", "/healthz", NULL, 0, NULL, NULL, &r);
+    CHECK_MSG(is_hex(r.request_id, 24), "made id: \"%s\"", r.request_id);
+    snprintf(first, sizeof first, "%s", r.request_id);
+    free(r.body);
+    /* not usable: a space, or longer than 64 characters */
+    su_request_on(h, port, "GET", "/healthz", NULL, 0, NULL, "X-Request-Id: two words", &r);
+    CHECK(is_hex(r.request_id, 24) && strcmp(r.request_id, first) != 0);
+    free(r.body);
+    char longid[100];
+    snprintf(longid, sizeof longid, "X-Request-Id: %070d", 7);
+    su_request_on(h, port, "GET", "/healthz", NULL, 0, NULL, longid, &r);
+    CHECK(is_hex(r.request_id, 24));
+    free(r.body);
+    curl_easy_cleanup(h);
+    /* the access log names it */
+    int found = 0;
+    double t0 = su_now();
+    while (!found && su_now() - t0 < 5) {
+        FILE *f = fopen(main_srv.log, "r");
+        REQUIRE(f);
+        char line[512];
+        while (fgets(line, sizeof line, f))
+            found |= !strncmp(line, "POST /infer 200 ", 16) && strstr(line, " id=trace-7f3a/42\n");
+        fclose(f);
+        if (!found)
+            usleep(20000);
+    }
+    CHECK(found);
+}
+
 TEST(run_command_matches_infer)
 {
     unsigned long long rng = 99;
@@ -786,6 +844,7 @@ int main(void)
     RUN(sigterm_drains_without_losing_requests);
     RUN(bad_config_stops_startup);
     RUN(run_command_matches_infer);
+    RUN(request_ids);
     int rc = su_stop(&main_srv, 20);
     if (rc != 0)
         printf("  main server exit status %d (log %s)\n", rc, main_srv.log);
