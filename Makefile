@@ -3,6 +3,8 @@
 #   make CUDA=0 / CUDA=1      force CPU-only / require CUDA
 #   make test                 build and run every test; last line "N passed, N failed, N skipped"
 #   make SANITIZE=address,undefined test    the same under ASan/UBSan, in its own object tree
+#   make SANITIZE=thread test TESTS="server reload"   tests/test_server.c and test_reload.c
+#                             only (TESTS picks any), under ThreadSanitizer
 #   make run                  serve the demo model on port 8080
 #   make bench                the kernel benchmark against OpenBLAS
 #   make deps                 install the Debian packages balsa needs (as root) or print the command
@@ -126,8 +128,12 @@ gpu-check-bins:
 	@echo "gpu-check-bins needs nvcc (CUDA=1)" >&2; exit 1
 endif
 
+# TESTS="a b": only the binaries of tests/test_a.c and tests/test_b.c.
+TESTS ?=
+RUN_BINS := $(if $(TESTS),$(TESTS:%=$(B)/tests/test_%),$(TEST_BINS))
+
 test: deps all
-	@BALSA_BIN=$(B)/balsa bash tests/run.sh $(TEST_BINS)
+	@BALSA_BIN=$(B)/balsa bash tests/run.sh $(RUN_BINS)
 
 run: deps all
 	$(B)/balsa serve --config config/balsa.json --port $(PORT)

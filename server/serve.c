@@ -159,9 +159,6 @@ static server_loaded *load_instance(server *s, int i, step_ctx *ctx, struct stat
         free_instance(l);
         return NULL;
     }
-    ctx->m = s->metrics;
-    ctx->st = s->v2stats;
-    ctx->model = i;
     sched_config sc = {cm->batching.max_batch_size, cm->batching.max_queue_delay_us,
                        cm->batching.queue_capacity, on_executed};
     st = sched_create(l->model, &sc, on_step, ctx, &l->sched);
@@ -502,7 +499,11 @@ int serve_main(int argc, char **argv)
                 c->models[i].name, c->models[i].path, b->max_batch_size, b->max_queue_delay_us,
                 b->queue_capacity, b->request_timeout_ms);
     }
+    /* Set once: the schedulers of every instance of model i read ctx[i], also while a
+     * reload starts the next one. */
     static step_ctx ctx[CONFIG_MAX_MODELS];
+    for (int i = 0; i < c->nmodels; i++)
+        ctx[i] = (step_ctx){s->metrics, s->v2stats, i};
     for (int i = 0; i < c->nmodels; i++) {
         if (load_model(s, i, &ctx[i], err, sizeof err)) {
             fprintf(stderr, "balsa serve: %s\n", err);

@@ -2,8 +2,9 @@
 # The container test (`make container-test`): on a machine with no Docker engine and no
 # registry, build the CPU image with podman from a Debian base made by debootstrap, run
 # it, and check it as an operator would: readiness, real /infer answers, the health check,
-# a non-root process, a real Prometheus server scraping /metrics, and a SIGTERM under load
-# that exits 0 without losing an admitted request. Cleans up what it started.
+# a non-root process, a real Prometheus server scraping /metrics, a model mounted from the
+# host replaced and reloaded with SIGHUP, and a SIGTERM under load that exits 0 without
+# losing an admitted request. Cleans up what it started.
 # Prints "N passed, N failed, N skipped" last and exits non-zero on any failure.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -24,7 +25,7 @@ check() { # check NAME COMMAND...: one test, passed when the command succeeds
 }
 finish() {
     [ -n "$prom_pid" ] && kill "$prom_pid" 2>/dev/null && wait "$prom_pid" 2>/dev/null
-    podman rm -f -t 0 "$NAME" >/dev/null 2>&1
+    podman rm -f -t 0 "$NAME" "$NAME-reload" >/dev/null 2>&1
     rm -rf "$WORK"
     echo "$passed passed, $failed failed, $skipped skipped"
     [ "$failed" -eq 0 ]
@@ -214,6 +215,36 @@ scraped() {
     return 1
 }
 check "Prometheus scrapes balsa_inference_requests_total from the container" scraped
+
+# --- a model mounted from the host, replaced by renaming a new file over it, is reloaded
+# by SIGHUP (a second container; config/README.md, "Reloading models")
+vocab_of() { # vocab_of URL: the one served model's vocab_size
+    curl -sf "$1/models" | python3 -c 'import json,sys; print(json.load(sys.stdin)["models"][0]["vocab_size"])'
+}
+reload() {
+    local port url v i
+    mkdir -p "$WORK/models" && chmod 755 "$WORK/models" &&
+        install -m 644 models/demo/demo.safetensors "$WORK/models/m.safetensors" || return 1
+    port=$(free_port)
+    url="http://127.0.0.1:$port"
+    "${PODMAN[@]}" run -d "${RUNC[@]}" --name "$NAME-reload" --network=host \
+        -e BALSA_PORT="$port" -e BALSA_HOST=127.0.0.1 -v "$WORK/models:/models/extra:ro" \
+        "$IMAGE" --model m=/models/extra/m.safetensors >/dev/null || return 1
+    for i in $(seq 1 100); do curl -sf "$url/readyz" >/dev/null && break; sleep 0.1; done
+    v=$(vocab_of "$url")
+    install -m 644 models/fortunes/fortunes-b90.safetensors "$WORK/models/m.new" &&
+        mv "$WORK/models/m.new" "$WORK/models/m.safetensors" || return 1
+    "${PODMAN[@]}" kill --signal HUP "$NAME-reload" >/dev/null
+    for i in $(seq 1 50); do [ "$(vocab_of "$url")" = 96 ] && break; sleep 0.1; done
+    echo "  vocabulary before: $v, after SIGHUP: $(vocab_of "$url")"
+    "${PODMAN[@]}" logs "$NAME-reload" 2>&1 | grep -q "model m reloaded" &&
+        [ "$v" = 1000 ] && [ "$(vocab_of "$url")" = 96 ] &&
+        curl -sf "$url/infer" -d '{"text": "And the", "generate": 5}' >/dev/null
+    local rc=$?
+    "${PODMAN[@]}" rm -f -t 0 "$NAME-reload" >/dev/null 2>&1
+    return $rc
+}
+check "SIGHUP reloads a model file replaced on a mounted volume" reload
 
 # --- SIGTERM under load: every request gets an answer, admitted ones 200, exit code 0
 drain() {
