@@ -228,7 +228,7 @@ reload() {
     port=$(free_port)
     url="http://127.0.0.1:$port"
     "${PODMAN[@]}" run -d "${RUNC[@]}" --name "$NAME-reload" --network=host \
-        -e BALSA_PORT="$port" -e BALSA_HOST=127.0.0.1 -v "$WORK/models:/models/extra:ro" \
+        --ulimit "nofile=$hard:$hard" --ulimit nproc=32768:32768 -e BALSA_PORT="$port" -e BALSA_HOST=127.0.0.1 -v "$WORK/models:/models/extra:ro" \
         "$IMAGE" --model m=/models/extra/m.safetensors >/dev/null || return 1
     for i in $(seq 1 100); do curl -sf "$url/readyz" >/dev/null && break; sleep 0.1; done
     v=$(vocab_of "$url")
