@@ -39,6 +39,8 @@ static const key_def keys[] = {
     {"access_log", K_BOOL, CFG(access_log), 0, 0, 1, "one stderr line per request"},
     {"model_control", K_BOOL, CFG(model_control), 0, 0, 1,
      "allow POST /v2/repository/models/NAME/load to reload a model from its file"},
+    {"api_key", K_STR, CFG(api_key), 0, 0, 129,
+     "when set, requests need Authorization: Bearer KEY (health and /metrics excepted)"},
     {"max_request_steps", K_INT, CFG(max_request_steps), 0, 1, 1 << 30,
      "time steps summed over one request's sequences at most (else 400)"},
     {"max_output_values", K_LONG, CFG(max_output_values), 0, 1, 1L << 34,
@@ -106,6 +108,17 @@ static int set_str(void *p, const key_def *k, const char *v, const char *where, 
         strcmp(v, "cuda") != 0) {
         errf(err, errlen, "%s: \"%s\" is not one of auto, cpu, cuda", where, v);
         return -1;
+    }
+    if (strcmp(k->name, "api_key") == 0 && *v) {
+        size_t n = strlen(v);
+        int ok = n >= 16;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = v[i] > 0x20 && v[i] < 0x7f;
+        if (!ok) {
+            errf(err, errlen, "%s: must be empty (no key) or 16 to 128 visible ASCII characters",
+                 where);
+            return -1;
+        }
     }
     if (strcmp(k->name, "host") == 0) {
         unsigned char addr[16];

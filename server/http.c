@@ -66,6 +66,7 @@ typedef struct {
     char *body;
     size_t len, cap;
     int too_big;
+    int unauthorized;  /* api_key is set and the request did not carry it: answered 401 */
     int phase;
     int suspended;     /* counted in srv->suspended */
     server_job *load;  /* a reload asked over the repository API (V2_LOAD): run by the main
@@ -134,6 +135,29 @@ static void request_id(server *s, const char *given, char *out, size_t n)
              (unsigned long long)atomic_fetch_add(&s->rid_next, 1));
 }
 
+/* 1 when auth is "Bearer <key>" with key equal to want, compared in constant time so that
+ * the time taken does not tell how much of a guess was right. */
+static int bearer_ok(const char *want, const char *auth)
+{
+    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0)
+        return 0;
+    const char *got = auth + 7;
+    while (*got == ' ')
+        got++;
+    size_t n = strlen(want), m = strnlen(got, n + 1);
+    unsigned diff = n != m;
+    for (size_t i = 0; i < n; i++)
+        diff |= (unsigned)((unsigned char)want[i] ^ (unsigned char)(i < m ? got[i] : 0));
+    return diff == 0;
+}
+
+/* Paths open without the API key: liveness, readiness (probes) and /metrics (scrapes). */
+static int open_path(const char *url)
+{
+    return !strcmp(url, "/healthz") || !strcmp(url, "/readyz") || !strcmp(url, "/metrics") ||
+           !strcmp(url, "/v2/health/live") || !strcmp(url, "/v2/health/ready");
+}
+
 /* Queues body with status code: a malloc'd body whose ownership passes to MHD, or, with
  * is_static, a string constant that is not copied. */
 static enum MHD_Result send_response(http_req *x, int code, char *body, size_t len,
@@ -153,6 +177,8 @@ static enum MHD_Result send_response(http_req *x, int code, char *body, size_t l
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
     if (code == 503)
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (code == 401)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"balsa\"");
     if (code == 405 && x->allow)
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, x->allow);
     MHD_add_response_header(r, "X-Request-Id", x->rid);
@@ -771,6 +797,12 @@ static enum MHD_Result route_v2(http_req *x, const char *method)
 static enum MHD_Result route(http_req *x, const char *method)
 {
     server *s = x->srv;
+    if (x->unauthorized) {
+        metrics_reject(s->metrics, METRICS_R_UNAUTHORIZED);
+        return send_error(x, 401,
+                          "authorization: missing or wrong API key (send the header "
+                          "\"Authorization: Bearer <api_key>\")");
+    }
     if (x->too_big) {
         char msg[128];
         snprintf(msg, sizeof msg, "body: larger than the limit of %ld bytes", s->cfg.body_limit);
@@ -858,6 +890,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                              : NULL;
         if (cl && strtoull(cl, NULL, 10) > (unsigned long long)s->cfg.body_limit)
             x->too_big = 1;
+        if (s->cfg.api_key[0] && !open_path(url) &&
+            !bearer_ok(s->cfg.api_key, MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                                    MHD_HTTP_HEADER_AUTHORIZATION)))
+            x->unauthorized = 1;
         *con_cls = x;
         return MHD_YES;
     }
@@ -870,7 +906,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
          * oversized body and answer 413 on the final call. */
         size_t n = *upload_size;
         *upload_size = 0;
-        if (x->too_big || (x->handler != METRICS_H_INFER && x->handler != METRICS_H_V2))
+        if (x->too_big || x->unauthorized ||
+            (x->handler != METRICS_H_INFER && x->handler != METRICS_H_V2))
             return MHD_YES;
         if (x->len + n > (size_t)s->cfg.body_limit) {
             x->too_big = 1;

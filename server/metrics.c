@@ -21,7 +21,7 @@ static const char *handler_names[METRICS_NHANDLERS] = {"/infer",  "/models", "/m
                                                        "other"};
 static const char *reason_names[METRICS_NREASONS] = {"queue_full", "draining",
                                                      "deadline_exceeded", "body_too_large",
-                                                     "not_ready"};
+                                                     "not_ready", "unauthorized"};
 
 static const double dur_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                     0.1,    0.25,  0.5,    1,     2.5,  5,     10};

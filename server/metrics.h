@@ -26,6 +26,7 @@ typedef enum {
     METRICS_R_DEADLINE,
     METRICS_R_BODY_TOO_LARGE,
     METRICS_R_NOT_READY,
+    METRICS_R_UNAUTHORIZED,
     METRICS_NREASONS
 } metrics_reason;
 

@@ -488,9 +488,10 @@ int serve_main(int argc, char **argv)
         server_free(s);
         return 1;
     }
-    fprintf(stderr, "balsa %s serving on http://%s:%d (%d HTTP threads, body limit %ld bytes)\n"
+    fprintf(stderr, "balsa %s serving on http://%s:%d (%d HTTP threads, body limit %ld bytes%s)\n"
                     "balsa: %s\n",
-            BALSA_VERSION, c->host, s->port, c->http_threads, c->body_limit, why);
+            BALSA_VERSION, c->host, s->port, c->http_threads, c->body_limit,
+            c->api_key[0] ? ", API key required" : "", why);
     for (int i = 0; i < c->nmodels; i++) {
         const config_batching *b = &c->models[i].batching;
         fprintf(stderr,

@@ -86,6 +86,7 @@ typedef struct {
     char *body; /* NUL-terminated (binary bodies too: use len) */
     size_t len;
     char ctype[96], allow[64], retry_after[16], header_len[24], request_id[80];
+    char www_authenticate[64];
 } su_resp;
 
 static inline size_t su_on_body(char *p, size_t sz, size_t n, void *u)
@@ -125,6 +126,8 @@ static inline size_t su_on_header(char *p, size_t sz, size_t n, void *u)
     su_header_value(p, sz * n, "Inference-Header-Content-Length", r->header_len,
                     sizeof r->header_len);
     su_header_value(p, sz * n, "X-Request-Id", r->request_id, sizeof r->request_id);
+    su_header_value(p, sz * n, "WWW-Authenticate", r->www_authenticate,
+                    sizeof r->www_authenticate);
     return sz * n;
 }
 

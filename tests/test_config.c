@@ -109,6 +109,8 @@ TEST(semantic_errors_name_key)
         {"{\"models\": [{\"path\": \"p\", \"port\": 1}]}", "test.json: models[0].port: unknown key"},
         {"{\"models\": [{\"name\": \"a b\", \"path\": \"p\"}]}", "models[0].name: model name \"a b\""},
         {"[1]", "test.json: the top level must be a JSON object"},
+        {"{\"api_key\": \"too-short\"}", "test.json: api_key: must be empty (no key) or 16 to 128"},
+        {"{\"api_key\": \"sixteen chars and spaces\"}", "test.json: api_key: must be empty"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         config_defaults(&c);
@@ -116,6 +118,9 @@ TEST(semantic_errors_name_key)
         CHECK_MSG(rc != 0 && strstr(err, cases[i].want) != NULL, "case %zu: got \"%s\"", i,
                   rc ? err : "success");
     }
+    config_defaults(&c);
+    REQUIRE(load(&c, "{\"api_key\": \"0123456789abcdef\"}", err, sizeof err) == 0);
+    CHECK(!strcmp(c.api_key, "0123456789abcdef"));
     config_defaults(&c);
     REQUIRE(load(&c, "{\"models\": [{\"name\": \"a\", \"path\": \"p\"}, {\"name\": \"a\", \"path\": \"q\"}]}",
                  err, sizeof err) == 0);

@@ -792,6 +792,61 @@ TEST(request_ids)
     CHECK(found);
 }
 
+/* With api_key set: 401 with WWW-Authenticate for a missing, malformed or wrong key (also
+ * before a body over the limit, and on v2 and unknown paths), 200 with the right one, and
+ * the probes and /metrics open; the refusals counted. */
+TEST(api_key)
+{
+    su_server sp;
+    const char *extra[] = {"--model", model_arg, "--api-key", "k3y-0123456789abcdef",
+                           "--body-limit", "1000", NULL};
+    REQUIRE(su_start(&sp, extra) == 0); /* su_start polls /readyz, open without the key */
+    const char *body = "{\"inputs\": [[1, 2]]}";
+    static char big[4000];
+    memset(big, ' ', sizeof big - 1);
+    static const struct {
+        const char *method, *path, *auth, *body;
+        long code;
+    } cases[] = {
+        {"POST", "/infer", NULL, NULL, 401},
+        {"POST", "/infer", "Authorization: Bearer k3y-0123456789abcdeX", NULL, 401},
+        {"POST", "/infer", "Authorization: Bearer k3y-0123456789abcdef0", NULL, 401},
+        {"POST", "/infer", "Authorization: Basic k3y-0123456789abcdef", NULL, 401},
+        {"POST", "/infer", "Authorization: Bearer k3y-0123456789abcdef", NULL, 200},
+        {"POST", "/infer", "Authorization: bearer  k3y-0123456789abcdef", NULL, 200},
+        {"POST", "/infer", NULL, big, 401},
+        {"POST", "/v2/models/test/infer", NULL, NULL, 401},
+        {"GET", "/models", NULL, NULL, 401},
+        {"GET", "/no/such/path", NULL, NULL, 401},
+        {"GET", "/models", "Authorization: Bearer k3y-0123456789abcdef", NULL, 200},
+        {"GET", "/healthz", NULL, NULL, 200},
+        {"GET", "/readyz", NULL, NULL, 200},
+        {"GET", "/v2/health/ready", NULL, NULL, 200},
+        {"GET", "/metrics", NULL, NULL, 200},
+    };
+    CURL *h = curl_easy_init();
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        su_resp r;
+        const char *b = !strcmp(cases[i].method, "POST") ? cases[i].body ? cases[i].body : body
+                                                          : NULL;
+        su_request_on(h, sp.port, cases[i].method, cases[i].path, b, b ? strlen(b) : 0,
+                      b ? "application/json" : NULL, cases[i].auth, &r);
+        CHECK_MSG(r.code == cases[i].code, "case %zu (%s %s): %ld %s", i, cases[i].method,
+                  cases[i].path, r.code, r.body);
+        if (cases[i].code == 401)
+            CHECK_MSG(error_is(&r, "authorization: missing or wrong API key") &&
+                          strcmp(r.www_authenticate, "Bearer realm=\"balsa\"") == 0,
+                      "case %zu: WWW-Authenticate \"%s\"", i, r.www_authenticate);
+        free(r.body);
+    }
+    curl_easy_cleanup(h);
+    su_resp m;
+    su_request_str(sp.port, "GET", "/metrics", NULL, NULL, &m);
+    CHECK(metric_value(m.body, "balsa_rejected_requests_total{reason=\"unauthorized\"}") == 8);
+    free(m.body);
+    CHECK(su_stop(&sp, 10) == 0);
+}
+
 TEST(run_command_matches_infer)
 {
     unsigned long long rng = 99;
@@ -845,6 +900,7 @@ int main(void)
     RUN(bad_config_stops_startup);
     RUN(run_command_matches_infer);
     RUN(request_ids);
+    RUN(api_key);
     int rc = su_stop(&main_srv, 20);
     if (rc != 0)
         printf("  main server exit status %d (log %s)\n", rc, main_srv.log);
