@@ -352,22 +352,36 @@ void spmm_avx2_prepare(const cpu_spmm_args *a)
     }
 }
 
-/* Stores v as two 128-bit halves. The epilogue reads out back one float at a time right
- * away; with halves the batch-32 product of the demo model's recurrent matrix (512 x 128,
- * k 3) took 32.9 us against 33.6 us with 256-bit stores, six runs each alternating in one
- * process on AMD EPYC (Zen 1 splits 256-bit stores in two, which may cost the forwarding
- * to the float loads). */
-static inline __attribute__((always_inline)) void store_halves(float *p, __m256 v)
+/* Rows l0..l0+3 of 8 batch columns c0..c0+7, one register per row, stored transposed:
+ * out[c][l0..l0+3] for each column (in-lane 4x4 transposes, then 128-bit stores), so that
+ * the epilogue takes a column's 8 rows in one load. It gathered them with 8 scalar loads
+ * from a row-major out before, about 12% of the kernel's time at K = 256 (perf); now the
+ * 64-column product of the fortunes model's 1024 x 256 matrix takes 187 against 197 us,
+ * 512 x 128 60 against 65 us (min of 12 runs each, alternating; no change at K >= 650). */
+static inline __attribute__((always_inline)) void
+store_transposed(float out[16][8], int l0, int c0, __m256 r0, __m256 r1, __m256 r2, __m256 r3)
 {
-    _mm_storeu_ps(p, _mm256_castps256_ps128(v));
-    _mm_storeu_ps(p + 4, _mm256_extractf128_ps(v, 1));
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1);
+    __m256 t2 = _mm256_unpacklo_ps(r2, r3), t3 = _mm256_unpackhi_ps(r2, r3);
+    __m256 v0 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 v1 = _mm256_shuffle_ps(t0, t2, _MM_SHUFFLE(3, 2, 3, 2));
+    __m256 v2 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(1, 0, 1, 0));
+    __m256 v3 = _mm256_shuffle_ps(t1, t3, _MM_SHUFFLE(3, 2, 3, 2));
+    _mm_store_ps(&out[c0][l0], _mm256_castps256_ps128(v0));
+    _mm_store_ps(&out[c0 + 1][l0], _mm256_castps256_ps128(v1));
+    _mm_store_ps(&out[c0 + 2][l0], _mm256_castps256_ps128(v2));
+    _mm_store_ps(&out[c0 + 3][l0], _mm256_castps256_ps128(v3));
+    _mm_store_ps(&out[c0 + 4][l0], _mm256_extractf128_ps(v0, 1));
+    _mm_store_ps(&out[c0 + 5][l0], _mm256_extractf128_ps(v1, 1));
+    _mm_store_ps(&out[c0 + 6][l0], _mm256_extractf128_ps(v2, 1));
+    _mm_store_ps(&out[c0 + 7][l0], _mm256_extractf128_ps(v3, 1));
 }
 
-/* One group, one chunk of nv*8 batch columns: out[lane][col] for the group's 8 rows. Four
+/* One group, one chunk of nv*8 batch columns: out[col][lane] for the group's 8 rows. Four
  * rows at a time keep 4*nv independent FMA chains in flight; the accumulators are named
  * variables because GCC keeps an indexed array of them in memory. */
 static inline __attribute__((always_inline)) void
-group_xt_avx2(const cpu_packed *w, int g, const float *xt, int nv, float out[8][16])
+group_xt_avx2(const cpu_packed *w, int g, const float *xt, int nv, float out[16][8])
 {
     const int B = w->bank, k = w->k, nc = nv * 8;
     for (int l0 = 0; l0 < 8; l0 += 4) {
@@ -398,22 +412,16 @@ group_xt_avx2(const cpu_packed *w, int g, const float *xt, int nv, float out[8][
                 }
             }
         }
-        store_halves(out[l0], a0);
-        store_halves(out[l0 + 1], a1);
-        store_halves(out[l0 + 2], a2);
-        store_halves(out[l0 + 3], a3);
-        if (nv == 2) {
-            store_halves(out[l0] + 8, b0);
-            store_halves(out[l0 + 1] + 8, b1);
-            store_halves(out[l0 + 2] + 8, b2);
-            store_halves(out[l0 + 3] + 8, b3);
-        }
+        store_transposed(out, l0, 0, a0, a1, a2, a3);
+        if (nv == 2)
+            store_transposed(out, l0, 8, b0, b1, b2, b3);
     }
 }
 
 /* The same with 4 batch columns per xmm register, all 8 rows of the group at once (8
- * independent chains; one 64-bit load brings the slot's 8 offsets). out as above. */
-static void group_xt4_avx2(const cpu_packed *w, int g, const float *xt, float out[8][16])
+ * independent chains; one 64-bit load brings the slot's 8 offsets). out as above, through
+ * two 4x4 transposes. */
+static void group_xt4_avx2(const cpu_packed *w, int g, const float *xt, float out[16][8])
 {
     const int B = w->bank, k = w->k;
     __m128 a0 = _mm_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
@@ -434,20 +442,22 @@ static void group_xt4_avx2(const cpu_packed *w, int g, const float *xt, float ou
             a7 = _mm_fmadd_ps(_mm_broadcast_ss(val + 7), _mm_load_ps(xb + (o >> 56) * 4), a7);
         }
     }
-    _mm_storeu_ps(out[0], a0);
-    _mm_storeu_ps(out[1], a1);
-    _mm_storeu_ps(out[2], a2);
-    _mm_storeu_ps(out[3], a3);
-    _mm_storeu_ps(out[4], a4);
-    _mm_storeu_ps(out[5], a5);
-    _mm_storeu_ps(out[6], a6);
-    _mm_storeu_ps(out[7], a7);
+    _MM_TRANSPOSE4_PS(a0, a1, a2, a3);
+    _MM_TRANSPOSE4_PS(a4, a5, a6, a7);
+    _mm_store_ps(&out[0][0], a0);
+    _mm_store_ps(&out[1][0], a1);
+    _mm_store_ps(&out[2][0], a2);
+    _mm_store_ps(&out[3][0], a3);
+    _mm_store_ps(&out[0][4], a4);
+    _mm_store_ps(&out[1][4], a5);
+    _mm_store_ps(&out[2][4], a6);
+    _mm_store_ps(&out[3][4], a7);
 }
 
 static void spmm_xt_avx2(const cpu_spmm_args *a, int g0, int g1)
 {
     const size_t rows = xt_rows(a->w);
-    float out[8][16];
+    float out[16][8] __attribute__((aligned(32)));
     for (int i0 = 0, nc; i0 < a->n; i0 += nc) {
         nc = xt_chunk_width(a->n, i0);
         const float *xt = a->xt + (size_t)i0 * rows;
@@ -461,8 +471,7 @@ static void spmm_xt_avx2(const cpu_spmm_args *a, int g0, int g1)
                 group_xt4_avx2(a->w, g, xt, out);
             for (int i = i0; i < i1; i++) {
                 int c = i - i0;
-                __m256 acc = _mm256_setr_ps(out[0][c], out[1][c], out[2][c], out[3][c],
-                                            out[4][c], out[5][c], out[6][c], out[7][c]);
+                __m256 acc = _mm256_load_ps(out[c]);
                 epilogue_avx2(a, acc, g * 8, a->y + (size_t)i * a->ldy);
             }
         }
