@@ -355,9 +355,12 @@ void spmm_avx2_prepare(const cpu_spmm_args *a)
 /* Rows l0..l0+3 of 8 batch columns c0..c0+7, one register per row, stored transposed:
  * out[c][l0..l0+3] for each column (in-lane 4x4 transposes, then 128-bit stores), so that
  * the epilogue takes a column's 8 rows in one load. It gathered them with 8 scalar loads
- * from a row-major out before, about 12% of the kernel's time at K = 256 (perf); now the
- * 64-column product of the fortunes model's 1024 x 256 matrix takes 187 against 197 us,
- * 512 x 128 60 against 65 us (min of 12 runs each, alternating; no change at K >= 650). */
+ * from a row-major out before, about 12% of the kernel's time at K = 256 (perf). The
+ * 64-column product of the fortunes model's 1024 x 256 matrix adding into Y, as the LSTM
+ * step does, went from 197 to 187 us and 512 x 128 from 65 to 60 us (a throwaway driver,
+ * min of 12 runs each, alternating); `balsa bench kernels` (no accumulation), min of 3
+ * runs: 1024 x 256 206 -> 204 us at batch 64 and 51 -> 49 at 16, 512 x 128 68 -> 65 and
+ * 17.4 -> 16.1. No change at K >= 650. */
 static inline __attribute__((always_inline)) void
 store_transposed(float out[16][8], int l0, int c0, __m256 r0, __m256 r1, __m256 r2, __m256 r3)
 {
