@@ -970,6 +970,11 @@ static int generate_params(const cJSON *params, cJSON **generate, cJSON **temper
         return api_fail(err, errlen, 400, "parameters: must be an object");
     cJSON_ArrayForEach(p, params)
     {
+        /* Every parameter before p is a known one (an unknown one ends the loop), so this
+         * looks at most at the five names. */
+        for (const cJSON *q = params->child; q != p; q = q->next)
+            if (!strcmp(q->string, p->string))
+                return api_fail(err, errlen, 400, "parameters.%s: given twice", p->string);
         if (!strcmp(p->string, "max_tokens")) {
             if (!cJSON_IsNumber(p) || p->valuedouble != floor(p->valuedouble) ||
                 p->valuedouble < 1 || p->valuedouble > API_MAX_GENERATE)

@@ -235,6 +235,42 @@ TEST(models_listing)
     free(text);
 }
 
+/* The generate extension's body (api_parse_generate) against a model with a vocabulary. */
+TEST(generate_parameters)
+{
+    balsa_model *text_model;
+    char err[512] = "";
+    REQUIRE(model_load("models/fortunes/fortunes-b90.safetensors", be, &text_model, err,
+                       sizeof err) == BALSA_OK);
+    api_model gm[1] = {{"fortunes", model_get_info(text_model), text_model}};
+    api_request r;
+    const char *ok = "{\"text_input\": \"And\", \"parameters\": {\"max_tokens\": 3, "
+                     "\"temperature\": 0.5, \"seed\": 9, \"stop\": \"x\"}}";
+    REQUIRE(api_parse_generate(ok, strlen(ok), gm, 0, &limits, &r, err, sizeof err) == 0);
+    CHECK(r.generate == 3 && r.gen.temperature == 0.5f && r.gen.seed == 9 && r.gen.nstop == 1);
+    api_request_free(&r);
+    /* found by tests/fuzz (fuzz_generate): a parameter given twice leaked the first
+     * temperature or seed and silently took the last value of any */
+    const char *twice[][2] = {
+        {"{\"text_input\": \"a\", \"parameters\": {\"temperature\": 1, \"temperature\": 2}}",
+         "parameters.temperature: given twice"},
+        {"{\"text_input\": \"a\", \"parameters\": {\"seed\": 1, \"max_tokens\": 2, \"seed\": 1}}",
+         "parameters.seed: given twice"},
+        {"{\"text_input\": \"a\", \"parameters\": {\"max_tokens\": 1, \"max_tokens\": 99}}",
+         "parameters.max_tokens: given twice"},
+        {"{\"text_input\": \"a\", \"parameters\": {\"stop\": \"a\", \"stop\": \"b\"}}",
+         "parameters.stop: given twice"},
+    };
+    for (size_t i = 0; i < sizeof twice / sizeof *twice; i++) {
+        int code = api_parse_generate(twice[i][0], strlen(twice[i][0]), gm, 0, &limits, &r, err,
+                                      sizeof err);
+        CHECK_MSG(code == 400 && strcmp(err, twice[i][1]) == 0, "case %zu: %d \"%s\"", i, code,
+                  err);
+        CHECK(r.seqs == NULL && r.tokens == NULL);
+    }
+    model_free(text_model);
+}
+
 int main(void)
 {
     if (setup()) {
@@ -247,6 +283,7 @@ int main(void)
     RUN(limits_and_loading);
     RUN(responses_round_trip_exactly);
     RUN(models_listing);
+    RUN(generate_parameters);
     model_free(tok_model);
     model_free(vec_model);
     model_host_free(&tok_host);
