@@ -271,6 +271,28 @@ TEST(generate_parameters)
     model_free(text_model);
 }
 
+/* Found by tests/fuzz (fuzz_generate): cJSON keeps strings NUL-terminated, so a NUL in a
+ * string (raw, or \u0000) cut it short silently: "tok\u0000x" named model "tok", and a
+ * text lost everything after the NUL. */
+TEST(nul_in_strings_refused)
+{
+    api_request r;
+    char err[512] = "";
+    const char *esc = "{\"model\": \"tok\\u0000x\", \"inputs\": [[1]]}";
+    CHECK(parse(esc, 2, &r, err, sizeof err) == 400);
+    CHECK_MSG(strstr(err, "body: a string holds a NUL character at byte 14") == err, "%s", err);
+    const char raw[] = "{\"inputs\": [[1]], \"model\": \"vec\0\"}";
+    CHECK(api_parse_request(raw, sizeof raw - 1, models, 2, &limits, &r, err, sizeof err) == 400);
+    CHECK_MSG(strstr(err, "body: a string holds a NUL character at byte 31") == err, "%s", err);
+    const char key[] = "{\"inputs\\u0000\": [[1]]}";
+    CHECK(parse(key, 1, &r, err, sizeof err) == 400 && strstr(err, "at byte 8"));
+    /* an escaped backslash before u0000 is no NUL, and NUL between values is whitespace */
+    const char fine[] = "{\"inputs\": [[1]],\0 \"model\": \"tok\"}";
+    CHECK(api_parse_request(fine, sizeof fine - 1, models, 2, &limits, &r, err, sizeof err) == 0);
+    api_request_free(&r);
+    CHECK(parse("{\"inputs\": [[1]], \"model\": \"\\\\u0000\"}", 2, &r, err, sizeof err) == 404);
+}
+
 int main(void)
 {
     if (setup()) {
@@ -284,6 +306,7 @@ int main(void)
     RUN(responses_round_trip_exactly);
     RUN(models_listing);
     RUN(generate_parameters);
+    RUN(nul_in_strings_refused);
     model_free(tok_model);
     model_free(vec_model);
     model_host_free(&tok_host);
