@@ -159,3 +159,10 @@ clean:
 	rm -rf build
 
 -include $(shell find build -name '*.d' 2>/dev/null)
+
+# Coverage-guided fuzzing of the parsers with clang's libFuzzer (not part of all/test):
+# make fuzz FUZZ_SECONDS=600
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz:
+	bash tests/fuzz/run.sh $(FUZZ_SECONDS)

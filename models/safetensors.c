@@ -156,6 +156,11 @@ static balsa_status parse_tensor(st_file *f, const cJSON *e, char *err, size_t e
     return BALSA_OK;
 }
 
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(((const st_tensor *)a)->name, ((const st_tensor *)b)->name);
+}
+
 static int by_begin(const void *a, const void *b)
 {
     const st_tensor *x = a, *y = b;
@@ -165,16 +170,17 @@ static int by_begin(const void *a, const void *b)
 }
 
 /* No name twice, and the data section covered exactly: sorted by offset, each tensor
- * starts where the previous ended, the last ends at the end of the file. */
+ * starts where the previous ended, the last ends at the end of the file. Names are
+ * compared after sorting them: comparing every pair took minutes for a header of 100k
+ * empty tensors (6 MB, far below the header limit). */
 static balsa_status check_layout(st_file *f, char *err, size_t errlen)
 {
+    qsort(f->tensors, f->ntensors, sizeof *f->tensors, by_name);
     for (int i = 1; i < f->ntensors; i++)
-        for (int j = 0; j < i; j++)
-            if (strcmp(f->tensors[i].name, f->tensors[j].name) == 0) {
-                snprintf(err, errlen, "tensor %s: named twice in the header",
-                         f->tensors[i].name);
-                return BALSA_ERR_FORMAT;
-            }
+        if (strcmp(f->tensors[i].name, f->tensors[i - 1].name) == 0) {
+            snprintf(err, errlen, "tensor %s: named twice in the header", f->tensors[i].name);
+            return BALSA_ERR_FORMAT;
+        }
     qsort(f->tensors, f->ntensors, sizeof *f->tensors, by_begin);
     size_t at = 0;
     for (int i = 0; i < f->ntensors; i++) {

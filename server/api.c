@@ -666,6 +666,29 @@ static int parse_root(const cJSON *root, const api_model *models, int nmodels,
     return code;
 }
 
+/* The offset of the first NUL inside a string of body[0..len) (valid JSON up to there),
+ * raw or escaped as \u0000, or len when there is none. cJSON keeps strings NUL-terminated,
+ * so such a string would reach the parsers silently cut short ("tok\u0000x" naming model
+ * "tok"). */
+static size_t nul_in_string(const char *body, size_t len)
+{
+    int in = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (!in) {
+            in = body[i] == '"';
+        } else if (body[i] == '"') {
+            in = 0;
+        } else if (body[i] == '\\') {
+            if (len - i > 5 && memcmp(body + i + 1, "u0000", 5) == 0)
+                return i;
+            i++;
+        } else if (body[i] == 0) {
+            return i;
+        }
+    }
+    return len;
+}
+
 int api_parse_json(const char *body, size_t len, cJSON **root, size_t *after, char *err,
                    size_t errlen)
 {
@@ -678,7 +701,15 @@ int api_parse_json(const char *body, size_t len, cJSON **root, size_t *after, ch
         size_t off = end && end >= body && end <= body + len ? (size_t)(end - body) : 0;
         return api_fail(err, errlen, 400, "body: malformed JSON at byte %zu", off);
     }
-    size_t off = (size_t)(end - body);
+    size_t off = (size_t)(end - body), nul = nul_in_string(body, off);
+    if (nul < off) {
+        cJSON_Delete(*root);
+        *root = NULL;
+        return api_fail(err, errlen, 400,
+                        "body: a string holds a NUL character at byte %zu (not accepted: it "
+                        "would end the string there)",
+                        nul);
+    }
     while (off < len &&
            (body[off] == ' ' || body[off] == '\n' || body[off] == '\r' || body[off] == '\t'))
         off++;
@@ -970,6 +1001,11 @@ static int generate_params(const cJSON *params, cJSON **generate, cJSON **temper
         return api_fail(err, errlen, 400, "parameters: must be an object");
     cJSON_ArrayForEach(p, params)
     {
+        /* Every parameter before p is a known one (an unknown one ends the loop), so this
+         * looks at most at the five names. */
+        for (const cJSON *q = params->child; q != p; q = q->next)
+            if (!strcmp(q->string, p->string))
+                return api_fail(err, errlen, 400, "parameters.%s: given twice", p->string);
         if (!strcmp(p->string, "max_tokens")) {
             if (!cJSON_IsNumber(p) || p->valuedouble != floor(p->valuedouble) ||
                 p->valuedouble < 1 || p->valuedouble > API_MAX_GENERATE)

@@ -68,8 +68,10 @@ int api_fail(char *err, size_t errlen, int code, const char *fmt, ...)
 
 /* Parses body[0..len) (not NUL-terminated) as one JSON value: *root receives it (the caller
  * cJSON_Deletes it) and *after the offset of the first byte past it that is not
- * whitespace (len when the value fills the body). Returns 0, or 400 with "body: empty" or
- * "body: malformed JSON at byte N" in err and *root NULL. Shared by /infer and v2. */
+ * whitespace (len when the value fills the body). Returns 0, or 400 with "body: empty",
+ * "body: malformed JSON at byte N" or (a NUL inside a string, raw or \u0000, which cJSON's
+ * strings cannot hold) "body: a string holds a NUL character at byte N" in err and *root
+ * NULL. Shared by /infer and v2. */
 int api_parse_json(const char *body, size_t len, struct cJSON **root, size_t *after, char *err,
                    size_t errlen);
 

@@ -235,6 +235,18 @@ static void model_init(config_model *m)
     m->batching.request_timeout_ms = -1;
 }
 
+/* The name of a model given by its path alone: the file's base name without the
+ * extension (cut to n - 1 bytes, which set_model_name then refuses as too long). */
+static void name_from_path(const char *path, char *name, size_t n)
+{
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    snprintf(name, n, "%s", base);
+    char *dot = strrchr(name, '.');
+    if (dot && dot != name)
+        *dot = 0;
+}
+
 int config_parse_model_arg(const char *arg, config_model *m, char *err, size_t errlen)
 {
     model_init(m);
@@ -250,16 +262,10 @@ int config_parse_model_arg(const char *arg, config_model *m, char *err, size_t e
     }
     snprintf(m->path, sizeof m->path, "%s", path);
     char name[CONFIG_NAME_MAX + 1];
-    if (eq) {
+    if (eq)
         snprintf(name, sizeof name, "%.*s", (int)(eq - arg), arg);
-    } else {
-        const char *base = strrchr(path, '/');
-        base = base ? base + 1 : path;
-        snprintf(name, sizeof name, "%s", base);
-        char *dot = strrchr(name, '.');
-        if (dot && dot != name)
-            *dot = 0;
-    }
+    else
+        name_from_path(path, name, sizeof name);
     return set_model_name(m, name, "--model", err, errlen);
 }
 
@@ -344,10 +350,14 @@ static int load_models(config *c, const cJSON *arr, const char *name, char *err,
             return -1;
         }
         if (!has_name) {
-            config_model tmp;
-            if (config_parse_model_arg(m->path, &tmp, err, errlen))
+            /* Named after its file, as a bare --model PATH is; a '=' in the path is part
+             * of the file name here, not NAME=PATH. */
+            char nm[CONFIG_NAME_MAX + 1];
+            name_from_path(m->path, nm, sizeof nm);
+            snprintf(where, sizeof where, "%s: models[%d] (no \"name\", so named after its path)",
+                     name, i);
+            if (set_model_name(m, nm, where, err, errlen))
                 return -1;
-            snprintf(m->name, sizeof m->name, "%s", tmp.name);
         }
         c->nmodels++;
         i++;

@@ -235,6 +235,64 @@ TEST(models_listing)
     free(text);
 }
 
+/* The generate extension's body (api_parse_generate) against a model with a vocabulary. */
+TEST(generate_parameters)
+{
+    balsa_model *text_model;
+    char err[512] = "";
+    REQUIRE(model_load("models/fortunes/fortunes-b90.safetensors", be, &text_model, err,
+                       sizeof err) == BALSA_OK);
+    api_model gm[1] = {{"fortunes", model_get_info(text_model), text_model}};
+    api_request r;
+    const char *ok = "{\"text_input\": \"And\", \"parameters\": {\"max_tokens\": 3, "
+                     "\"temperature\": 0.5, \"seed\": 9, \"stop\": \"x\"}}";
+    REQUIRE(api_parse_generate(ok, strlen(ok), gm, 0, &limits, &r, err, sizeof err) == 0);
+    CHECK(r.generate == 3 && r.gen.temperature == 0.5f && r.gen.seed == 9 && r.gen.nstop == 1);
+    api_request_free(&r);
+    /* found by tests/fuzz (fuzz_generate): a parameter given twice leaked the first
+     * temperature or seed and silently took the last value of any */
+    const char *twice[][2] = {
+        {"{\"text_input\": \"a\", \"parameters\": {\"temperature\": 1, \"temperature\": 2}}",
+         "parameters.temperature: given twice"},
+        {"{\"text_input\": \"a\", \"parameters\": {\"seed\": 1, \"max_tokens\": 2, \"seed\": 1}}",
+         "parameters.seed: given twice"},
+        {"{\"text_input\": \"a\", \"parameters\": {\"max_tokens\": 1, \"max_tokens\": 99}}",
+         "parameters.max_tokens: given twice"},
+        {"{\"text_input\": \"a\", \"parameters\": {\"stop\": \"a\", \"stop\": \"b\"}}",
+         "parameters.stop: given twice"},
+    };
+    for (size_t i = 0; i < sizeof twice / sizeof *twice; i++) {
+        int code = api_parse_generate(twice[i][0], strlen(twice[i][0]), gm, 0, &limits, &r, err,
+                                      sizeof err);
+        CHECK_MSG(code == 400 && strcmp(err, twice[i][1]) == 0, "case %zu: %d \"%s\"", i, code,
+                  err);
+        CHECK(r.seqs == NULL && r.tokens == NULL);
+    }
+    model_free(text_model);
+}
+
+/* Found by tests/fuzz (fuzz_generate): cJSON keeps strings NUL-terminated, so a NUL in a
+ * string (raw, or \u0000) cut it short silently: "tok\u0000x" named model "tok", and a
+ * text lost everything after the NUL. */
+TEST(nul_in_strings_refused)
+{
+    api_request r;
+    char err[512] = "";
+    const char *esc = "{\"model\": \"tok\\u0000x\", \"inputs\": [[1]]}";
+    CHECK(parse(esc, 2, &r, err, sizeof err) == 400);
+    CHECK_MSG(strstr(err, "body: a string holds a NUL character at byte 14") == err, "%s", err);
+    const char raw[] = "{\"inputs\": [[1]], \"model\": \"vec\0\"}";
+    CHECK(api_parse_request(raw, sizeof raw - 1, models, 2, &limits, &r, err, sizeof err) == 400);
+    CHECK_MSG(strstr(err, "body: a string holds a NUL character at byte 31") == err, "%s", err);
+    const char key[] = "{\"inputs\\u0000\": [[1]]}";
+    CHECK(parse(key, 1, &r, err, sizeof err) == 400 && strstr(err, "at byte 8"));
+    /* an escaped backslash before u0000 is no NUL, and NUL between values is whitespace */
+    const char fine[] = "{\"inputs\": [[1]],\0 \"model\": \"tok\"}";
+    CHECK(api_parse_request(fine, sizeof fine - 1, models, 2, &limits, &r, err, sizeof err) == 0);
+    api_request_free(&r);
+    CHECK(parse("{\"inputs\": [[1]], \"model\": \"\\\\u0000\"}", 2, &r, err, sizeof err) == 404);
+}
+
 int main(void)
 {
     if (setup()) {
@@ -247,6 +305,8 @@ int main(void)
     RUN(limits_and_loading);
     RUN(responses_round_trip_exactly);
     RUN(models_listing);
+    RUN(generate_parameters);
+    RUN(nul_in_strings_refused);
     model_free(tok_model);
     model_free(vec_model);
     model_host_free(&tok_host);

@@ -111,6 +111,10 @@ TEST(semantic_errors_name_key)
         {"[1]", "test.json: the top level must be a JSON object"},
         {"{\"api_key\": \"too-short\"}", "test.json: api_key: must be empty (no key) or 16 to 128"},
         {"{\"api_key\": \"sixteen chars and spaces\"}", "test.json: api_key: must be empty"},
+        /* found by tests/fuzz (fuzz_config): a nameless model whose file name is not a
+         * model name was blamed on a --model flag the file never gave */
+        {"{\"models\": [{\"path\": \" satx.faensors\"}]}",
+         "test.json: models[0] (no \"name\", so named after its path): model name \" satx\""},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         config_defaults(&c);
@@ -126,6 +130,13 @@ TEST(semantic_errors_name_key)
                  err, sizeof err) == 0);
     CHECK(config_finish(&c, err, sizeof err) != 0);
     CHECK_MSG(strstr(err, "\"a\" is used twice") != NULL, "%s", err);
+    /* a '=' in a nameless model's path is part of its file name, not NAME=PATH */
+    config_defaults(&c);
+    REQUIRE(load(&c, "{\"models\": [{\"path\": \"m=1.safetensors\"}]}", err, sizeof err) != 0);
+    CHECK_MSG(strstr(err, "model name \"m=1\"") != NULL, "%s", err);
+    config_defaults(&c);
+    REQUIRE(load(&c, "{\"models\": [{\"path\": \"dir/v=2/m-1.safetensors\"}]}", err, sizeof err) == 0);
+    CHECK(strcmp(c.models[0].name, "m-1") == 0 && strcmp(c.models[0].path, "dir/v=2/m-1.safetensors") == 0);
     CHECK(config_load_file(&c, "/nonexistent/balsa.json", err, sizeof err) != 0);
     CHECK_MSG(strstr(err, "/nonexistent/balsa.json: cannot open") != NULL, "%s", err);
 }

@@ -185,6 +185,27 @@ TEST(bad_header_json)
     CHECK(REFUSED(path_of("j"), "metadata", "balsa"));
 }
 
+/* Found while fuzzing (the duplicate-name check compared every pair of tensors: 108 s for
+ * this header of 100k empty tensors, hours near the 64 MiB header limit): a large header
+ * is checked quickly and a duplicate anywhere in it is still named. */
+TEST(many_tensors_and_a_duplicate)
+{
+    enum { N = 100000 };
+    size_t cap = (size_t)N * 64 + 64, at = 0;
+    char *h = malloc(cap);
+    REQUIRE(h);
+    h[at++] = '{';
+    for (int i = 0; i < N; i++)
+        at += (size_t)snprintf(h + at, cap - at,
+                               "%s\"t%06d\":{\"dtype\":\"U8\",\"shape\":[0],"
+                               "\"data_offsets\":[0,0]}",
+                               i ? "," : "", i == N - 1 ? 4711 : i);
+    snprintf(h + at, cap - at, "}");
+    write_raw(path_of("many"), h, (const unsigned char *)"", 0);
+    CHECK(REFUSED(path_of("many"), "tensor t004711: named twice in the header"));
+    free(h);
+}
+
 /* Edits one tensor's header entry of the good file and checks the refusal. */
 typedef void (*header_edit)(cJSON *entry, cJSON *root);
 
@@ -618,6 +639,7 @@ int main(void)
     RUN(truncated_everywhere);
     RUN(header_length_out_of_range);
     RUN(bad_header_json);
+    RUN(many_tensors_and_a_duplicate);
     RUN(bad_data_offsets_dtypes_shapes);
     RUN(missing_unknown_wrong_tensors);
     RUN(bad_values_and_offsets);
