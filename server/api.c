@@ -689,8 +689,8 @@ static size_t nul_in_string(const char *body, size_t len)
     return len;
 }
 
-int api_parse_json(const char *body, size_t len, cJSON **root, size_t *after, char *err,
-                   size_t errlen)
+int api_parse_json(const char *body, size_t len, cJSON **root, const char *trailing_hint,
+                   char *err, size_t errlen)
 {
     *root = NULL;
     if (len == 0)
@@ -713,7 +713,13 @@ int api_parse_json(const char *body, size_t len, cJSON **root, size_t *after, ch
     while (off < len &&
            (body[off] == ' ' || body[off] == '\n' || body[off] == '\r' || body[off] == '\t'))
         off++;
-    *after = off;
+    if (off != len) {
+        cJSON_Delete(*root);
+        *root = NULL;
+        return api_fail(err, errlen, 400,
+                        "body: unexpected text after the JSON value at byte %zu%s", off,
+                        trailing_hint ? trailing_hint : "");
+    }
     return 0;
 }
 
@@ -723,15 +729,10 @@ int api_parse_request(const char *body, size_t len, const api_model *models, int
     memset(r, 0, sizeof *r);
     r->model = -1;
     cJSON *root;
-    size_t off;
-    int code = api_parse_json(body, len, &root, &off, err, errlen);
+    int code = api_parse_json(body, len, &root, NULL, err, errlen);
     if (code)
         return code;
-    if (off != len)
-        code = api_fail(err, errlen, 400, "body: unexpected text after the JSON value at byte %zu",
-                        off);
-    else
-        code = parse_root(root, models, nmodels, lim, r, err, errlen);
+    code = parse_root(root, models, nmodels, lim, r, err, errlen);
     cJSON_Delete(root);
     if (code) {
         int model = r->model;
@@ -1047,16 +1048,12 @@ int api_parse_generate(const char *body, size_t len, const api_model *models, in
     memset(r, 0, sizeof *r);
     r->model = model;
     cJSON *root, *inputs = NULL, *generate = NULL, *temperature = NULL, *seed = NULL;
-    size_t off;
-    int code = api_parse_json(body, len, &root, &off, err, errlen);
+    int code = api_parse_json(body, len, &root, NULL, err, errlen);
     if (code)
         return code;
     const cJSON *text = NULL, *params = NULL, *stop = NULL, *f;
     const api_model *am = &models[model];
-    if (off != len)
-        code = api_fail(err, errlen, 400, "body: unexpected text after the JSON value at byte %zu",
-                        off);
-    else if (!cJSON_IsObject(root))
+    if (!cJSON_IsObject(root))
         code = api_fail(err, errlen, 400,
                         "body: must be a JSON object {\"text_input\", \"parameters\"}");
     const cJSON *fields = code ? NULL : root;

@@ -66,14 +66,14 @@ struct cJSON;
 int api_fail(char *err, size_t errlen, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-/* Parses body[0..len) (not NUL-terminated) as one JSON value: *root receives it (the caller
- * cJSON_Deletes it) and *after the offset of the first byte past it that is not
- * whitespace (len when the value fills the body). Returns 0, or 400 with "body: empty",
- * "body: malformed JSON at byte N" or (a NUL inside a string, raw or \u0000, which cJSON's
- * strings cannot hold) "body: a string holds a NUL character at byte N" in err and *root
- * NULL. Shared by /infer and v2. */
-int api_parse_json(const char *body, size_t len, struct cJSON **root, size_t *after, char *err,
-                   size_t errlen);
+/* Parses body[0..len) (not NUL-terminated) as one JSON value with only whitespace after
+ * it: *root receives it (the caller cJSON_Deletes it). Returns 0, or 400 with *root NULL
+ * and in err "body: empty", "body: malformed JSON at byte N", (a NUL inside a string, raw
+ * or \u0000, which cJSON's strings cannot hold) "body: a string holds a NUL character at
+ * byte N", or "body: unexpected text after the JSON value at byte N" followed by
+ * trailing_hint (NULL: nothing). Shared by every JSON body /infer and v2 take. */
+int api_parse_json(const char *body, size_t len, struct cJSON **root, const char *trailing_hint,
+                   char *err, size_t errlen);
 
 /* Parses and validates body[0..len) (not NUL-terminated) against the models table.
  * Returns 0 and fills r (free with api_request_free), or an HTTP status with a message

@@ -262,14 +262,10 @@ int v2_parse_load(const char *body, size_t len, char *err, size_t errlen)
     if (ws == len)
         return 0;
     cJSON *root;
-    size_t off;
-    int code = api_parse_json(body, len, &root, &off, err, errlen);
+    int code = api_parse_json(body, len, &root, NULL, err, errlen);
     if (code)
         return code;
-    if (off != len)
-        code = api_fail(err, errlen, 400, "body: unexpected text after the JSON value at byte %zu",
-                        off);
-    else if (!cJSON_IsObject(root))
+    if (!cJSON_IsObject(root))
         code = api_fail(err, errlen, 400, "body: must be a JSON object {\"parameters\"}");
     const cJSON *fields = code ? NULL : root, *f;
     cJSON_ArrayForEach(f, fields)

@@ -731,19 +731,17 @@ int v2_parse_infer(const char *body, size_t len, long header_len, const api_mode
                         header_len, len);
     size_t jlen = header_len >= 0 ? (size_t)header_len : len;
     cJSON *root;
-    size_t off;
-    int code = api_parse_json(body, jlen, &root, &off, err, errlen);
+    int code = api_parse_json(body, jlen, &root,
+                              header_len < 0
+                                  ? " (binary data needs Inference-Header-Content-Length)"
+                                  : NULL,
+                              err, errlen);
     if (code)
         return code;
     v2_in ins[IN_COUNT];
     memset(ins, 0, sizeof ins);
-    if (off != jlen)
-        code =
-            api_fail(err, errlen, 400, "body: unexpected bytes after the JSON at byte %zu%s", off,
-                     header_len < 0 ? " (binary data needs Inference-Header-Content-Length)" : "");
-    else
-        code = parse_root(root, jlen, body + jlen, len - jlen, header_len >= 0, &models[model], lim,
-                          r, v, ins, err, errlen);
+    code = parse_root(root, jlen, body + jlen, len - jlen, header_len >= 0, &models[model], lim, r,
+                      v, ins, err, errlen);
     cJSON_Delete(root);
     for (int k = 0; k < IN_COUNT; k++) {
         free(ins[k].ints);

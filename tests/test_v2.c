@@ -144,7 +144,8 @@ TEST(codec_refusals)
         const char *msg;
     } cases[] = {
         {0, "[1]", 400, "body: must be a JSON object"},
-        {0, "{\"inputs\":[]} x", 400, "body: unexpected bytes"},
+        {0, "{\"inputs\":[]} x", 400, "body: unexpected text after the JSON value at byte 14 "
+                                      "(binary data needs Inference-Header-Content-Length)"},
         {0, "{\"inputs\":[],\"oops\":1}", 400, "oops: unknown field"},
         {0, "{\"inputs\":[]}", 400, "inputs: the tensor \"tokens\" is required"},
         {0, "{\"inputs\":[{\"name\":\"features\",\"shape\":[1,1],\"datatype\":\"INT32\",\"data\":[1]}]}",
