@@ -39,6 +39,8 @@ static const key_def keys[] = {
     {"access_log", K_BOOL, CFG(access_log), 0, 0, 1, "one stderr line per request"},
     {"model_control", K_BOOL, CFG(model_control), 0, 0, 1,
      "allow POST /v2/repository/models/NAME/load to reload a model from its file"},
+    {"model_poll_ms", K_INT, CFG(model_poll_ms), 0, 0, 86400000,
+     "look at the model files this often and reload one that changed (0: never)"},
     {"api_key", K_STR, CFG(api_key), 0, 0, 129,
      "when set, requests need Authorization: Bearer KEY (health and /metrics excepted)"},
     {"max_request_steps", K_INT, CFG(max_request_steps), 0, 1, 1 << 30,

@@ -38,6 +38,8 @@ typedef struct {
     long body_limit;           /* bytes; larger request bodies get 413 */
     int access_log;            /* 1: one stderr line per request */
     int model_control;         /* 1: the repository API may reload models (else 403) */
+    int model_poll_ms;         /* > 0: model files are looked at this often and a changed
+                                * one reloaded once it stays the same for one period */
     char api_key[129];         /* "" or the bearer token every request but health and
                                 * /metrics must carry (else 401) */
     int max_request_steps;     /* time steps summed over one request's sequences */

@@ -261,6 +261,40 @@ static void reload_changed(server *s, step_ctx *ctx)
     }
 }
 
+/* model_poll_ms: one look at every model file. A file that differs from the one loaded is
+ * reloaded once it is the same at two looks in a row (so a file still being written is not
+ * read half-way); one that then fails to load is not tried again until it changes. */
+static void poll_files(server *s, step_ctx *ctx)
+{
+    for (int i = 0; i < s->nmodels; i++) {
+        server_model *sm = &s->models[i];
+        struct stat now;
+        if (stat(sm->cfg->path, &now) || same_file(&now, &sm->file)) {
+            sm->poll_state = 0;
+            continue;
+        }
+        if (sm->poll_state == 0 || !same_file(&now, &sm->seen)) {
+            sm->seen = now;
+            sm->poll_state = 1;
+            continue;
+        }
+        if (sm->poll_state == 2)
+            continue;
+        fprintf(stderr, "balsa: model %s: %s changed on disk: reloading\n", sm->cfg->name,
+                sm->cfg->path);
+        char err[1024];
+        int skipped;
+        if (reload_model(s, i, &ctx[i], 0, &skipped, err, sizeof err)) {
+            fprintf(stderr, "balsa: reload failed, still serving the previous %s: %s (not tried "
+                            "again until the file changes)\n",
+                    sm->cfg->name, err);
+            sm->poll_state = 2;
+        } else {
+            sm->poll_state = 0;
+        }
+    }
+}
+
 int server_post_job(server *s, server_job *j)
 {
     pthread_mutex_lock(&s->jobs_mu);
@@ -516,11 +550,20 @@ int serve_main(int argc, char **argv)
         }
     }
     fprintf(stderr, "balsa: ready\n");
+    const uint64_t poll_ns = (uint64_t)c->model_poll_ms * 1000000u;
+    uint64_t next_poll = poll_ns ? queue_now_ns() + poll_ns : 0;
     int sig = 0;
     for (;;) {
-        if (s->retired) {
-            /* Look again every 100 ms for retired instances to free. */
-            struct timespec ts = {0, 100000000L};
+        /* Wake up for the next look at the model files, and every 100 ms while retired
+         * instances wait to be freed. */
+        uint64_t now = queue_now_ns(), wait_ns = UINT64_MAX;
+        if (s->retired)
+            wait_ns = 100000000u;
+        uint64_t until = next_poll > now ? next_poll - now : 0;
+        if (next_poll && until < wait_ns)
+            wait_ns = until;
+        if (wait_ns != UINT64_MAX) {
+            struct timespec ts = {(time_t)(wait_ns / 1000000000u), (long)(wait_ns % 1000000000u)};
             sig = sigtimedwait(&all, NULL, &ts);
         } else if (sigwait(&all, &sig) != 0) {
             sig = -1;
@@ -532,6 +575,10 @@ int serve_main(int argc, char **argv)
             reload_changed(s, ctx);
         } else if (sig == SIGUSR1) {
             run_jobs(s, ctx);
+        }
+        if (next_poll && queue_now_ns() >= next_poll) {
+            poll_files(s, ctx);
+            next_poll = queue_now_ns() + poll_ns;
         }
         reap_retired(s);
     }

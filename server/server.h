@@ -34,6 +34,9 @@ typedef struct {
     atomic_int ready;            /* loaded, warmed up and scheduled once */
     struct stat file;            /* the model file as last loaded (a reload of an unchanged
                                   * file is skipped) */
+    struct stat seen;            /* model_poll_ms: the changed file as the last look found it */
+    int poll_state;              /* 0 nothing pending, 1 seen changed (waiting for it to
+                                  * settle), 2 seen's file failed to load (not tried again) */
 } server_model;
 
 /* The model's current instance with a reference taken, or NULL while it is loading.

@@ -1,9 +1,11 @@
 /* Tests of reloading models while `balsa serve` runs: SIGHUP reloads a model whose file
  * changed (and leaves an unchanged one alone), a file that fails to load leaves the
- * previous model serving, requests under load during reloads all succeed and each is
- * answered by one whole model (the old or the new, never a mix), a generation admitted
- * before a reload finishes on the model it started on and the drain after it exits 0, and
- * Triton's repository API (index, load, the refusals) with model_control off and on. */
+ * previous model serving, polling (model_poll_ms) reloads a changed file once it settles
+ * and does not retry one that failed, requests under load during reloads all succeed and
+ * each is answered by one whole model (the old or the new, never a mix), a generation
+ * admitted before a reload finishes on the model it started on and the drain after it
+ * exits 0, and Triton's repository API (index, load, the refusals) with model_control off
+ * and on. */
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -152,12 +154,20 @@ static int log_has(const su_server *sv, const char *text)
     return 0;
 }
 
-static int start(su_server *sv, const char *model_control)
+/* Starts a server on model A with model_control set as given and, when poll_ms is not
+ * NULL, model_poll_ms. */
+static int start_polling(su_server *sv, const char *model_control, const char *poll_ms)
 {
     if (install(path_a))
         return -1;
-    const char *extra[] = {"--model", model_arg, "--model-control", model_control, NULL};
+    const char *extra[] = {"--model", model_arg, "--model-control", model_control,
+                           poll_ms ? "--model-poll-ms" : NULL, poll_ms, NULL};
     return su_start(sv, extra);
+}
+
+static int start(su_server *sv, const char *model_control)
+{
+    return start_polling(sv, model_control, NULL);
 }
 
 TEST(sighup_reloads_a_changed_file_only)
@@ -210,6 +220,46 @@ TEST(a_bad_file_leaves_the_old_model_serving)
     su_request_str(sv.port, "GET", "/readyz", NULL, NULL, &r);
     CHECK(r.code == 200);
     free(r.body);
+    CHECK(su_stop(&sv, 10) == 0);
+}
+
+/* Writes the first n bytes of src over path_live in place (the same inode), as a copy
+ * still in progress looks. */
+static int write_partial(const char *src, size_t n)
+{
+    FILE *in = fopen(src, "rb"), *out = fopen(path_live, "r+b");
+    int ok = in && out;
+    char buf[65536];
+    size_t got = ok ? fread(buf, 1, n < sizeof buf ? n : sizeof buf, in) : 0;
+    ok = ok && fwrite(buf, 1, got, out) == got && ftruncate(fileno(out), (off_t)got) == 0;
+    if (in)
+        fclose(in);
+    if (out && fclose(out))
+        ok = 0;
+    return ok ? 0 : -1;
+}
+
+TEST(polling_reloads_a_changed_file)
+{
+    su_server sv;
+    REQUIRE(start_polling(&sv, "false", "100") == 0);
+    REQUIRE(install(path_b) == 0);
+    CHECK(wait_for(sv.port, 'b'));
+    CHECK(log_has(&sv, "changed on disk: reloading"));
+    /* a file cut short: one failed attempt, the old model serving, no retry while it stays */
+    REQUIRE(write_partial(path_a, 1000) == 0);
+    double t0 = su_now();
+    while (metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"error\"}") < 1 &&
+           su_now() - t0 < 10)
+        usleep(20000);
+    usleep(600000); /* six more looks */
+    CHECK(metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"error\"}") == 1);
+    CHECK(log_has(&sv, "not tried again until the file changes"));
+    CHECK(probe(sv.port) == 'b');
+    /* the whole file at last */
+    REQUIRE(install(path_a) == 0);
+    CHECK(wait_for(sv.port, 'a'));
+    CHECK(metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"ok\"}") == 2);
     CHECK(su_stop(&sv, 10) == 0);
 }
 
@@ -428,6 +478,7 @@ int main(void)
     expected(model_b, probe_tok, LEN, probe_b);
     RUN(sighup_reloads_a_changed_file_only);
     RUN(a_bad_file_leaves_the_old_model_serving);
+    RUN(polling_reloads_a_changed_file);
     RUN(no_request_fails_or_mixes_models_during_reloads);
     RUN(a_running_generation_finishes_on_its_model);
     RUN(repository_api);
