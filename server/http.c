@@ -750,7 +750,7 @@ static enum MHD_Result route_v2(http_req *x, const char *method)
     server *s = x->srv;
     v2_reply rep;
     int model;
-    int kind = v2_route(s, method, x->url, &rep, &model);
+    int kind = v2_route(s, method, x->url, x->body ? x->body : "", x->len, &rep, &model);
     if (kind == V2_ANSWERED) {
         x->allow = rep.allow;
         return send_body(x, rep.code, rep.body, rep.len, rep.ctype);

@@ -189,29 +189,72 @@ static int find_model(server *s, const char *name, size_t nlen, char *pn, size_t
     return -1;
 }
 
+/* 1 when body[0..len) is empty or only whitespace. */
+static int blank(const char *body, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (body[i] != ' ' && body[i] != '\n' && body[i] != '\r' && body[i] != '\t')
+            return 0;
+    return 1;
+}
+
+/* POST /v2/repository/index: every model and its state; with {"ready": true} only the
+ * ready ones. */
+static void repository_index(server *s, const char *body, size_t len, v2_reply *rep)
+{
+    int only_ready = 0;
+    if (!blank(body, len)) {
+        char err[256];
+        cJSON *root;
+        int code = api_parse_json(body, len, &root, NULL, err, sizeof err);
+        if (!code && !cJSON_IsObject(root))
+            code = api_fail(err, sizeof err, 400, "body: must be a JSON object {\"ready\"}");
+        const cJSON *f, *fields = code ? NULL : root;
+        cJSON_ArrayForEach(f, fields)
+        {
+            if (strcmp(f->string, "ready") != 0)
+                code = api_fail(err, sizeof err, 400, "%.64s: unknown field (expected ready)",
+                                f->string);
+            else if (!cJSON_IsBool(f))
+                code = api_fail(err, sizeof err, 400, "ready: must be true or false");
+            else
+                only_ready = cJSON_IsTrue(f);
+            if (code)
+                break;
+        }
+        cJSON_Delete(root);
+        if (code) {
+            reply_error(rep, code, "%s", err);
+            return;
+        }
+    }
+    jsonw w;
+    jsonw_init(&w);
+    jsonw_str(&w, "[");
+    for (int i = 0, n = 0; i < s->nmodels; i++) {
+        int ready = atomic_load(&s->models[i].ready);
+        if (only_ready && !ready)
+            continue;
+        jsonw_str(&w, n++ ? ",{\"name\":" : "{\"name\":");
+        jsonw_quoted(&w, s->models[i].cfg->name);
+        jsonw_printf(&w, ",\"version\":\"1\",\"state\":\"%s\"}", ready ? "READY" : "LOADING");
+    }
+    jsonw_str(&w, "]\n");
+    reply_json(rep, 200, &w);
+}
+
 /* Triton's model repository extension: POST /v2/repository/index lists the models and
  * their state; POST /v2/repository/models/{m}/load reloads one from its file (V2_LOAD,
  * run by the main thread) when model_control allows it. Unloading is refused: balsa
  * serves every model of its configuration. */
-static int route_repository(server *s, const char *method, const char *url, v2_reply *rep,
-                            int *model)
+static int route_repository(server *s, const char *method, const char *url, const char *body,
+                            size_t len, v2_reply *rep, int *model)
 {
     char pu[128];
     printable(url, strlen(url), pu, sizeof pu);
     if (!strcmp(url, "/v2/repository/index")) {
-        if (!method_ok(method, 1, rep, url))
-            return V2_ANSWERED;
-        jsonw w;
-        jsonw_init(&w);
-        jsonw_str(&w, "[");
-        for (int i = 0; i < s->nmodels; i++) {
-            jsonw_str(&w, i ? ",{\"name\":" : "{\"name\":");
-            jsonw_quoted(&w, s->models[i].cfg->name);
-            jsonw_printf(&w, ",\"version\":\"1\",\"state\":\"%s\"}",
-                         atomic_load(&s->models[i].ready) ? "READY" : "LOADING");
-        }
-        jsonw_str(&w, "]\n");
-        reply_json(rep, 200, &w);
+        if (method_ok(method, 1, rep, url))
+            repository_index(s, body, len, rep);
         return V2_ANSWERED;
     }
     const char *name = url + strlen("/v2/repository/models/");
@@ -255,11 +298,7 @@ static int route_repository(server *s, const char *method, const char *url, v2_r
 
 int v2_parse_load(const char *body, size_t len, char *err, size_t errlen)
 {
-    size_t ws = 0;
-    while (ws < len && (body[ws] == ' ' || body[ws] == '\n' || body[ws] == '\r' ||
-                        body[ws] == '\t'))
-        ws++;
-    if (ws == len)
+    if (blank(body, len))
         return 0;
     cJSON *root;
     int code = api_parse_json(body, len, &root, NULL, err, errlen);
@@ -288,7 +327,8 @@ int v2_parse_load(const char *body, size_t len, char *err, size_t errlen)
     return code;
 }
 
-int v2_route(server *s, const char *method, const char *url, v2_reply *rep, int *model)
+int v2_route(server *s, const char *method, const char *url, const char *body, size_t len,
+             v2_reply *rep, int *model)
 {
     memset(rep, 0, sizeof *rep);
     *model = -1;
@@ -338,7 +378,7 @@ int v2_route(server *s, const char *method, const char *url, v2_reply *rep, int 
         return V2_ANSWERED;
     }
     if (!strncmp(url, "/v2/repository/", 15))
-        return route_repository(s, method, url, rep, model);
+        return route_repository(s, method, url, body, len, rep, model);
     char pu[128];
     printable(url, strlen(url), pu, sizeof pu);
     if (strncmp(url, "/v2/models/", 11) != 0) {

@@ -38,8 +38,10 @@ int v2_owns_path(const char *url);
  * /v2/repository/models/{m}/load that model_control allows (the caller has the model
  * reloaded: server_post_job); otherwise V2_ANSWERED with rep filled (404 for an unknown
  * path, model or version; 405 for a wrong method; 403 for a load with model_control off;
- * 503 for a model still loading or a draining server where readiness is asked). */
-int v2_route(server *s, const char *method, const char *url, v2_reply *rep, int *model);
+ * 503 for a model still loading or a draining server where readiness is asked). body
+ * (len bytes) is the request's body, which the repository index reads. */
+int v2_route(server *s, const char *method, const char *url, const char *body, size_t len,
+             v2_reply *rep, int *model);
 
 /* Checks the body of a load request: empty, or {"parameters": {}} (Triton's clients send
  * that). Returns 0, or 400 with a message in err: malformed JSON, an unknown field, or a

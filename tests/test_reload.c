@@ -404,6 +404,14 @@ TEST(repository_api)
     CHECK_MSG(strstr(r.body, "{\"name\":\"m\",\"version\":\"1\",\"state\":\"READY\"}"), "%s",
               r.body);
     free(r.body);
+    su_request_str(sv.port, "POST", "/v2/repository/index", "{\"ready\": true}",
+                   "application/json", &r);
+    CHECK(r.code == 200 && strstr(r.body, "\"state\":\"READY\""));
+    free(r.body);
+    su_request_str(sv.port, "POST", "/v2/repository/index", "{\"ready\": 1}", "application/json",
+                   &r);
+    CHECK(r.code == 400 && strstr(r.body, "ready: must be true or false"));
+    free(r.body);
     su_request_str(sv.port, "POST", "/v2/repository/models/m/load", NULL, NULL, &r);
     CHECK(r.code == 403 && strstr(r.body, "model control is off"));
     free(r.body);
