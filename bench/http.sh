@@ -11,13 +11,15 @@
 #      the same fixed JSON, and vs nginx returning the same bytes (context only);
 #   4. resident memory after 10,000 and after 100,000 requests;
 #   5. generation streamed as server-sent events ("stream": true) against the same
-#      generation answered at once, with the trained model (models/fortunes), concurrency 64.
+#      generation answered at once, with the trained model (models/fortunes), concurrency 64;
+#   6. reloads under load: the first model's file replaced by a copy and SIGHUP sent every
+#      0.5 s during a wrk run, against a run without reloads (req/s, p50, p99, errors).
 # Usage: bench/http.sh   (env: DUR seconds per point, default 5; BUILD, default
 # build/cuda or build/cpu; PORT_BASE, default 18180; MODEL, the first model file
 # (default models/demo/demo.safetensors); MODEL2, the second one (default: the hidden-650
 # model built here; "none" skips it); each model is served as `demo` by servers of its
 # own, so one BODY fits both; BODY, the /infer body; PHASES, the parts to run, default
-# "sweep batching healthz memory stream"; SERVE_ARGS, extra flags for every `balsa serve`, e.g.
+# "sweep batching healthz memory stream reload"; SERVE_ARGS, extra flags for every `balsa serve`, e.g.
 # "--threads 1"); ON_BATCH, max_batch_size of the batching servers (default 64)
 # Needs wrk (tools/deps.sh); nginx is optional (apt-get install nginx-light).
 set -euo pipefail
@@ -123,7 +125,7 @@ echo
 
 P4=$((PORT_BASE + 4)) P5=$((PORT_BASE + 5))
 ROUNDS=${ROUNDS:-3}
-PHASES=${PHASES:-sweep batching healthz memory stream}
+PHASES=${PHASES:-sweep batching healthz memory stream reload}
 phase() { case " $PHASES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
@@ -310,6 +312,43 @@ stop_pid "$GEN_PID"
 g1=$(median "${G1[@]}") g2=$(median "${G2[@]}") c1=$(median "${C1[@]}") c2=$(median "${C2[@]}")
 echo
 echo "streamed / at once, medians: req/s $g2 / $g1 = $(awk -v a="$g2" -v b="$g1" 'BEGIN { printf "%.2fx", a / b }'); server CPU per request $c2 vs $c1 us (+$(awk -v a="$c2" -v b="$c1" 'BEGIN { printf "%.1f", (a - b) / 64 }') us per streamed token); a streaming client's first token after $(median "${T2[@]}") ms (mean, server side)"
+fi
+if phase reload; then
+echo
+echo "## reloads under load: the model file replaced by a copy and SIGHUP every 0.5 s during the run, vs no reload, concurrency 64, $ROUNDS rounds"
+P7=$((PORT_BASE + 7))
+cp "$MODEL" "$TMP/live.safetensors"
+start_balsa "$P7" "$TMP/live.safetensors"
+REL_PID=$LAST_PID
+reloads_ok() {
+    curl -s "http://127.0.0.1:$P7/metrics" |
+        awk '/^balsa_model_reloads_total\{.*result="ok"/ { print $2 }'
+}
+echo "| round | no reload: req/s (p50 / p99 ms; errors) | reloading: req/s (p50 / p99 ms; errors; reloads) |"
+echo "|---|---|---|"
+R1=() R2=() Q1=() Q2=()
+for r in $(seq "$ROUNDS"); do
+    read -r a a50 a99 _ ae <<<"$(run_wrk "http://127.0.0.1:$P7/infer" 64 "$TMP/post.lua")"
+    n0=$(reloads_ok)
+    (
+        end=$((SECONDS + DUR))
+        while [ "$SECONDS" -lt "$end" ]; do
+            cp "$MODEL" "$TMP/next.safetensors"
+            mv "$TMP/next.safetensors" "$TMP/live.safetensors"
+            kill -HUP "$REL_PID"
+            sleep 0.5
+        done
+    ) &
+    SWAPPER=$!
+    read -r b b50 b99 _ be <<<"$(run_wrk "http://127.0.0.1:$P7/infer" 64 "$TMP/post.lua")"
+    wait "$SWAPPER"
+    n1=$(reloads_ok)
+    R1+=("$a") R2+=("$b") Q1+=("$a99") Q2+=("$b99")
+    echo "| $r | $a ($a50 / $a99; $ae) | $b ($b50 / $b99; $be; $((n1 - n0))) |"
+done
+stop_pid "$REL_PID"
+echo
+echo "reloading / no reload, medians: req/s $(median "${R2[@]}") / $(median "${R1[@]}"); p99 $(median "${Q2[@]}") / $(median "${Q1[@]}") ms (errors must be none)"
 fi
 echo
 echo "rerun: DUR=$DUR ROUNDS=$ROUNDS PHASES=\"$PHASES\" ON_BATCH=$ON_BATCH SERVE_ARGS=\"${SERVE_ARGS:-}\" MODEL=$MODEL MODEL2=$MODEL2_ARG bash bench/http.sh"
