@@ -37,6 +37,8 @@ static const key_def keys[] = {
      "idle connections are closed after this many seconds"},
     {"body_limit", K_LONG, CFG(body_limit), 0, 64, 1L << 30, "request body bytes at most (else 413)"},
     {"access_log", K_BOOL, CFG(access_log), 0, 0, 1, "one stderr line per request"},
+    {"access_log_format", K_STR, CFG(access_log_format), 0, 0, 8,
+     "text (key=value) or json (one JSON object per line, with the time)"},
     {"model_control", K_BOOL, CFG(model_control), 0, 0, 1,
      "allow POST /v2/repository/models/NAME/load to reload a model from its file"},
     {"model_poll_ms", K_INT, CFG(model_poll_ms), 0, 0, 86400000,
@@ -83,6 +85,7 @@ void config_defaults(config *c)
     c->connection_timeout_s = 30;
     c->body_limit = 1L << 20;
     c->access_log = 1;
+    snprintf(c->access_log_format, sizeof c->access_log_format, "text");
     c->max_request_steps = 65536;
     c->max_output_values = 1L << 22;
     c->drain_delay_ms = 1000;
@@ -109,6 +112,11 @@ static int set_str(void *p, const key_def *k, const char *v, const char *where, 
     if (strcmp(k->name, "backend") == 0 && strcmp(v, "auto") != 0 && strcmp(v, "cpu") != 0 &&
         strcmp(v, "cuda") != 0) {
         errf(err, errlen, "%s: \"%s\" is not one of auto, cpu, cuda", where, v);
+        return -1;
+    }
+    if (strcmp(k->name, "access_log_format") == 0 && strcmp(v, "text") != 0 &&
+        strcmp(v, "json") != 0) {
+        errf(err, errlen, "%s: \"%s\" is not one of text, json", where, v);
         return -1;
     }
     if (strcmp(k->name, "api_key") == 0 && *v) {

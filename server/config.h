@@ -37,6 +37,7 @@ typedef struct {
     int connection_timeout_s;  /* idle keep-alive connections are closed after this */
     long body_limit;           /* bytes; larger request bodies get 413 */
     int access_log;            /* 1: one stderr line per request */
+    char access_log_format[8]; /* "text" or "json" */
     int model_control;         /* 1: the repository API may reload models (else 403) */
     int model_poll_ms;         /* > 0: model files are looked at this often and a changed
                                 * one reloaded once it stays the same for one period */

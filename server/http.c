@@ -28,6 +28,7 @@
 #include <strings.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "api.h"
@@ -933,6 +934,68 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     return route(x, method);
 }
 
+/* Writes the access-log line of a finished request to stderr, as text (key=value) or as
+ * one JSON object (access_log_format). code: the status counted; delivered: the answer
+ * reached the client; ran: the scheduler's times may be read. */
+static void access_log(const http_req *x, int code, int delivered, int sched_done, uint64_t t1)
+{
+    const server *s = x->srv;
+    const sched_request *r = &x->sreq;
+    int ran = x->model >= 0 && sched_done && r->started_ns;
+    const char *model = x->model >= 0 ? s->models[x->model].cfg->name : NULL;
+    double queue_ms = ran ? secs(r->enqueued_ns, r->started_ns) * 1e3 : 0;
+    double compute_ms = ran ? secs(r->started_ns, r->finished_ns) * 1e3 : 0;
+    double total_ms = secs(x->t0, t1) * 1e3;
+    if (!strcmp(s->cfg.access_log_format, "json")) {
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        struct tm tm;
+        gmtime_r(&now.tv_sec, &tm);
+        char when[40];
+        size_t k = strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%S", &tm);
+        snprintf(when + k, sizeof when - k, ".%03ldZ", now.tv_nsec / 1000000);
+        jsonw w;
+        jsonw_init(&w);
+        jsonw_printf(&w, "{\"time\":\"%s\",\"method\":", when);
+        jsonw_quoted(&w, x->method);
+        jsonw_str(&w, ",\"path\":");
+        jsonw_quoted(&w, x->path);
+        jsonw_printf(&w, ",\"status\":%d,\"delivered\":%s,\"model\":", code,
+                     delivered ? "true" : "false");
+        if (model)
+            jsonw_quoted(&w, model);
+        else
+            jsonw_str(&w, "null");
+        jsonw_printf(&w, ",\"batch\":%d,\"queue_ms\":%.3f,\"compute_ms\":%.3f,"
+                         "\"total_ms\":%.3f,\"request_id\":",
+                     ran ? r->batch_max : 0, queue_ms, compute_ms, total_ms);
+        jsonw_quoted(&w, x->rid);
+        jsonw_str(&w, "}\n");
+        size_t n;
+        char *line = jsonw_take(&w, &n);
+        if (line)
+            fwrite(line, 1, n, stderr); /* one write per line: threads do not interleave */
+        free(line);
+        return;
+    }
+    /* The path as it was decoded from the URL: a control character in it (%0A) would let
+     * a client forge log lines, so those are shown as '?'. */
+    char path[sizeof x->path];
+    size_t i = 0;
+    for (; x->path[i]; i++)
+        path[i] = (unsigned char)x->path[i] < 0x20 || x->path[i] == 0x7f ? '?' : x->path[i];
+    path[i] = 0;
+    char line[400];
+    int n = snprintf(line, sizeof line,
+                     "%s %s %d%s model=%s batch=%d queue_ms=%.3f compute_ms=%.3f total_ms=%.3f "
+                     "id=%s\n",
+                     x->method, path, code, delivered ? "" : " (not delivered)",
+                     model ? model : "-", ran ? r->batch_max : 0, queue_ms, compute_ms, total_ms,
+                     x->rid);
+    /* One write per line, so lines from different threads do not interleave. */
+    fwrite(line, 1, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1, stderr);
+}
+
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
@@ -971,23 +1034,8 @@ static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     } else if (x->model >= 0) {
         v2_stats_fail(s->v2stats, x->model, t1 - x->t0);
     }
-    if (s->cfg.access_log) {
-        char line[400];
-        const sched_request *r = &x->sreq;
-        int ran = x->model >= 0 && sched_done && r->started_ns;
-        int n = snprintf(line, sizeof line,
-                         "%s %s %d%s model=%s batch=%d queue_ms=%.3f compute_ms=%.3f "
-                         "total_ms=%.3f id=%s\n",
-                         x->method, x->path, code,
-                         toe == MHD_REQUEST_TERMINATED_COMPLETED_OK ? "" : " (not delivered)",
-                         x->model >= 0 ? s->models[x->model].cfg->name : "-",
-                         ran ? r->batch_max : 0,
-                         ran ? secs(r->enqueued_ns, r->started_ns) * 1e3 : 0,
-                         ran ? secs(r->started_ns, r->finished_ns) * 1e3 : 0,
-                         secs(x->t0, t1) * 1e3, x->rid);
-        /* One write per line, so lines from different threads do not interleave. */
-        fwrite(line, 1, (size_t)n < sizeof line ? (size_t)n : sizeof line - 1, stderr);
-    }
+    if (s->cfg.access_log)
+        access_log(x, code, toe == MHD_REQUEST_TERMINATED_COMPLETED_OK, sched_done, t1);
     if (x->st) {
         pthread_mutex_lock(&x->st->mu);
         x->st->http_done = 1;

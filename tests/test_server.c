@@ -792,6 +792,76 @@ TEST(request_ids)
     CHECK(found);
 }
 
+/* The access log as JSON lines (parsed back, every field checked) and, in the text format,
+ * a path with a decoded newline (%0A) that must not start a line of its own. */
+TEST(access_log_formats)
+{
+    su_server sp;
+    const char *extra[] = {"--model", model_arg, "--access-log-format", "json", NULL};
+    REQUIRE(su_start(&sp, extra) == 0);
+    CURL *h = curl_easy_init();
+    su_resp r;
+    const char *body = "{\"inputs\": [[1, 2, 3]]}";
+    su_request_on(h, sp.port, "POST", "/infer", body, strlen(body), "application/json",
+                  "X-Request-Id: json-log-1", &r);
+    CHECK(r.code == 200);
+    free(r.body);
+    su_request_on(h, sp.port, "GET", "/a%0Ab%22c", NULL, 0, NULL, NULL, &r);
+    CHECK(r.code == 404);
+    free(r.body);
+    curl_easy_cleanup(h);
+    CHECK(su_stop(&sp, 10) == 0);
+    FILE *f = fopen(sp.log, "r");
+    REQUIRE(f);
+    char line[1024];
+    int infer = 0, odd = 0, bad = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (line[0] != '{')
+            continue;
+        cJSON *j = cJSON_Parse(line);
+        if (!j) {
+            bad++;
+            continue;
+        }
+        const char *path = cJSON_GetStringValue(cJSON_GetObjectItem(j, "path"));
+        const char *id = cJSON_GetStringValue(cJSON_GetObjectItem(j, "request_id"));
+        const char *when = cJSON_GetStringValue(cJSON_GetObjectItem(j, "time"));
+        const cJSON *st = cJSON_GetObjectItem(j, "status");
+        int status = cJSON_IsNumber(st) ? st->valueint : 0;
+        if (path && !strcmp(path, "/infer") && id && !strcmp(id, "json-log-1")) {
+            infer = status == 200 && when && strlen(when) == 24 && when[10] == 'T' &&
+                    when[23] == 'Z' &&
+                    !strcmp(cJSON_GetStringValue(cJSON_GetObjectItem(j, "model")), "test") &&
+                    cJSON_GetObjectItem(j, "batch")->valueint >= 1 &&
+                    cJSON_IsTrue(cJSON_GetObjectItem(j, "delivered")) &&
+                    cJSON_GetObjectItem(j, "compute_ms")->valuedouble > 0;
+        }
+        if (path && !strcmp(path, "/a\nb\"c"))
+            odd = status == 404 && cJSON_IsNull(cJSON_GetObjectItem(j, "model"));
+        cJSON_Delete(j);
+    }
+    fclose(f);
+    CHECK(infer && odd && bad == 0);
+    /* text: the main server's log never starts a line with the forged part */
+    su_request_str(main_srv.port, "GET", "/x%0AGET%20/forged%20200", NULL, NULL, &r);
+    CHECK(r.code == 404);
+    free(r.body);
+    int forged = 0, found = 0;
+    double t0 = su_now();
+    while (!found && su_now() - t0 < 5) {
+        f = fopen(main_srv.log, "r");
+        REQUIRE(f);
+        while (fgets(line, sizeof line, f)) {
+            forged |= !strncmp(line, "GET /forged", 11);
+            found |= !strncmp(line, "GET /x?GET /forged 200 404 ", 27);
+        }
+        fclose(f);
+        if (!found)
+            usleep(20000);
+    }
+    CHECK(found && !forged);
+}
+
 /* With api_key set: 401 with WWW-Authenticate for a missing, malformed or wrong key (also
  * before a body over the limit, and on v2 and unknown paths), 200 with the right one, and
  * the probes and /metrics open; the refusals counted. */
@@ -901,6 +971,7 @@ int main(void)
     RUN(run_command_matches_infer);
     RUN(request_ids);
     RUN(api_key);
+    RUN(access_log_formats);
     int rc = su_stop(&main_srv, 20);
     if (rc != 0)
         printf("  main server exit status %d (log %s)\n", rc, main_srv.log);
