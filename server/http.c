@@ -936,7 +936,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 
 /* Writes the access-log line of a finished request to stderr, as text (key=value) or as
  * one JSON object (access_log_format). code: the status counted; delivered: the answer
- * reached the client; ran: the scheduler's times may be read. */
+ * reached the client; sched_done: the scheduler is done with it, so its times may be read. */
 static void access_log(const http_req *x, int code, int delivered, int sched_done, uint64_t t1)
 {
     const server *s = x->srv;
