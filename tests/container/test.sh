@@ -237,7 +237,9 @@ reload() {
     "${PODMAN[@]}" kill --signal HUP "$NAME-reload" >/dev/null
     for i in $(seq 1 50); do [ "$(vocab_of "$url")" = 96 ] && break; sleep 0.1; done
     echo "  vocabulary before: $v, after SIGHUP: $(vocab_of "$url")"
-    "${PODMAN[@]}" logs "$NAME-reload" 2>&1 | grep -q "model m reloaded" &&
+    # The log in a file first: with pipefail, grep -q closing the pipe early would fail it.
+    "${PODMAN[@]}" logs "$NAME-reload" >"$WORK/reload.log" 2>&1
+    grep -q "model m reloaded" "$WORK/reload.log" &&
         [ "$v" = 1000 ] && [ "$(vocab_of "$url")" = 96 ] &&
         curl -sf "$url/infer" -d '{"text": "And the", "generate": 5}' >/dev/null
     local rc=$?
