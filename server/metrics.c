@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <time.h>
 #include <unistd.h>
 
 /* Status codes the server answers with; any other code is counted as 500. */
@@ -47,6 +48,7 @@ typedef struct {
     hist request_dur, queue_dur, compute_dur, batch, first_token, per_token;
     _Atomic uint64_t generated;
     _Atomic uint64_t load_ns;
+    _Atomic uint64_t loaded_at_ms; /* wall clock of the last successful load */
     _Atomic uint64_t reloads[2]; /* failed, succeeded */
     _Atomic int ready;
 } model_metrics;
@@ -189,6 +191,10 @@ void metrics_reject(metrics *m, metrics_reason r)
 
 void metrics_model_loaded(metrics *m, int model, double load_seconds)
 {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    atomic_store(&m->models[model].loaded_at_ms,
+                 (uint64_t)now.tv_sec * 1000u + (uint64_t)now.tv_nsec / 1000000u);
     atomic_store(&m->models[model].load_ns, to_ns(load_seconds));
 }
 
@@ -356,6 +362,11 @@ void metrics_render(metrics *m, const int *queue_depth, jsonw *w)
     for (int i = 0; i < m->nmodels; i++)
         jsonw_printf(w, "balsa_model_load_duration_seconds{model=\"%s\"} %.9g\n",
                      m->models[i].name, (double)atomic_load(&m->models[i].load_ns) * 1e-9);
+    family(w, "balsa_model_last_load_timestamp_seconds", "gauge",
+           "When the model now serving was loaded (Unix time): at start-up or its last reload.");
+    for (int i = 0; i < m->nmodels; i++)
+        jsonw_printf(w, "balsa_model_last_load_timestamp_seconds{model=\"%s\"} %.3f\n",
+                     m->models[i].name, (double)atomic_load(&m->models[i].loaded_at_ms) * 1e-3);
     family(w, "balsa_model_reloads_total", "counter",
            "Reloads of a model from its file (SIGHUP or the repository API), by result.");
     for (int i = 0; i < m->nmodels; i++)

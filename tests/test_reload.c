@@ -175,10 +175,14 @@ TEST(sighup_reloads_a_changed_file_only)
     su_server sv;
     REQUIRE(start(&sv, "false") == 0);
     CHECK(probe(sv.port) == 'a');
+    double t_start = metric(sv.port, "balsa_model_last_load_timestamp_seconds{model=\"m\"}");
+    CHECK(t_start > 1.7e9); /* a Unix time, in seconds */
+    usleep(20000);
     REQUIRE(install(path_b) == 0);
     kill(sv.pid, SIGHUP);
     CHECK(wait_for(sv.port, 'b'));
     CHECK(log_has(&sv, "balsa: model m reloaded in"));
+    CHECK(metric(sv.port, "balsa_model_last_load_timestamp_seconds{model=\"m\"}") > t_start);
     CHECK(metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"ok\"}") == 1);
     /* the same file again: left alone */
     kill(sv.pid, SIGHUP);
