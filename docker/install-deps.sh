@@ -22,11 +22,11 @@ pick() {
 
 case "${1:-}" in
 build)
-    pkgs="make gcc libc6-dev libmicrohttpd-dev libcjson-dev libopenblas-dev"
+    pkgs="make gcc libc6-dev libmicrohttpd-dev libcjson-dev libopenblas-dev zlib1g-dev"
     ;;
 runtime)
     pkgs="$(pick libmicrohttpd12t64 libmicrohttpd12) $(pick libcjson1)"
-    pkgs="$pkgs $(pick libopenblas0-pthread libopenblas0)"
+    pkgs="$pkgs $(pick libopenblas0-pthread libopenblas0) $(pick zlib1g)"
     ;;
 *)
     echo "usage: install-deps.sh build|runtime" >&2

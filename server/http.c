@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "api.h"
+#include "encoding.h"
 #include "jsonw.h"
 #include "server.h"
 #include "v2.h"
@@ -68,6 +69,8 @@ typedef struct {
     size_t len, cap;
     int too_big;
     int unauthorized;  /* api_key is set and the request did not carry it: answered 401 */
+    int coding;        /* the body's Content-Encoding (encoding.h); ENC_UNKNOWN: 415 */
+    int gzip_ok;       /* Accept-Encoding takes gzip: answers of 1 KiB and more are gzipped */
     int phase;
     int suspended;     /* counted in srv->suspended */
     server_job *load;  /* a reload asked over the repository API (V2_LOAD): run by the main
@@ -167,6 +170,19 @@ static enum MHD_Result send_response(http_req *x, int code, char *body, size_t l
     server *s = x->srv;
     if (!body)
         return MHD_NO;
+    /* Small answers are sent as they are: below 1 KiB gzip saves little and costs a
+     * deflate state per answer. */
+    int gzipped = 0;
+    if (x->gzip_ok && !is_static && len >= 1024) {
+        size_t zlen;
+        char *z = enc_gzip(body, len, &zlen);
+        if (z) {
+            free(body);
+            body = z;
+            len = zlen;
+            gzipped = 1;
+        }
+    }
     struct MHD_Response *r =
         is_static ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_PERSISTENT)
                   : MHD_create_response_from_buffer_with_free_callback(len, body, free);
@@ -176,6 +192,10 @@ static enum MHD_Result send_response(http_req *x, int code, char *body, size_t l
         return MHD_NO;
     }
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    if (gzipped)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_ENCODING, "gzip");
+    if (x->gzip_ok)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_VARY, "Accept-Encoding");
     if (code == 503)
         MHD_add_response_header(r, MHD_HTTP_HEADER_RETRY_AFTER, "1");
     if (code == 401)
@@ -810,6 +830,28 @@ static enum MHD_Result route(http_req *x, const char *method)
         metrics_reject(s->metrics, METRICS_R_BODY_TOO_LARGE);
         return send_error(x, 413, msg);
     }
+    if (x->coding == ENC_UNKNOWN) {
+        char msg[200];
+        snprintf(msg, sizeof msg,
+                 "Content-Encoding: \"%.60s\" is not supported (gzip, deflate or identity)",
+                 MHD_lookup_connection_value(x->conn, MHD_HEADER_KIND,
+                                             MHD_HTTP_HEADER_CONTENT_ENCODING));
+        return send_error(x, 415, msg);
+    }
+    if (x->coding != ENC_IDENTITY && x->body) {
+        char msg[200], *plain;
+        size_t n;
+        int code = enc_inflate(x->body, x->len, x->coding, (size_t)s->cfg.body_limit, &plain,
+                               &n, msg, sizeof msg);
+        if (code) {
+            if (code == 413)
+                metrics_reject(s->metrics, METRICS_R_BODY_TOO_LARGE);
+            return send_error(x, code, msg);
+        }
+        free(x->body);
+        x->body = plain;
+        x->len = x->cap = n;
+    }
     if (x->url)
         return route_v2(x, method);
     int i;
@@ -891,6 +933,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                              : NULL;
         if (cl && strtoull(cl, NULL, 10) > (unsigned long long)s->cfg.body_limit)
             x->too_big = 1;
+        /* Bodies are read by /infer and v2 only; others ignore their coding, as their body. */
+        if (x->handler == METRICS_H_INFER || x->handler == METRICS_H_V2)
+            x->coding = enc_content_coding(MHD_lookup_connection_value(
+                conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_ENCODING));
+        x->gzip_ok = enc_accepts_gzip(
+            MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT_ENCODING));
         if (s->cfg.api_key[0] && !open_path(url) &&
             !bearer_ok(s->cfg.api_key, MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                                     MHD_HTTP_HEADER_AUTHORIZATION)))
@@ -907,7 +955,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
          * oversized body and answer 413 on the final call. */
         size_t n = *upload_size;
         *upload_size = 0;
-        if (x->too_big || x->unauthorized ||
+        if (x->too_big || x->unauthorized || x->coding == ENC_UNKNOWN ||
             (x->handler != METRICS_H_INFER && x->handler != METRICS_H_V2))
             return MHD_YES;
         if (x->len + n > (size_t)s->cfg.body_limit) {

@@ -10,6 +10,7 @@
 #include <stdatomic.h>
 
 #include <cJSON.h>
+#include <zlib.h>
 
 #include "engine_ref.h"
 #include "server_util.h"
@@ -792,6 +793,91 @@ TEST(request_ids)
     CHECK(found);
 }
 
+/* Bodies with Content-Encoding gzip and deflate get the same answer as plain ones; an
+ * answer of 1 KiB or more is gzipped when Accept-Encoding takes gzip (and inflates to the
+ * plain answer); another coding is 415; a body that inflates past the limit is 413. */
+TEST(compressed_bodies)
+{
+    int port = main_srv.port;
+    const char *body = "{\"inputs\": [[1, 2, 3, 4, 5, 6, 7, 8]], \"output\": \"all\"}";
+    su_resp plain;
+    su_request_str(port, "POST", "/infer", body, "application/json", &plain);
+    REQUIRE(plain.code == 200 && plain.len >= 1024);
+    CURL *h = curl_easy_init();
+    for (int coding = 0; coding < 2; coding++) {
+        z_stream z;
+        memset(&z, 0, sizeof z);
+        REQUIRE(deflateInit2(&z, 6, Z_DEFLATED, coding ? 15 : 31, 8, Z_DEFAULT_STRATEGY) == Z_OK);
+        unsigned char zb[1024];
+        z.next_in = (Bytef *)body;
+        z.avail_in = (uInt)strlen(body);
+        z.next_out = zb;
+        z.avail_out = sizeof zb;
+        REQUIRE(deflate(&z, Z_FINISH) == Z_STREAM_END);
+        size_t zn = sizeof zb - z.avail_out;
+        deflateEnd(&z);
+        su_resp r;
+        su_request_on(h, port, "POST", "/infer", (const char *)zb, zn, "application/json",
+                      coding ? "Content-Encoding: deflate" : "Content-Encoding: gzip", &r);
+        CHECK_MSG(r.code == 200 && r.len == plain.len && !memcmp(r.body, plain.body, r.len),
+                  "%s body: %ld %.200s", coding ? "deflate" : "gzip", r.code, r.body);
+        free(r.body);
+    }
+    /* a gzipped answer */
+    su_resp r;
+    su_request_on(h, port, "POST", "/infer", body, strlen(body), "application/json",
+                  "Accept-Encoding: gzip", &r);
+    CHECK(r.code == 200 && r.len < plain.len);
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    REQUIRE(inflateInit2(&z, 31) == Z_OK);
+    char *back = malloc(plain.len + 1);
+    z.next_in = (Bytef *)r.body;
+    z.avail_in = (uInt)r.len;
+    z.next_out = (Bytef *)back;
+    z.avail_out = (uInt)plain.len + 1;
+    int rc = inflate(&z, Z_FINISH);
+    CHECK_MSG(rc == Z_STREAM_END && z.total_out == plain.len && !memcmp(back, plain.body, plain.len),
+              "gzipped answer: inflate %d, %lu bytes", rc, (unsigned long)z.total_out);
+    inflateEnd(&z);
+    free(back);
+    free(r.body);
+    /* small answers stay as they are */
+    su_request_on(h, port, "GET", "/healthz", NULL, 0, NULL, "Accept-Encoding: gzip", &r);
+    CHECK(r.code == 200 && strstr(r.body, "\"ok\""));
+    free(r.body);
+    su_request_on(h, port, "POST", "/infer", body, strlen(body), "application/json",
+                  "Content-Encoding: br", &r);
+    CHECK(r.code == 415 && error_is(&r, "Content-Encoding: \"br\" is not supported"));
+    free(r.body);
+    su_request_on(h, port, "POST", "/infer", body, strlen(body), "application/json",
+                  "Content-Encoding: gzip", &r);
+    CHECK(r.code == 400 && error_is(&r, "body: not a whole gzip stream"));
+    free(r.body);
+    /* 4 MB of spaces in about 4 KB: over the 1 MiB default limit once inflated */
+    size_t big = 4u << 20;
+    char *spaces = malloc(big);
+    memset(spaces, ' ', big);
+    memset(&z, 0, sizeof z);
+    REQUIRE(deflateInit2(&z, 9, Z_DEFLATED, 31, 8, Z_DEFAULT_STRATEGY) == Z_OK);
+    size_t cap = deflateBound(&z, (uLong)big);
+    unsigned char *zb = malloc(cap);
+    z.next_in = (Bytef *)spaces;
+    z.avail_in = (uInt)big;
+    z.next_out = zb;
+    z.avail_out = (uInt)cap;
+    REQUIRE(deflate(&z, Z_FINISH) == Z_STREAM_END);
+    su_request_on(h, port, "POST", "/infer", (const char *)zb, cap - z.avail_out,
+                  "application/json", "Content-Encoding: gzip", &r);
+    deflateEnd(&z);
+    CHECK(r.code == 413 && error_is(&r, "body: larger than the limit"));
+    free(r.body);
+    free(zb);
+    free(spaces);
+    curl_easy_cleanup(h);
+    free(plain.body);
+}
+
 /* The access log as JSON lines (parsed back, every field checked) and, in the text format,
  * a path with a decoded newline (%0A) that must not start a line of its own. */
 TEST(access_log_formats)
@@ -972,6 +1058,7 @@ int main(void)
     RUN(request_ids);
     RUN(api_key);
     RUN(access_log_formats);
+    RUN(compressed_bodies);
     int rc = su_stop(&main_srv, 20);
     if (rc != 0)
         printf("  main server exit status %d (log %s)\n", rc, main_srv.log);

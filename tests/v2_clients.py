@@ -1,9 +1,10 @@
 """NVIDIA's tritonclient.http (the KServe v2 client, unmodified, from PyPI) against a
 running `balsa serve`: server and model metadata, model config, readiness, inference with
 JSON tensors and with binary tensors (inputs and outputs), lengths, "all" outputs, top_k,
-statistics, and the model repository index, load_model and unload_model's refusal. Every
-answer is compared with balsa's native POST /infer for the same sequences. Run by
-tests/test_v2.c as: python3 tests/v2_clients.py PORT MODEL VOCAB OUT.
+statistics, compressed requests and answers, and the model repository index, load_model
+and unload_model's refusal. Every answer is compared with balsa's native POST /infer for
+the same sequences. Run by tests/test_v2.c as:
+python3 tests/v2_clients.py PORT MODEL VOCAB OUT.
 Prints one line per check and exits 1 when any failed."""
 import json
 import sys
@@ -114,6 +115,13 @@ inp = httpclient.InferInput("tokens", [2, 5], "INT64")
 inp.set_data_from_numpy(full, binary_data=True)
 res = c.infer(model, [inp], outputs=[httpclient.InferRequestedOutput("output", binary_data=False)])
 check(close(res.as_numpy("output"), native_infer([full[0], full[1]])), "infer INT64 binary tokens")
+
+# compressed requests and answers (tritonclient's request/response_compression_algorithm)
+for alg in ("gzip", "deflate"):
+    res = c.infer(model, [inp], request_compression_algorithm=alg,
+                  response_compression_algorithm="gzip")
+    check(close(res.as_numpy("output"), native_infer([full[0], full[1]])),
+          f"infer with a {alg} request and a gzip answer == /infer")
 
 # a client error comes back as InferenceServerException with balsa's message
 bad = httpclient.InferInput("tokens", [1, 2], "INT32")
