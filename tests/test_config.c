@@ -86,6 +86,13 @@ TEST(syntax_error_names_line)
     CHECK_MSG(strncmp(err, "test.json:3:3:", 14) == 0, "%s", err);
     REQUIRE(load(&c, "", err, sizeof err) != 0);
     CHECK_MSG(strncmp(err, "test.json:1:", 12) == 0, "%s", err);
+    /* a NUL in a string (cJSON would end the string there: this path would name "a") */
+    REQUIRE(load(&c, "{\"models\": [\n {\"path\": \"a\\u0000b\"}]}", err, sizeof err) != 0);
+    CHECK_MSG(strcmp(err, "test.json:2:13: a string holds a NUL character (not accepted: it would "
+                          "end the string there)") == 0, "%s", err);
+    const char raw[] = "{\"host\": \"::1\0\"}";
+    REQUIRE(config_load_text(&c, raw, sizeof raw - 1, "test.json", err, sizeof err) != 0);
+    CHECK_MSG(strncmp(err, "test.json:1:14: a string holds a NUL", 36) == 0, "%s", err);
 }
 
 TEST(semantic_errors_name_key)

@@ -14,6 +14,13 @@
 
 static char fz_in[64], fz_out[64];
 
+/* libFuzzer ends with exit(): the files of this process go with it. */
+static void fz_remove_files(void)
+{
+    unlink(fz_in);
+    unlink(fz_out);
+}
+
 /* Writes the dense weights file of "tok" (with its own description in the metadata,
  * which --desc replaces) once. */
 static void fz_setup_input(void)
@@ -44,6 +51,7 @@ static void fz_setup_input(void)
         abort();
     }
     model_host_free(&h);
+    atexit(fz_remove_files);
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)

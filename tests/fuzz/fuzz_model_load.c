@@ -13,13 +13,18 @@
 
 static char fz_path[64];
 
+/* libFuzzer ends with exit(): the file of this process goes with it. */
+static void fz_remove_file(void) { unlink(fz_path); }
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!fz_be && balsa_backend_cpu_create(1, &fz_be) != BALSA_OK)
         abort();
-    if (!fz_path[0])
+    if (!fz_path[0]) {
         snprintf(fz_path, sizeof fz_path, "/dev/shm/balsa_fuzz_model_%d.safetensors",
                  (int)getpid());
+        atexit(fz_remove_file);
+    }
     FILE *f = fopen(fz_path, "wb");
     if (!f || fwrite(data, 1, size, f) != size || fclose(f) != 0)
         abort();
