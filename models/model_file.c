@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "json_text.h"
 #include "safetensors.h"
 
 #define BAD(...)                                                                          \
@@ -208,6 +209,12 @@ balsa_status model_desc_parse(const char *json, size_t len, int need_layouts, mo
             snprintf(err, errlen, "description: unexpected bytes after the JSON object");
             goto out;
         }
+    size_t nul = json_nul_in_string(json, (size_t)(end - json));
+    if (nul < (size_t)(end - json)) {
+        snprintf(err, errlen, "description: a string holds a NUL character at byte %zu (a "
+                 "name or text would end there)", nul);
+        goto out;
+    }
     if (!cJSON_IsObject(o)) {
         snprintf(err, errlen, "description is not a JSON object");
         goto out;

@@ -13,6 +13,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "json_text.h"
+
 static const char *dtype_names[ST_NDTYPES] = {"F32", "F16", "BF16", "U8"};
 static const size_t dtype_sizes[ST_NDTYPES] = {4, 2, 2, 1};
 
@@ -221,6 +223,13 @@ static balsa_status parse_header(st_file *f, const char *hdr, size_t n, char *er
             snprintf(err, errlen, "header: unexpected bytes after the JSON object");
             return BALSA_ERR_FORMAT;
         }
+    size_t nul = json_nul_in_string(hdr, (size_t)(end - hdr));
+    if (nul < (size_t)(end - hdr)) {
+        cJSON_Delete(root);
+        snprintf(err, errlen, "header: a string holds a NUL character at byte %zu (a tensor "
+                 "name or text would end there)", nul);
+        return BALSA_ERR_FORMAT;
+    }
     balsa_status st = BALSA_OK;
     if (!cJSON_IsObject(root)) {
         snprintf(err, errlen, "header is not a JSON object");

@@ -15,6 +15,7 @@
 #include <cJSON.h>
 
 #include "jsonw.h"
+#include "models/json_text.h"
 
 /* The most tokens one request may ask to generate per sequence (the step limit of the
  * server's config bounds the whole request too). */
@@ -666,29 +667,6 @@ static int parse_root(const cJSON *root, const api_model *models, int nmodels,
     return code;
 }
 
-/* The offset of the first NUL inside a string of body[0..len) (valid JSON up to there),
- * raw or escaped as \u0000, or len when there is none. cJSON keeps strings NUL-terminated,
- * so such a string would reach the parsers silently cut short ("tok\u0000x" naming model
- * "tok"). */
-static size_t nul_in_string(const char *body, size_t len)
-{
-    int in = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (!in) {
-            in = body[i] == '"';
-        } else if (body[i] == '"') {
-            in = 0;
-        } else if (body[i] == '\\') {
-            if (len - i > 5 && memcmp(body + i + 1, "u0000", 5) == 0)
-                return i;
-            i++;
-        } else if (body[i] == 0) {
-            return i;
-        }
-    }
-    return len;
-}
-
 int api_parse_json(const char *body, size_t len, cJSON **root, const char *trailing_hint,
                    char *err, size_t errlen)
 {
@@ -701,7 +679,7 @@ int api_parse_json(const char *body, size_t len, cJSON **root, const char *trail
         size_t off = end && end >= body && end <= body + len ? (size_t)(end - body) : 0;
         return api_fail(err, errlen, 400, "body: malformed JSON at byte %zu", off);
     }
-    size_t off = (size_t)(end - body), nul = nul_in_string(body, off);
+    size_t off = (size_t)(end - body), nul = json_nul_in_string(body, off);
     if (nul < off) {
         cJSON_Delete(*root);
         *root = NULL;

@@ -12,6 +12,8 @@
 
 #include <cJSON.h>
 
+#include "models/json_text.h"
+
 typedef enum { K_INT, K_LONG, K_STR, K_BOOL } key_type;
 
 typedef struct {
@@ -294,27 +296,6 @@ static void line_col(const char *text, size_t off, int *line, int *col)
     }
 }
 
-/* The offset of the first NUL inside a string of text[0..len) (valid JSON up to there),
- * raw or escaped as \u0000, or len when there is none: cJSON's strings end at a NUL, so
- * "path": "a.safetensors\u0000x" would silently name a.safetensors. */
-static size_t nul_in_string(const char *text, size_t len)
-{
-    int in = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (!in)
-            in = text[i] == '"';
-        else if (text[i] == '"')
-            in = 0;
-        else if (text[i] == '\\' && len - i > 5 && memcmp(text + i + 1, "u0000", 5) == 0)
-            return i;
-        else if (text[i] == '\\')
-            i++;
-        else if (text[i] == 0)
-            return i;
-    }
-    return len;
-}
-
 static int load_models(config *c, const cJSON *arr, const char *name, char *err, size_t errlen)
 {
     if (!cJSON_IsArray(arr)) {
@@ -418,7 +399,7 @@ int config_load_text(config *c, const char *text, size_t len, const char *name, 
         return -1;
     }
     int rc = -1;
-    size_t nul = nul_in_string(text, len);
+    size_t nul = json_nul_in_string(text, len);
     if (nul < len) {
         int line, col;
         line_col(text, nul, &line, &col);

@@ -364,8 +364,10 @@ static void on_gen_progress(sched_request *r)
     cut_if_draining(x);
     if (++x->polled >= GONE_POLL_STEPS) {
         x->polled = 0;
-        if (client_gone(x))
-            x->gone = x->cancel = 1;
+        if (client_gone(x)) {
+            x->gone = 1;
+            x->cancel = 1;
+        }
     }
 }
 

@@ -183,6 +183,14 @@ TEST(bad_header_json)
     CHECK(REFUSED(path_of("j"), "tensor w", "data_offsets"));
     write_raw(path_of("j"), "{}", data, 0);
     CHECK(REFUSED(path_of("j"), "metadata", "balsa"));
+    /* a NUL inside a string would cut a tensor name short: "w\u0000x" read as "w" */
+    write_raw(path_of("j"), "{\"w\\u0000x\": {\"dtype\": \"F32\", \"shape\": [0], "
+                            "\"data_offsets\": [0, 0]}}", data, 0);
+    CHECK(REFUSED(path_of("j"), "header: a string holds a NUL character at byte 3"));
+    /* and inside the description (the "balsa" metadata string, JSON in JSON) */
+    write_raw(path_of("j"), "{\"__metadata__\": {\"balsa\": \"{\\\"name\\\": \\\"m\\\\u0000\\\"}\"}}",
+              data, 0);
+    CHECK(REFUSED(path_of("j"), "description: a string holds a NUL character at byte 11"));
 }
 
 /* Found while fuzzing (the duplicate-name check compared every pair of tensors: 108 s for
