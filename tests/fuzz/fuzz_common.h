@@ -128,4 +128,17 @@ static inline void fz_fail(const char *what, const char *detail)
     abort();
 }
 
+/* A parser's refusal: it must carry a message, a status of 400, of 404 when not_found
+ * may occur (a model named in the body), or 503, and leave no storage in r. */
+static inline void fz_check_refusal(int code, const char *err, const api_request *r,
+                                    int not_found)
+{
+    if (!err[0])
+        fz_fail("refusal without a message", "");
+    if (code != 400 && code != 503 && !(not_found && code == 404))
+        fz_fail("unexpected status", err);
+    if (r->seqs || r->tokens || r->features)
+        fz_fail("refusal left storage behind", err);
+}
+
 #endif

@@ -18,12 +18,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int code = api_parse_generate((const char *)data + 1, size - 1, fz_api, model, &fz_limits,
                                   &r, err, sizeof err);
     if (code) {
-        if (!err[0])
-            fz_fail("refusal without a message", "");
-        if (code != 400 && code != 503)
-            fz_fail("unexpected status", err);
-        if (r.seqs || r.tokens)
-            fz_fail("refusal left storage behind", err);
+        fz_check_refusal(code, err, &r, 0);
         return 0;
     }
     if (model != 2)

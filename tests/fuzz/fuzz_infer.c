@@ -15,12 +15,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int code = api_parse_request((const char *)data, size, fz_api, FZ_NMODELS, &fz_limits, &r,
                                  err, sizeof err);
     if (code) {
-        if (!err[0])
-            fz_fail("refusal without a message", "");
-        if (code != 400 && code != 404 && code != 503)
-            fz_fail("unexpected status", err);
-        if (r.seqs || r.tokens || r.features)
-            fz_fail("refusal left storage behind", err);
+        fz_check_refusal(code, err, &r, 1);
         return 0;
     }
     balsa_status st = fz_execute(&r);
