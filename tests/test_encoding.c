@@ -4,11 +4,10 @@
  * the stream, another coding's data, and a stream that inflates past the limit. */
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 
 #include "harness.h"
-#include "kernels/status.h"
 #include "server/encoding.h"
+#include "zlib_util.h"
 
 TEST(content_codings)
 {
@@ -41,20 +40,7 @@ TEST(accept_encoding)
 /* in compressed by zlib itself in the given coding (gzip or zlib wrapper). */
 static unsigned char *compress_with(const char *in, size_t n, int coding, size_t *outlen)
 {
-    z_stream z;
-    memset(&z, 0, sizeof z);
-    BALSA_ASSERT(deflateInit2(&z, 6, Z_DEFLATED, coding == ENC_GZIP ? 31 : 15, 8,
-                              Z_DEFAULT_STRATEGY) == Z_OK);
-    size_t cap = deflateBound(&z, (uLong)n);
-    unsigned char *out = malloc(cap);
-    z.next_in = (Bytef *)in;
-    z.avail_in = (uInt)n;
-    z.next_out = out;
-    z.avail_out = (uInt)cap;
-    BALSA_ASSERT(deflate(&z, Z_FINISH) == Z_STREAM_END);
-    *outlen = cap - z.avail_out;
-    deflateEnd(&z);
-    return out;
+    return tz_compress(in, n, coding == ENC_GZIP, outlen);
 }
 
 TEST(inflate_round_trips)

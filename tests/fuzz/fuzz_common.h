@@ -11,6 +11,7 @@
 #ifndef BALSA_FUZZ_COMMON_H
 #define BALSA_FUZZ_COMMON_H
 
+#include <cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -139,6 +140,21 @@ static inline void fz_check_refusal(int code, const char *err, const api_request
         fz_fail("unexpected status", err);
     if (r->seqs || r->tokens || r->features)
         fz_fail("refusal left storage behind", err);
+}
+
+/* A rendered response: it must exist and, unless it is a stream of events, be one JSON
+ * value. Frees it. */
+static inline void fz_check_json_response(char *resp, size_t len, int events)
+{
+    if (!resp)
+        fz_fail("render", "out of memory");
+    if (!events) {
+        cJSON *j = cJSON_ParseWithLength(resp, len);
+        if (!j)
+            fz_fail("response is not valid JSON", resp);
+        cJSON_Delete(j);
+    }
+    free(resp);
 }
 
 #endif
