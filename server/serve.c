@@ -282,9 +282,11 @@ static void poll_files(server *s, step_ctx *ctx)
             continue;
         fprintf(stderr, "balsa: model %s: %s changed on disk: reloading\n", sm->cfg->name,
                 sm->cfg->path);
+        /* Forced: this look has just found the file changed, so reload_model need not stat
+         * and compare it again. */
         char err[1024];
         int skipped;
-        if (reload_model(s, i, &ctx[i], 0, &skipped, err, sizeof err)) {
+        if (reload_model(s, i, &ctx[i], 1, &skipped, err, sizeof err)) {
             fprintf(stderr, "balsa: reload failed, still serving the previous %s: %s (not tried "
                             "again until the file changes)\n",
                     sm->cfg->name, err);
