@@ -1,8 +1,9 @@
 /* Helpers for tests that run `balsa serve` (env BALSA_BIN) as a child process on a free
  * loopback port and talk to it with libcurl: start and wait for /readyz, stop with
  * SIGTERM, kill every child on every path (also on a crash of the test, and through
- * PR_SET_PDEATHSIG when the test is killed outright), and requests, one-shot or on a
- * kept-alive handle, that capture the status, body and the headers tests look at. */
+ * PR_SET_PDEATHSIG when the test is killed outright), requests, one-shot or on a
+ * kept-alive handle, that capture the status, body and the headers tests look at, and
+ * the value of a series in /metrics. */
 #ifndef BALSA_TESTS_SERVER_UTIL_H
 #define BALSA_TESTS_SERVER_UTIL_H
 
@@ -198,6 +199,29 @@ static inline void su_request_str(int port, const char *method, const char *path
     CURL *h = curl_easy_init();
     su_request_on(h, port, method, path, body, body ? strlen(body) : 0, ctype, NULL, r);
     curl_easy_cleanup(h);
+}
+
+/* The value of a sample line "name{labels} value" in a metrics text, -1 when absent. */
+static inline double su_metric_value(const char *text, const char *series)
+{
+    const char *p = text;
+    size_t k = strlen(series);
+    while ((p = strstr(p, series))) {
+        if ((p == text || p[-1] == '\n') && p[k] == ' ')
+            return atof(p + k + 1);
+        p += k;
+    }
+    return -1;
+}
+
+/* The value of series (name and labels) in the server's /metrics now, -1 when absent. */
+static inline double su_metric(int port, const char *series)
+{
+    su_resp r;
+    su_request_str(port, "GET", "/metrics", NULL, NULL, &r);
+    double v = r.code == 200 ? su_metric_value(r.body, series) : -1;
+    free(r.body);
+    return v;
 }
 
 /* Stops tracking pid: it has been waited for. */

@@ -118,24 +118,6 @@ static int wait_for(int port, int want)
     return 0;
 }
 
-static double metric(int port, const char *series)
-{
-    su_resp r;
-    su_request_str(port, "GET", "/metrics", NULL, NULL, &r);
-    double v = -1;
-    const char *p = r.body;
-    size_t k = strlen(series);
-    while (r.code == 200 && (p = strstr(p, series))) {
-        if ((p == r.body || p[-1] == '\n') && p[k] == ' ') {
-            v = atof(p + k + 1);
-            break;
-        }
-        p += k;
-    }
-    free(r.body);
-    return v;
-}
-
 /* 1 when the server's log holds text (within 5 s: the log is written as it happens). */
 static int log_has(const su_server *sv, const char *text)
 {
@@ -175,19 +157,19 @@ TEST(sighup_reloads_a_changed_file_only)
     su_server sv;
     REQUIRE(start(&sv, "false") == 0);
     CHECK(probe(sv.port) == 'a');
-    double t_start = metric(sv.port, "balsa_model_last_load_timestamp_seconds{model=\"m\"}");
+    double t_start = su_metric(sv.port, "balsa_model_last_load_timestamp_seconds{model=\"m\"}");
     CHECK(t_start > 1.7e9); /* a Unix time, in seconds */
     usleep(20000);
     REQUIRE(install(path_b) == 0);
     kill(sv.pid, SIGHUP);
     CHECK(wait_for(sv.port, 'b'));
     CHECK(log_has(&sv, "balsa: model m reloaded in"));
-    CHECK(metric(sv.port, "balsa_model_last_load_timestamp_seconds{model=\"m\"}") > t_start);
-    CHECK(metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"ok\"}") == 1);
+    CHECK(su_metric(sv.port, "balsa_model_last_load_timestamp_seconds{model=\"m\"}") > t_start);
+    CHECK(su_metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"ok\"}") == 1);
     /* the same file again: left alone */
     kill(sv.pid, SIGHUP);
     CHECK(log_has(&sv, "unchanged, not reloaded"));
-    CHECK(metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"ok\"}") == 1);
+    CHECK(su_metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"ok\"}") == 1);
     CHECK(probe(sv.port) == 'b');
     CHECK(su_stop(&sv, 10) == 0);
 }
@@ -209,16 +191,16 @@ TEST(a_bad_file_leaves_the_old_model_serving)
     REQUIRE(rename(cut, path_live) == 0);
     kill(sv.pid, SIGHUP);
     CHECK(log_has(&sv, "reload failed, still serving the previous m"));
-    CHECK(metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"error\"}") == 1);
+    CHECK(su_metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"error\"}") == 1);
     CHECK(probe(sv.port) == 'a');
     /* a missing file: the same */
     REQUIRE(unlink(path_live) == 0);
     kill(sv.pid, SIGHUP);
     double t0 = su_now();
-    while (metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"error\"}") < 2 &&
+    while (su_metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"error\"}") < 2 &&
            su_now() - t0 < 5)
         usleep(10000);
-    CHECK(metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"error\"}") == 2);
+    CHECK(su_metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"error\"}") == 2);
     CHECK(probe(sv.port) == 'a');
     su_resp r;
     su_request_str(sv.port, "GET", "/readyz", NULL, NULL, &r);
@@ -253,17 +235,17 @@ TEST(polling_reloads_a_changed_file)
     /* a file cut short: one failed attempt, the old model serving, no retry while it stays */
     REQUIRE(write_partial(path_a, 1000) == 0);
     double t0 = su_now();
-    while (metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"error\"}") < 1 &&
+    while (su_metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"error\"}") < 1 &&
            su_now() - t0 < 10)
         usleep(20000);
     usleep(600000); /* six more looks */
-    CHECK(metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"error\"}") == 1);
+    CHECK(su_metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"error\"}") == 1);
     CHECK(log_has(&sv, "not tried again until the file changes"));
     CHECK(probe(sv.port) == 'b');
     /* the whole file at last */
     REQUIRE(install(path_a) == 0);
     CHECK(wait_for(sv.port, 'a'));
-    CHECK(metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"ok\"}") == 2);
+    CHECK(su_metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"ok\"}") == 2);
     CHECK(su_stop(&sv, 10) == 0);
 }
 
@@ -338,7 +320,7 @@ TEST(no_request_fails_or_mixes_models_during_reloads)
            sent, a, b, bad);
     CHECK(bad == 0);
     CHECK(a > 0 && b > 0);
-    CHECK(metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"ok\"}") == 6);
+    CHECK(su_metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"ok\"}") == 6);
     CHECK(su_stop(&sv, 10) == 0);
 }
 
@@ -365,12 +347,12 @@ TEST(a_running_generation_finishes_on_its_model)
     REQUIRE(pthread_create(&th, NULL, gen_main, &g) == 0);
     /* wait until it runs, then reload under it */
     double t0 = su_now();
-    while (metric(sv.port, "balsa_requests_in_flight") < 1 && su_now() - t0 < 5)
+    while (su_metric(sv.port, "balsa_requests_in_flight") < 1 && su_now() - t0 < 5)
         usleep(2000);
     REQUIRE(install(path_b) == 0);
     kill(sv.pid, SIGHUP);
     CHECK(wait_for(sv.port, 'b'));
-    int still_running = metric(sv.port, "balsa_requests_in_flight") >= 1;
+    int still_running = su_metric(sv.port, "balsa_requests_in_flight") >= 1;
     pthread_join(th, NULL);
     CHECK(g.r.code == 200);
     /* its tokens are model A's greedy continuation, not B's */
@@ -432,7 +414,7 @@ TEST(repository_api)
     su_request_str(sv.port, "POST", "/v2/repository/models/m/load", NULL, NULL, &r);
     CHECK(r.code == 200);
     free(r.body);
-    CHECK(metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"ok\"}") == 2);
+    CHECK(su_metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"ok\"}") == 2);
     static const struct {
         const char *method, *path, *body;
         long code;

@@ -260,17 +260,6 @@ static void stream_request(int port, const char *path, const char *body, streame
         s->r.body = calloc(1, 1);
 }
 
-/* The value of an exact metrics line prefix (name and labels), or -1. */
-static double metric(int port, const char *prefix)
-{
-    su_resp r;
-    su_request(port, "GET", "/metrics", NULL, 0, NULL, &r);
-    const char *at = strstr(r.body, prefix);
-    double v = at ? atof(at + strlen(prefix)) : -1;
-    free(r.body);
-    return v;
-}
-
 typedef struct {
     int port;
     const char *body; /* NULL: a 3000-token sampled stream */
@@ -304,7 +293,7 @@ TEST(serve_drain_timeout_cuts_generations)
     REQUIRE(pthread_create(&ta, NULL, stream_thread, &a) == 0);
     REQUIRE(pthread_create(&tb, NULL, stream_thread, &b) == 0);
     double t0 = su_now();
-    while ((a.s.writes == 0 || metric(sv.port, "\nbalsa_requests_in_flight ") < 2) &&
+    while ((a.s.writes == 0 || su_metric(sv.port, "balsa_requests_in_flight") < 2) &&
            su_now() - t0 < 30)
         usleep(2000);
     int rc = su_stop(&sv, 60);
@@ -367,9 +356,9 @@ TEST(serve_streams_generation)
                         "\"seed\": 3, \"stop\": \"the \"}";
     const char *body = "{\"text\": \"And the\", \"generate\": 40, \"temperature\": 0.7, "
                        "\"seed\": 3, \"stop\": \"the \", \"stream\": true}";
-    const char *gen_total = "balsa_generated_tokens_total{model=\"fortunes\"} ";
-    const char *ttft = "balsa_time_to_first_token_seconds_count{model=\"fortunes\"} ";
-    double tokens0 = metric(sv.port, gen_total), ttft0 = metric(sv.port, ttft);
+    const char *gen_total = "balsa_generated_tokens_total{model=\"fortunes\"}";
+    const char *ttft = "balsa_time_to_first_token_seconds_count{model=\"fortunes\"}";
+    double tokens0 = su_metric(sv.port, gen_total), ttft0 = su_metric(sv.port, ttft);
     su_resp a;
     su_request(sv.port, "POST", "/infer", plain, strlen(plain), NULL, &a);
     REQUIRE(a.code == 200);
@@ -388,7 +377,7 @@ TEST(serve_streams_generation)
               "streamed \"%s\" (%s, %d tokens), answer %s", j.text, j.finish, j.ntokens, a.body);
     CHECK_MSG(j.events > 1 && !strcmp(j.model, "fortunes"), "%d events", j.events);
     /* both generations are in /metrics: their tokens, and a time to the first token each */
-    double tokens1 = metric(sv.port, gen_total), ttft1 = metric(sv.port, ttft);
+    double tokens1 = su_metric(sv.port, gen_total), ttft1 = su_metric(sv.port, ttft);
     CHECK_MSG(tokens0 == 0 && tokens1 == 2.0 * j.ntokens && ttft0 == 0 && ttft1 == 2,
               "generated tokens %g -> %g (2 x %d), first-token count %g -> %g", tokens0,
               tokens1, j.ntokens, ttft0, ttft1);
@@ -419,24 +408,24 @@ TEST(serve_streams_generation)
 
     /* a client that leaves in the middle: 499, the engine stops generating for it (far
      * fewer steps run than the 60,000 tokens asked for), and the server goes on */
-    const char *c499 = "balsa_inference_requests_total{model=\"fortunes\",code=\"499\"} ";
-    const char *steps = "balsa_batch_size_count{model=\"fortunes\"} ";
-    double before = metric(sv.port, c499), steps0 = metric(sv.port, steps);
+    const char *c499 = "balsa_inference_requests_total{model=\"fortunes\",code=\"499\"}";
+    const char *steps = "balsa_batch_size_count{model=\"fortunes\"}";
+    double before = su_metric(sv.port, c499), steps0 = su_metric(sv.port, steps);
     s.stop_after = 200;
     stream_request(sv.port, "/infer",
                    "{\"text\": \"And the\", \"generate\": 60000, \"stream\": true}", &s);
     CHECK_MSG(s.r.cc == CURLE_WRITE_ERROR, "curl %d after %zu bytes", (int)s.r.cc, s.r.len);
     free(s.r.body);
     double t1 = su_now();
-    while (metric(sv.port, "\nbalsa_requests_in_flight ") != 0 && su_now() - t1 < 120)
+    while (su_metric(sv.port, "balsa_requests_in_flight") != 0 && su_now() - t1 < 120)
         usleep(20000);
-    double after = metric(sv.port, c499), ran = metric(sv.port, steps) - steps0;
+    double after = su_metric(sv.port, c499), ran = su_metric(sv.port, steps) - steps0;
     CHECK_MSG(after == (before < 0 ? 0 : before) + 1, "499s: %g -> %g", before, after);
     CHECK_MSG(ran > 0 && ran < 30000, "%g steps ran for the request that was left", ran);
     /* the same for a generation answered at once: the client gives up after 300 ms, the
      * server sees the closed socket while generating and stops */
-    before = metric(sv.port, c499);
-    steps0 = metric(sv.port, steps);
+    before = su_metric(sv.port, c499);
+    steps0 = su_metric(sv.port, steps);
     CURL *h = curl_easy_init();
     char url[128];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/infer", sv.port);
@@ -448,10 +437,10 @@ TEST(serve_streams_generation)
     curl_easy_cleanup(h);
     CHECK_MSG(cc == CURLE_OPERATION_TIMEDOUT, "curl %d", (int)cc);
     t1 = su_now();
-    while (metric(sv.port, "\nbalsa_requests_in_flight ") != 0 && su_now() - t1 < 120)
+    while (su_metric(sv.port, "balsa_requests_in_flight") != 0 && su_now() - t1 < 120)
         usleep(20000);
-    after = metric(sv.port, c499);
-    ran = metric(sv.port, steps) - steps0;
+    after = su_metric(sv.port, c499);
+    ran = su_metric(sv.port, steps) - steps0;
     CHECK_MSG(after == before + 1, "499s: %g -> %g", before, after);
     CHECK_MSG(ran > 0 && ran < 30000, "%g steps ran for the generation that was left", ran);
     s.stop_after = 0;
