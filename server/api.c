@@ -255,8 +255,9 @@ static int fill_vectors(const cJSON *inputs, const model_info *info, api_request
  * been turned into an array of strings. */
 typedef struct {
     const cJSON *model, *inputs, *text, *output, *top_k, *timeout, *generate, *temperature,
-        *seed, *stop, *init_state, *ret_state, *stream;
+        *seed, *stop, *init_state, *ret_state, *stream, *seq_id, *seq_start, *seq_end;
     const char *stop_name; /* "stop", or where the generate extension had it */
+    const char *seq_prefix; /* "", or "parameters." for the generate extension's */
 } req_fields;
 
 /* "stop" (with generate): one string or an array of up to MODEL_GEN_MAX_STOP, each 1 to
@@ -484,6 +485,83 @@ static int parse_return_state(const cJSON *v, const api_model *am, api_request *
     return 0;
 }
 
+/* A boolean sequence parameter (v may be NULL: false). */
+static int seq_flag(const cJSON *v, const char *prefix, const char *name, int *out, char *err,
+                    size_t errlen)
+{
+    if (v && !cJSON_IsBool(v))
+        return api_fail(err, errlen, 400, "%s%s: must be true or false", prefix, name);
+    *out = cJSON_IsTrue(v);
+    return 0;
+}
+
+int api_parse_sequence(const cJSON *id, const cJSON *start, const cJSON *end,
+                       const char *prefix, const api_model *am, api_request *r, char *err,
+                       size_t errlen)
+{
+    int code;
+    if ((code = seq_flag(start, prefix, "sequence_start", &r->seq_start, err, errlen)) ||
+        (code = seq_flag(end, prefix, "sequence_end", &r->seq_end, err, errlen)))
+        return code;
+    r->seq_key[0] = 0;
+    if (cJSON_IsString(id)) {
+        if (strlen(id->valuestring) > API_SEQ_ID_MAX)
+            return api_fail(err, errlen, 400, "%ssequence_id: a string of at most %d bytes",
+                            prefix, API_SEQ_ID_MAX);
+        if (id->valuestring[0])
+            snprintf(r->seq_key, sizeof r->seq_key, "s%s", id->valuestring);
+    } else if (cJSON_IsNumber(id)) {
+        /* 2^53: the integers beyond it do not all survive a JSON number here (a double). */
+        double d = id->valuedouble;
+        if (d != floor(d) || d < 0 || d > 9007199254740992.0)
+            return api_fail(err, errlen, 400,
+                            "%ssequence_id: must be an integer in [0, 2^53] or a string", prefix);
+        if (d > 0)
+            snprintf(r->seq_key, sizeof r->seq_key, "n%.0f", d);
+    } else if (id) {
+        return api_fail(err, errlen, 400,
+                        "%ssequence_id: must be an integer in [0, 2^53] or a string", prefix);
+    }
+    if (!r->seq_key[0]) {
+        if (r->seq_start || r->seq_end)
+            return api_fail(err, errlen, 400,
+                            "%s%s: needs a sequence_id (not 0 or \"\")", prefix,
+                            r->seq_start ? "sequence_start" : "sequence_end");
+        return 0;
+    }
+    const model_info *in = am->info;
+    if (in->hidden_size == 0)
+        return api_fail(err, errlen, 400,
+                        "%ssequence_id: model \"%s\" has no LSTM, so no state to keep between "
+                        "requests",
+                        prefix, am->name);
+    if (in->bidirectional)
+        return api_fail(err, errlen, 400,
+                        "%ssequence_id: model \"%s\" is bidirectional: its reverse direction "
+                        "reads each input from its end, so a sequence cannot continue in a "
+                        "later request",
+                        prefix, am->name);
+    if (r->nseqs != 1)
+        return api_fail(err, errlen, 400,
+                        "%ssequence_id: a request of a sequence carries one sequence, got %d",
+                        prefix, r->nseqs);
+    if (r->state_in && !r->seq_start)
+        return api_fail(err, errlen, 400,
+                        "initial_state: with sequence_id only on the sequence's first request "
+                        "(sequence_start: true); later ones continue from the kept state");
+    r->state_size = (size_t)in->num_layers * (size_t)in->hidden_size;
+    return 0;
+}
+
+const char *api_seq_shown(const api_request *r, char *buf, size_t n)
+{
+    if (r->seq_key[0] == 'n')
+        snprintf(buf, n, "%s", r->seq_key + 1);
+    else
+        snprintf(buf, n, "\"%.64s\"", r->seq_key + 1);
+    return buf;
+}
+
 /* "stream" (v, may be NULL), once generate, return_state and the sequences are known. */
 static int parse_stream(const cJSON *v, api_request *r, char *err, size_t errlen)
 {
@@ -575,6 +653,9 @@ static int parse_body(const req_fields *q, const seq_src *src, const api_model *
                         r->return_state ? ", or no return_state" : "");
     if (q->init_state && (code = parse_initial_state(q->init_state, am, r, err, errlen)))
         return code;
+    if ((code = api_parse_sequence(q->seq_id, q->seq_start, q->seq_end, q->seq_prefix, am, r,
+                                   err, errlen)))
+        return code;
     /* The engine's own check is the last word (length, range, finiteness). */
     for (int i = 0; i < r->nseqs; i++) {
         char why[200], name[32];
@@ -590,7 +671,7 @@ static int parse_root(const cJSON *root, const api_model *models, int nmodels,
     if (!cJSON_IsObject(root))
         return api_fail(err, errlen, 400,
                         "body: must be a JSON object {\"model\", \"inputs\", ...}");
-    req_fields q = {0};
+    req_fields q = {.seq_prefix = ""};
     const cJSON *f;
     cJSON_ArrayForEach(f, root)
     {
@@ -607,12 +688,16 @@ static int parse_root(const cJSON *root, const api_model *models, int nmodels,
                              : !strcmp(f->string, "initial_state") ? &q.init_state
                              : !strcmp(f->string, "return_state")  ? &q.ret_state
                              : !strcmp(f->string, "stream")        ? &q.stream
+                             : !strcmp(f->string, "sequence_id")    ? &q.seq_id
+                             : !strcmp(f->string, "sequence_start") ? &q.seq_start
+                             : !strcmp(f->string, "sequence_end")   ? &q.seq_end
                                                                    : NULL;
         if (!slot)
             return api_fail(err, errlen, 400,
                             "%.64s: unknown field (expected model, inputs, text, output, top_k, "
                             "timeout_ms, generate, temperature, seed, stop, stream, "
-                            "initial_state, return_state)",
+                            "initial_state, return_state, sequence_id, sequence_start, "
+                            "sequence_end)",
                             f->string);
         if (*slot)
             return api_fail(err, errlen, 400, "%s: given twice", f->string);
@@ -722,7 +807,7 @@ int api_parse_request(const char *body, size_t len, const api_model *models, int
 
 int api_alloc_outputs(api_request *r, const model_info *info)
 {
-    if (r->return_state) {
+    if (r->return_state || r->seq_key[0]) {
         size_t S = r->state_size;
         r->state_out = malloc((size_t)r->nseqs * 2 * S * sizeof(float));
         if (!r->state_out)
@@ -930,7 +1015,7 @@ char *api_render_response(const api_request *r, const char *model_name,
     return jsonw_take(&w, len);
 }
 
-char *api_render_models(const api_model *models, int nmodels, const int (*batching)[4],
+char *api_render_models(const api_model *models, int nmodels, const int (*batching)[6],
                         size_t *len)
 {
     static const char *heads[] = {"none", "softmax", "log_softmax"};
@@ -959,8 +1044,10 @@ char *api_render_models(const api_model *models, int nmodels, const int (*batchi
         }
         jsonw_printf(&w,
                      ",\"batching\":{\"max_batch_size\":%d,\"max_queue_delay_us\":%d,"
-                     "\"queue_capacity\":%d,\"request_timeout_ms\":%d}}",
-                     batching[i][0], batching[i][1], batching[i][2], batching[i][3]);
+                     "\"queue_capacity\":%d,\"request_timeout_ms\":%d,\"max_sequences\":%d,"
+                     "\"sequence_idle_ms\":%d}}",
+                     batching[i][0], batching[i][1], batching[i][2], batching[i][3],
+                     batching[i][4], batching[i][5]);
     }
     jsonw_str(&w, "]}\n");
     return jsonw_take(&w, len);
@@ -970,9 +1057,11 @@ char *api_render_models(const api_model *models, int nmodels, const int (*batchi
 #define API_DEFAULT_MAX_TOKENS 16
 
 /* Checks the generate extension's "parameters" and turns them into the native fields
- * (*generate, and *temperature / *seed when given: cJSON numbers the caller deletes). */
+ * (*generate, and *temperature / *seed when given: cJSON numbers the caller deletes; stop
+ * and the sequence parameters seq[3] are pointed to as they are). */
 static int generate_params(const cJSON *params, cJSON **generate, cJSON **temperature,
-                           cJSON **seed, const cJSON **stop, char *err, size_t errlen)
+                           cJSON **seed, const cJSON **stop, const cJSON **seq, char *err,
+                           size_t errlen)
 {
     double max_tokens = API_DEFAULT_MAX_TOKENS;
     const cJSON *p;
@@ -981,7 +1070,7 @@ static int generate_params(const cJSON *params, cJSON **generate, cJSON **temper
     cJSON_ArrayForEach(p, params)
     {
         /* Every parameter before p is a known one (an unknown one ends the loop), so this
-         * looks at most at the five names. */
+         * looks at most at the eight names. */
         for (const cJSON *q = params->child; q != p; q = q->next)
             if (!strcmp(q->string, p->string))
                 return api_fail(err, errlen, 400, "parameters.%s: given twice", p->string);
@@ -1005,6 +1094,12 @@ static int generate_params(const cJSON *params, cJSON **generate, cJSON **temper
             *seed = cJSON_CreateNumber(p->valuedouble);
         } else if (!strcmp(p->string, "stop")) {
             *stop = p;
+        } else if (!strcmp(p->string, "sequence_id")) {
+            seq[0] = p;
+        } else if (!strcmp(p->string, "sequence_start")) {
+            seq[1] = p;
+        } else if (!strcmp(p->string, "sequence_end")) {
+            seq[2] = p;
         } else if (!strcmp(p->string, "stream")) {
             if (!cJSON_IsFalse(p))
                 return api_fail(err, errlen, 400,
@@ -1012,7 +1107,8 @@ static int generate_params(const cJSON *params, cJSON **generate, cJSON **temper
         } else {
             return api_fail(
                 err, errlen, 400,
-                "parameters.%.64s: unknown (expected max_tokens, temperature, seed, stop)",
+                "parameters.%.64s: unknown (expected max_tokens, temperature, seed, stop, "
+                "sequence_id, sequence_start, sequence_end)",
                 p->string);
         }
     }
@@ -1029,7 +1125,7 @@ int api_parse_generate(const char *body, size_t len, const api_model *models, in
     int code = api_parse_json(body, len, &root, NULL, err, errlen);
     if (code)
         return code;
-    const cJSON *text = NULL, *params = NULL, *stop = NULL, *f;
+    const cJSON *text = NULL, *params = NULL, *stop = NULL, *seq[3] = {NULL, NULL, NULL}, *f;
     const api_model *am = &models[model];
     if (!cJSON_IsObject(root))
         code = api_fail(err, errlen, 400,
@@ -1056,7 +1152,8 @@ int api_parse_generate(const char *body, size_t len, const api_model *models, in
     if (!code && !am->info->has_vocabulary)
         code = api_fail(err, errlen, 400, "text_input: model \"%s\" has no vocabulary", am->name);
     if (!code)
-        code = generate_params(params, &generate, &temperature, &seed, &stop, err, errlen);
+        code = generate_params(params, &generate, &temperature, &seed, &stop, seq, err,
+                               errlen);
     if (!code) {
         inputs = cJSON_CreateArray();
         if (!generate || !inputs ||
@@ -1066,7 +1163,9 @@ int api_parse_generate(const char *body, size_t len, const api_model *models, in
     if (!code) {
         seq_src src = {"text_input", 1};
         req_fields q = {.inputs = inputs, .generate = generate, .temperature = temperature,
-                        .seed = seed, .stop = stop, .stop_name = "parameters.stop"};
+                        .seed = seed, .stop = stop, .stop_name = "parameters.stop",
+                        .seq_id = seq[0], .seq_start = seq[1], .seq_end = seq[2],
+                        .seq_prefix = "parameters."};
         r->engine_model = am->model;
         code = parse_body(&q, &src, am, lim, r, err, errlen);
     }

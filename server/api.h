@@ -1,12 +1,14 @@
 /* The inference API shared by POST /infer and `balsa run`: parses a request body
  * ({"model", "inputs" | "text", "output", "top_k", "timeout_ms", "generate",
- * "temperature", "seed", "initial_state", "return_state"}) into engine sequences, checked
- * against the model, and renders the response ({"model", "outputs"[, "states"]}) with
- * floats written by hand. A sequence is token ids, feature vectors, or text for a model
- * with a vocabulary; "generate" continues each sequence by that many tokens;
+ * "temperature", "seed", "initial_state", "return_state", "sequence_id", "sequence_start",
+ * "sequence_end"}) into engine sequences, checked against the model, and renders the
+ * response ({"model", "outputs"[, "states"]}) with floats written by hand. A sequence is
+ * token ids, feature vectors, or text for a model with a vocabulary; "generate" continues
+ * each sequence by that many tokens;
  * "initial_state" starts sequences from a given LSTM state and "return_state" gives back
  * each one's final state (PyTorch's h_n, c_n), so that a client can continue a sequence in
- * a later request. Every client mistake gets a message naming the field and the rule. */
+ * a later request (or, with a sequence id, the server keeps it: seqstore.h). Every client
+ * mistake gets a message naming the field and the rule. */
 #ifndef BALSA_API_H
 #define BALSA_API_H
 
@@ -27,6 +29,9 @@ typedef struct {
     int max_request_steps;  /* time steps summed over the sequences */
     long max_output_values; /* floats the response may carry */
 } api_limits;
+
+/* The longest string sequence_id, in bytes. */
+#define API_SEQ_ID_MAX 128
 
 typedef struct {
     int model;          /* index into the api_model table; -1 when not resolved */
@@ -55,8 +60,11 @@ typedef struct {
     size_t state_size;  /* floats in one h or c: num_layers x directions x hidden_size */
     float *state_in;    /* "initial_state": h then c for each sequence (seqs' h0/c0 point
                          * here; NULL for a sequence whose entry is null) */
-    float *state_out;   /* with return_state: h then c for each sequence (seqs' hn/cn point
-                         * here; api_alloc_outputs) */
+    float *state_out;   /* with return_state or a sequence id: h then c for each sequence
+                         * (seqs' hn/cn point here; api_alloc_outputs) */
+    char seq_key[API_SEQ_ID_MAX + 2]; /* Triton's "sequence_id": 'n' and the number in
+                         * decimal, or 's' and the string; "" for a request outside any */
+    int seq_start, seq_end; /* "sequence_start", "sequence_end" */
 } api_request;
 
 struct cJSON;
@@ -83,9 +91,24 @@ int api_parse_json(const char *body, size_t len, struct cJSON **root, const char
 int api_parse_request(const char *body, size_t len, const api_model *models, int nmodels,
                       const api_limits *lim, api_request *r, char *err, size_t errlen);
 
+/* Triton's sequence parameters, any of them NULL when absent, each named prefix + its name
+ * in messages: "sequence_id" (an integer in [0, 2^53] or a string of at most
+ * API_SEQ_ID_MAX bytes; 0 and "" mean none), "sequence_start", "sequence_end" (booleans,
+ * which need an id), for a request of r->nseqs sequences to am. Sets r's seq_key,
+ * seq_start and seq_end. A request with an id must carry one sequence, to a model with a
+ * unidirectional LSTM, and gives initial_state only when it starts the sequence. Returns
+ * 0, or 400 with the message in err. */
+int api_parse_sequence(const struct cJSON *id, const struct cJSON *start,
+                       const struct cJSON *end, const char *prefix, const api_model *am,
+                       api_request *r, char *err, size_t errlen);
+
+/* r's sequence id as a client wrote it (the number, or the string in quotes, cut to fit
+ * buf), for messages. */
+const char *api_seq_shown(const api_request *r, char *buf, size_t n);
+
 /* Parses a body of Triton's generate extension (POST /v2/models/{m}/generate) for
  * models[model]: {"text_input": "...", "parameters": {"max_tokens": N (default 16),
- * "temperature": T, "seed": S, "stop": ...}} becomes the request {"text": ..., "generate": N,
+ * "temperature": T, "seed": S, "stop": ..., and the sequence parameters}} becomes the request {"text": ..., "generate": N,
  * ...}.
  * Returns 0, or an HTTP status with a message naming the field, as api_parse_request. */
 int api_parse_generate(const char *body, size_t len, const api_model *models, int model,
@@ -148,8 +171,9 @@ void api_stream_error(const char *msg, jsonw *w);
 void api_stream_free(api_stream *st);
 
 /* Renders GET /models: each model's name, shape and serving settings. batching[i] holds
- * max_batch_size, max_queue_delay_us, queue_capacity, request_timeout_ms of model i. */
-char *api_render_models(const api_model *models, int nmodels, const int (*batching)[4],
+ * max_batch_size, max_queue_delay_us, queue_capacity, request_timeout_ms, max_sequences
+ * (0 for a model that keeps none) and sequence_idle_ms of model i. */
+char *api_render_models(const api_model *models, int nmodels, const int (*batching)[6],
                         size_t *len);
 
 #endif

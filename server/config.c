@@ -62,6 +62,10 @@ static const key_def keys[] = {
      "requests waiting per model at most (else 503)"},
     {"request_timeout_ms", K_INT, BAT(request_timeout_ms), 1, 1, 3600000,
      "a request not started within this long gets 504"},
+    {"max_sequences", K_INT, BAT(max_sequences), 1, 0, 1000000,
+     "sequences (sequence_id) whose LSTM state is kept between requests at most (0: none)"},
+    {"sequence_idle_ms", K_INT, BAT(sequence_idle_ms), 1, 1, 86400000,
+     "an open sequence without a request for this long is dropped"},
 };
 #define NKEYS (sizeof keys / sizeof *keys)
 
@@ -96,6 +100,8 @@ void config_defaults(config *c)
     c->batching.max_queue_delay_us = 1000;
     c->batching.queue_capacity = 1024;
     c->batching.request_timeout_ms = 30000;
+    c->batching.max_sequences = 1024;
+    c->batching.sequence_idle_ms = 60000;
 }
 
 static void *key_ptr(config *c, config_batching *b, const key_def *k)
@@ -245,6 +251,8 @@ static void model_init(config_model *m)
     m->batching.max_queue_delay_us = -1;
     m->batching.queue_capacity = -1;
     m->batching.request_timeout_ms = -1;
+    m->batching.max_sequences = -1;
+    m->batching.sequence_idle_ms = -1;
 }
 
 /* The name of a model given by its path alone: the file's base name without the
@@ -350,7 +358,8 @@ static int load_models(config *c, const cJSON *arr, const char *name, char *err,
             if (!k) {
                 errf(err, errlen,
                      "%s: unknown key (a model takes name, path, max_batch_size, "
-                     "max_queue_delay_us, queue_capacity, request_timeout_ms)",
+                     "max_queue_delay_us, queue_capacity, request_timeout_ms, max_sequences, "
+                     "sequence_idle_ms)",
                      where);
                 return -1;
             }

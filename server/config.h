@@ -19,6 +19,8 @@ typedef struct {
     int max_queue_delay_us; /* how long an idle scheduler waits to fill a batch */
     int queue_capacity;     /* requests admitted and waiting; more get 503 */
     int request_timeout_ms; /* a request not started this long after arrival gets 504 (its own timeout_ms replaces it) */
+    int max_sequences;      /* sequences (sequence_id) kept open at once; 0: none */
+    int sequence_idle_ms;   /* an open sequence without a request this long is dropped */
 } config_batching;
 
 typedef struct {

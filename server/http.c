@@ -34,6 +34,7 @@
 #include "api.h"
 #include "encoding.h"
 #include "jsonw.h"
+#include "seqstore.h"
 #include "server.h"
 #include "v2.h"
 #include "v2_stats.h"
@@ -78,6 +79,7 @@ typedef struct {
     int code;          /* the status answered */
     int model;         /* index of the model, -1 when none */
     server_loaded *inst; /* the model's instance this request runs on, held until freed */
+    seq_entry *seq;    /* its sequence in inst->seqs, held from admission until it has run */
     char err[256];     /* message for a 503 decided before the scheduler ran */
     api_request req;
     sched_request sreq;
@@ -286,7 +288,7 @@ static enum MHD_Result handle_models(http_req *x)
     server *s = x->srv;
     api_model am[CONFIG_MAX_MODELS];
     server_loaded *held[CONFIG_MAX_MODELS];
-    int batching[CONFIG_MAX_MODELS][4];
+    int batching[CONFIG_MAX_MODELS][6];
     acquire_models(s, am, held);
     for (int i = 0; i < s->nmodels; i++) {
         const config_batching *b = &s->models[i].cfg->batching;
@@ -294,9 +296,11 @@ static enum MHD_Result handle_models(http_req *x)
         batching[i][1] = b->max_queue_delay_us;
         batching[i][2] = b->queue_capacity;
         batching[i][3] = b->request_timeout_ms;
+        batching[i][4] = held[i] && held[i]->seqs ? b->max_sequences : 0;
+        batching[i][5] = b->sequence_idle_ms;
     }
     size_t len;
-    char *body = api_render_models(am, s->nmodels, (const int(*)[4])batching, &len);
+    char *body = api_render_models(am, s->nmodels, (const int(*)[6])batching, &len);
     release_models(s, held, -1);
     return send_json(x, 200, body, len);
 }
@@ -304,15 +308,17 @@ static enum MHD_Result handle_models(http_req *x)
 static enum MHD_Result handle_metrics(http_req *x)
 {
     server *s = x->srv;
-    int depth[CONFIG_MAX_MODELS];
+    metrics_model_now now[CONFIG_MAX_MODELS];
+    uint64_t t = queue_now_ns();
     for (int i = 0; i < s->nmodels; i++) {
         server_loaded *l = server_model_acquire(&s->models[i]);
-        depth[i] = l ? sched_queue_depth(l->sched) : 0;
+        now[i].queue_depth = l ? sched_queue_depth(l->sched) : 0;
+        now[i].open_sequences = l && l->seqs ? seqstore_open(l->seqs, t) : 0;
         server_loaded_release(l);
     }
     jsonw w;
     jsonw_init(&w);
-    metrics_render(s->metrics, depth, &w);
+    metrics_render(s->metrics, now, &w);
     size_t len;
     char *body = jsonw_take(&w, &len);
     return send_body(x, 200, body, len, "text/plain; version=0.0.4; charset=utf-8");
@@ -391,11 +397,31 @@ static void record_generation(http_req *x)
                        most >= 2 ? secs(first, r->finished_ns) / (most - 1) : -1);
 }
 
+/* Ends x's hold on its sequence, if it has one: a request that ran to its end (ok) leaves
+ * its final state for the sequence's next request. Called before the answer can go out,
+ * so that a client which sends the next request on seeing this one's answer finds the
+ * sequence free. */
+static void seq_end(http_req *x, int ok)
+{
+    if (!x->seq)
+        return;
+    seqstore_end(x->inst->seqs, x->seq, ok ? x->req.state_out : NULL, x->req.seq_end,
+                 queue_now_ns());
+    x->seq = NULL;
+}
+
+/* The request ran to its end: not failed, and its generation (if any) not cut short. */
+static int ran_whole(http_req *x)
+{
+    return x->sreq.status == BALSA_OK && !atomic_load(&x->cancel);
+}
+
 /* Called from the scheduler thread once the request has run (or failed): wake the
  * connection; MHD calls the handler again, which answers from the request's state. */
 static void on_sched_done(sched_request *r)
 {
     http_req *x = r->user;
+    seq_end(x, ran_whole(x));
     record_generation(x);
     x->phase = PHASE_DONE;
     MHD_resume_connection(x->conn);
@@ -405,6 +431,7 @@ static void on_sched_done(sched_request *r)
 static void free_req(http_req *x)
 {
     server *s = x->srv;
+    seq_end(x, 0);
     if (x->suspended) {
         if (!x->load)
             metrics_inflight_add(s->metrics, -1);
@@ -476,6 +503,7 @@ static void on_stream_progress(sched_request *r)
 static void on_stream_done(sched_request *r)
 {
     http_req *x = r->user;
+    seq_end(x, ran_whole(x));
     if (r->status == BALSA_OK)
         metrics_queue_compute(x->srv->metrics, x->model, secs(r->enqueued_ns, r->started_ns),
                               secs(r->started_ns, r->finished_ns));
@@ -583,6 +611,33 @@ static enum MHD_Result handle_infer(http_req *x)
     return submit_infer(x);
 }
 
+/* Admits x to the sequence it names (x->req.seq_key): it will start from the state the
+ * sequence's last request left. Returns 0, or the HTTP status with the message in msg. */
+static int seq_begin(http_req *x, char *msg, size_t n)
+{
+    api_request *q = &x->req;
+    char shown[80];
+    api_seq_shown(q, shown, sizeof shown);
+    if (!x->inst->seqs)
+        return api_fail(msg, n, 400,
+                        "sequence_id %s: model \"%s\" keeps no sequences (its max_sequences "
+                        "is 0)",
+                        shown, x->srv->models[x->model].cfg->name);
+    size_t S = q->state_size;
+    if (!q->state_in && !(q->state_in = malloc(2 * S * sizeof(float))))
+        return api_fail(msg, n, 500, "out of memory for the sequence's state");
+    int fresh;
+    int code = seqstore_begin(x->inst->seqs, q->seq_key, shown, q->seq_start, queue_now_ns(),
+                              &x->seq, &fresh, q->state_in, msg, n);
+    if (code)
+        return code;
+    if (!fresh) {
+        q->seqs[0].h0 = q->state_in;
+        q->seqs[0].c0 = q->state_in + S;
+    }
+    return 0;
+}
+
 /* Runs a parsed request (x->req, x->model) through the model's queue and scheduler: the
  * connection is suspended until on_sched_done; answer_infer answers it. Shared by
  * POST /infer and the v2 infer path. */
@@ -627,6 +682,16 @@ static enum MHD_Result submit_infer(http_req *x)
         metrics_reject(s->metrics, METRICS_R_DRAINING);
         return send_error(x, 503, "server is shutting down; retry on another instance");
     }
+    if (x->req.seq_key[0]) {
+        char msg[512];
+        int code = seq_begin(x, msg, sizeof msg);
+        if (code) {
+            atomic_fetch_sub(&s->suspended, 1);
+            if (code == 503)
+                metrics_reject(s->metrics, METRICS_R_SEQUENCE_SLOTS);
+            return send_error(x, code, msg);
+        }
+    }
     x->suspended = 1;
     metrics_inflight_add(s->metrics, 1);
     x->phase = PHASE_WAITING;
@@ -641,6 +706,7 @@ static enum MHD_Result submit_infer(http_req *x)
                                       : "server is shutting down; retry on another instance");
         metrics_reject(s->metrics, st == BALSA_ERR_FULL ? METRICS_R_QUEUE_FULL
                                                         : METRICS_R_DRAINING);
+        seq_end(x, 0);
         x->phase = PHASE_DONE;
         if (x->st) {
             x->st->sched_done = 1; /* the scheduler never had it */

@@ -14,7 +14,7 @@
 
 /* Status codes the server answers with; any other code is counted as 500. */
 /* 499: the client went away before an answer was queued (nginx's code for it). */
-static const int codes[] = {200, 400, 404, 405, 413, 415, 499, 500, 503, 504};
+static const int codes[] = {200, 400, 401, 403, 404, 405, 409, 413, 415, 499, 500, 503, 504};
 #define NCODES (int)(sizeof codes / sizeof *codes)
 
 static const char *handler_names[METRICS_NHANDLERS] = {"/infer",  "/models", "/metrics",
@@ -22,7 +22,8 @@ static const char *handler_names[METRICS_NHANDLERS] = {"/infer",  "/models", "/m
                                                        "other"};
 static const char *reason_names[METRICS_NREASONS] = {"queue_full", "draining",
                                                      "deadline_exceeded", "body_too_large",
-                                                     "not_ready", "unauthorized"};
+                                                     "not_ready", "unauthorized",
+                                                     "sequence_slots"};
 
 static const double dur_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
                                     0.1,    0.25,  0.5,    1,     2.5,  5,     10};
@@ -282,7 +283,7 @@ static void render_process(metrics *m, jsonw *w)
     }
 }
 
-void metrics_render(metrics *m, const int *queue_depth, jsonw *w)
+void metrics_render(metrics *m, const metrics_model_now *now, jsonw *w)
 {
     family(w, "balsa_build_info", "gauge", "Build information: version and compute backend.");
     jsonw_printf(w, "balsa_build_info{version=\"%s\",backend=\"%s\"} 1\n", m->version, m->backend);
@@ -353,7 +354,12 @@ void metrics_render(metrics *m, const int *queue_depth, jsonw *w)
     family(w, "balsa_queue_depth", "gauge", "Requests waiting in a model's queue.");
     for (int i = 0; i < m->nmodels; i++)
         jsonw_printf(w, "balsa_queue_depth{model=\"%s\"} %d\n", m->models[i].name,
-                     queue_depth ? queue_depth[i] : 0);
+                     now ? now[i].queue_depth : 0);
+    family(w, "balsa_sequences_open", "gauge",
+           "Sequences (sequence_id) whose state the model keeps for their next request.");
+    for (int i = 0; i < m->nmodels; i++)
+        jsonw_printf(w, "balsa_sequences_open{model=\"%s\"} %d\n", m->models[i].name,
+                     now ? now[i].open_sequences : 0);
     family(w, "balsa_requests_in_flight", "gauge",
            "Inference requests admitted to a queue and not yet answered.");
     jsonw_printf(w, "balsa_requests_in_flight %ld\n", atomic_load(&m->inflight));

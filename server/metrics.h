@@ -27,6 +27,7 @@ typedef enum {
     METRICS_R_BODY_TOO_LARGE,
     METRICS_R_NOT_READY,
     METRICS_R_UNAUTHORIZED,
+    METRICS_R_SEQUENCE_SLOTS, /* every slot for an open sequence (max_sequences) taken */
     METRICS_NREASONS
 } metrics_reason;
 
@@ -60,7 +61,13 @@ void metrics_set_ready(metrics *m, int model, int ready);
 /* Requests admitted to a queue and not yet answered. */
 void metrics_inflight_add(metrics *m, int delta);
 
-/* Appends the whole exposition to w; queue_depth[i] is model i's queue depth now. */
-void metrics_render(metrics *m, const int *queue_depth, jsonw *w);
+/* A model's gauges read at scrape time. */
+typedef struct {
+    int queue_depth;    /* requests waiting in its queue */
+    int open_sequences; /* sequences (sequence_id) open */
+} metrics_model_now;
+
+/* Appends the whole exposition to w; now[i] (NULL: all zero) is model i's gauges. */
+void metrics_render(metrics *m, const metrics_model_now *now, jsonw *w);
 
 #endif

@@ -97,6 +97,11 @@ int run_main(int argc, char **argv)
         print_error(msg);
         goto out;
     }
+    if (req.seq_key[0]) {
+        print_error("sequence_id: balsa run keeps no sequences (it runs one request; carry the "
+                    "state with initial_state and return_state instead)");
+        goto out;
+    }
     if (api_alloc_outputs(&req, info)) {
         print_error("out of memory for the outputs");
         goto out;

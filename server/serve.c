@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "cli.h"
+#include "seqstore.h"
 #include "server.h"
 #include "v2_stats.h"
 
@@ -80,6 +81,7 @@ void server_loaded_release(server_loaded *l)
 static void free_instance(server_loaded *l)
 {
     sched_free(l->sched);
+    seqstore_free(l->seqs);
     if (l->model)
         model_free(l->model);
     if (l->be)
@@ -166,6 +168,16 @@ static server_loaded *load_instance(server *s, int i, step_ctx *ctx, struct stat
         snprintf(err, errlen, "model %s: scheduler: %s", cm->name, balsa_status_str(st));
         free_instance(l);
         return NULL;
+    }
+    const config_batching *b = &cm->batching;
+    if (l->info->hidden_size > 0 && !l->info->bidirectional && b->max_sequences > 0) {
+        l->seqs = seqstore_new(b->max_sequences, b->sequence_idle_ms,
+                               2 * (size_t)l->info->num_layers * (size_t)l->info->hidden_size);
+        if (!l->seqs) {
+            snprintf(err, errlen, "model %s: out of memory for its sequences", cm->name);
+            free_instance(l);
+            return NULL;
+        }
     }
     metrics_model_loaded(s->metrics, i, load_s);
     atomic_store(&l->refs, 1);

@@ -14,14 +14,16 @@
 #include "engine/sched.h"
 #include "metrics.h"
 
-/* One loaded instance of a served model: its backend, the model and the model's
- * scheduler. A reload (serve.c) builds a new instance beside the one serving, switches the
+/* One loaded instance of a served model: its backend, the model, the model's scheduler
+ * and its open sequences. A reload (serve.c) builds a new instance beside the one serving, switches the
  * model over to it, and frees the old one once the last request that took it is done. */
 typedef struct server_loaded {
     balsa_backend *be;
     balsa_model *model;
     const model_info *info;
     sched *sched;
+    struct seqstore *seqs;       /* its open sequences (seqstore.h); NULL for a model that
+                                  * keeps none (no unidirectional LSTM, or max_sequences 0) */
     atomic_long refs;            /* one while it is the model's current instance, plus one
                                   * per request or reader holding it */
     struct server_loaded *next;  /* the server's list of retired instances (serve.c) */

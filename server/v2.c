@@ -78,7 +78,7 @@ static void server_metadata(v2_reply *rep)
     jsonw_init(&w);
     jsonw_str(&w, "{\"name\":\"balsa\",\"version\":\"" BALSA_VERSION "\",\"extensions\":["
                   "\"binary_tensor_data\",\"statistics\",\"model_configuration\","
-                  "\"model_repository\"]}\n");
+                  "\"model_repository\",\"sequence\",\"sequence(string_id)\"]}\n");
     reply_json(rep, 200, &w);
 }
 
@@ -105,9 +105,12 @@ static void model_metadata(const server_model *sm, const model_info *in, v2_repl
     reply_json(rep, 200, &w);
 }
 
-/* Triton's model configuration: dims exclude the batch dimension (max_batch_size > 0). */
-static void model_config(const server_model *sm, const model_info *in, v2_reply *rep)
+/* Triton's model configuration: dims exclude the batch dimension (max_batch_size > 0);
+ * sequence_batching for a model that keeps sequences. */
+static void model_config(const server_model *sm, const server_loaded *l, v2_reply *rep)
 {
+    const model_info *in = l->info;
+    int keeps_sequences = l->seqs != NULL;
     const config_batching *b = &sm->cfg->batching;
     jsonw w;
     jsonw_init(&w);
@@ -132,11 +135,17 @@ static void model_config(const server_model *sm, const model_info *in, v2_reply 
                  "{\"name\":\"top_k_indices\",\"data_type\":\"TYPE_INT32\",\"dims\":[-1]},"
                  "{\"name\":\"top_k_values\",\"data_type\":\"TYPE_FP32\",\"dims\":[-1]}],"
                  "\"dynamic_batching\":{\"preferred_batch_size\":[%d],"
-                 "\"max_queue_delay_microseconds\":%d},"
+                 "\"max_queue_delay_microseconds\":%d},",
+                 in->output_size, b->max_batch_size, b->max_queue_delay_us);
+    if (keeps_sequences)
+        jsonw_printf(&w,
+                     "\"sequence_batching\":{\"max_sequence_idle_microseconds\":%lld},",
+                     (long long)b->sequence_idle_ms * 1000);
+    jsonw_printf(&w,
                  "\"parameters\":{\"queue_capacity\":{\"string_value\":\"%d\"},"
-                 "\"request_timeout_ms\":{\"string_value\":\"%d\"}}}\n",
-                 in->output_size, b->max_batch_size, b->max_queue_delay_us, b->queue_capacity,
-                 b->request_timeout_ms);
+                 "\"request_timeout_ms\":{\"string_value\":\"%d\"},"
+                 "\"max_sequences\":{\"string_value\":\"%d\"}}}\n",
+                 b->queue_capacity, b->request_timeout_ms, keeps_sequences ? b->max_sequences : 0);
     reply_json(rep, 200, &w);
 }
 
@@ -457,7 +466,7 @@ int v2_route(server *s, const char *method, const char *url, const char *body, s
         jsonw_str(&w, ",\"ready\":true}\n");
         reply_json(rep, 200, &w);
     } else if (action == A_CONFIG) {
-        model_config(sm, l->info, rep);
+        model_config(sm, l, rep);
     } else {
         model_metadata(sm, l->info, rep);
     }

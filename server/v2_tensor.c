@@ -571,6 +571,7 @@ static int parse_root(const cJSON *root, size_t json_len, const char *bin, size_
 
     int binary_default = 0;
     long long top_k = 0, timeout = -1;
+    const cJSON *seq_id = NULL, *seq_start = NULL, *seq_end = NULL;
     if (params) {
         if (!cJSON_IsObject(params))
             return api_fail(err, errlen, 400, "parameters: must be an object");
@@ -593,6 +594,12 @@ static int parse_root(const cJSON *root, size_t json_len, const char *bin, size_
             } else if (!strcmp(p->string, "binary_data_output")) {
                 code = read_bool(p, "parameters.binary_data_output", &binary_default, err,
                                  errlen);
+            } else if (!strcmp(p->string, "sequence_id")) {
+                seq_id = p;
+            } else if (!strcmp(p->string, "sequence_start")) {
+                seq_start = p;
+            } else if (!strcmp(p->string, "sequence_end")) {
+                seq_end = p;
             }
             if (code)
                 return code;
@@ -670,6 +677,10 @@ static int parse_root(const cJSON *root, size_t json_len, const char *bin, size_
     if (r->total_steps > lim->max_request_steps)
         return api_fail(err, errlen, 400, "inputs: %ld time steps in all, more than the limit %d",
                         r->total_steps, lim->max_request_steps);
+    int code = api_parse_sequence(seq_id, seq_start, seq_end, "parameters.", am, r, err,
+                                  errlen);
+    if (code)
+        return code;
     long long vecs = r->all_steps ? (long long)v->batch * v->steps : v->batch;
     long long per_vec = 0;
     for (int k = 0; k < v->nout; k++)

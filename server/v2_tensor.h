@@ -14,7 +14,8 @@
  *                     tokens (longest match) and is one sequence; in the binary form each
  *                     element is a 4-byte little-endian length and its bytes (Triton's)
  *   params   output "last" (default) | "all"; top_k (integer); timeout_ms (integer);
- *            binary_data_output (bool: every output as raw bytes); others are ignored
+ *            binary_data_output (bool: every output as raw bytes); Triton's sequence_id,
+ *            sequence_start, sequence_end (api_parse_sequence); others are ignored
  *   outputs  output        FP32  [batch, output_size] ("last") or
  *                                [batch, steps, output_size] ("all"; rows past a sequence's
  *                                length are zero)

@@ -214,9 +214,9 @@ TEST(responses_round_trip_exactly)
 
 TEST(models_listing)
 {
-    int batching[2][4] = {{8, 100, 16, 1000}, {1, 0, 2, 5}};
+    int batching[2][6] = {{8, 100, 16, 1000, 64, 500}, {1, 0, 2, 5, 0, 60000}};
     size_t len;
-    char *text = api_render_models(models, 2, (const int(*)[4])batching, &len);
+    char *text = api_render_models(models, 2, (const int(*)[6])batching, &len);
     REQUIRE(text);
     cJSON *root = cJSON_Parse(text);
     REQUIRE(root);
@@ -231,6 +231,10 @@ TEST(models_listing)
     CHECK(fabs(cJSON_GetObjectItem(m0, "sparsity")->valuedouble - 0.5) < 1e-6);
     CHECK(strcmp(cJSON_GetObjectItem(m1, "input")->valuestring, "vectors") == 0);
     CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(m1, "batching"), "queue_capacity")->valueint == 2);
+    CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(m0, "batching"), "max_sequences")->valueint == 64);
+    CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(m0, "batching"), "sequence_idle_ms")->valueint ==
+          500);
+    CHECK(cJSON_GetObjectItem(cJSON_GetObjectItem(m1, "batching"), "max_sequences")->valueint == 0);
     cJSON_Delete(root);
     free(text);
 }
@@ -249,6 +253,12 @@ TEST(generate_parameters)
     REQUIRE(api_parse_generate(ok, strlen(ok), gm, 0, &limits, &r, err, sizeof err) == 0);
     CHECK(r.generate == 3 && r.gen.temperature == 0.5f && r.gen.seed == 9 && r.gen.nstop == 1);
     api_request_free(&r);
+    /* Triton's sequence parameters ride along, named as parameters */
+    const char *seq = "{\"text_input\": \"And\", \"parameters\": {\"sequence_id\": \"s1\", "
+                      "\"sequence_start\": true}}";
+    REQUIRE(api_parse_generate(seq, strlen(seq), gm, 0, &limits, &r, err, sizeof err) == 0);
+    CHECK(strcmp(r.seq_key, "ss1") == 0 && r.seq_start == 1 && r.seq_end == 0);
+    api_request_free(&r);
     /* found by tests/fuzz (fuzz_generate): a parameter given twice leaked the first
      * temperature or seed and silently took the last value of any */
     const char *twice[][2] = {
@@ -260,6 +270,10 @@ TEST(generate_parameters)
          "parameters.max_tokens: given twice"},
         {"{\"text_input\": \"a\", \"parameters\": {\"stop\": \"a\", \"stop\": \"b\"}}",
          "parameters.stop: given twice"},
+        {"{\"text_input\": \"a\", \"parameters\": {\"sequence_id\": 1, \"sequence_id\": 2}}",
+         "parameters.sequence_id: given twice"},
+        {"{\"text_input\": \"a\", \"parameters\": {\"sequence_end\": true}}",
+         "parameters.sequence_end: needs a sequence_id (not 0 or \"\")"},
     };
     for (size_t i = 0; i < sizeof twice / sizeof *twice; i++) {
         int code = api_parse_generate(twice[i][0], strlen(twice[i][0]), gm, 0, &limits, &r, err,

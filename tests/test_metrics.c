@@ -69,6 +69,9 @@ TEST(exposition_structure)
     metrics_http(m, METRICS_H_INFER, 200);
     metrics_http(m, METRICS_H_INFER, 413);
     metrics_http(m, METRICS_H_OTHER, 404);
+    metrics_http(m, METRICS_H_INFER, 401);
+    metrics_http(m, METRICS_H_V2, 403);
+    metrics_infer(m, 1, 409, 0.001);
     metrics_infer(m, 0, 200, 0.003);
     metrics_infer(m, 0, 200, 20.0); /* beyond the last bucket: only +Inf */
     metrics_infer(m, 1, 504, 0.2);
@@ -83,10 +86,11 @@ TEST(exposition_structure)
     metrics_set_ready(m, 0, 1);
     metrics_inflight_add(m, 3);
     metrics_inflight_add(m, -1);
-    int depth[2] = {5, 0};
+    metrics_reject(m, METRICS_R_SEQUENCE_SLOTS);
+    metrics_model_now now[2] = {{5, 0}, {0, 7}};
     jsonw w;
     jsonw_init(&w);
-    metrics_render(m, depth, &w);
+    metrics_render(m, now, &w);
     REQUIRE(!w.oom && w.data);
     const char *t = w.data;
     CHECK(exposition_ok(t));
@@ -102,6 +106,14 @@ TEST(exposition_structure)
     CHECK(strstr(t, "balsa_batch_size_bucket{model=\"demo\",le=\"32\"} 3\n"));
     CHECK(strstr(t, "balsa_batch_size_sum{model=\"demo\"} 35\n"));
     CHECK(strstr(t, "balsa_queue_depth{model=\"demo\"} 5\n"));
+    CHECK(strstr(t, "balsa_sequences_open{model=\"demo\"} 0\n"));
+    CHECK(strstr(t, "balsa_sequences_open{model=\"other\"} 7\n"));
+    /* 401, 403 and 409 are counted as themselves, not as 500 */
+    CHECK(strstr(t, "balsa_http_requests_total{handler=\"/infer\",code=\"401\"} 1\n"));
+    CHECK(strstr(t, "balsa_http_requests_total{handler=\"/v2\",code=\"403\"} 1\n"));
+    CHECK(strstr(t, "balsa_inference_requests_total{model=\"other\",code=\"409\"} 1\n"));
+    CHECK(!strstr(t, "code=\"500\""));
+    CHECK(strstr(t, "balsa_rejected_requests_total{reason=\"sequence_slots\"} 1\n"));
     CHECK(strstr(t, "balsa_generated_tokens_total{model=\"demo\"} 65\n"));
     CHECK(strstr(t, "balsa_generated_tokens_total{model=\"other\"} 0\n"));
     CHECK(strstr(t, "balsa_time_to_first_token_seconds_bucket{model=\"demo\",le=\"0.0025\"} 1\n"));

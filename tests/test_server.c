@@ -95,19 +95,6 @@ static int outputs_match(const char *body, int seq, const float *want, int n)
     return ok;
 }
 
-/* The value of a sample line "name{labels} value" in a metrics text, -1 when absent. */
-static double metric_value(const char *text, const char *series)
-{
-    const char *p = text;
-    size_t k = strlen(series);
-    while ((p = strstr(p, series))) {
-        if ((p == text || p[-1] == '\n') && p[k] == ' ')
-            return atof(p + k + 1);
-        p += k;
-    }
-    return -1;
-}
-
 static su_server main_srv;
 
 TEST(health_and_models)
@@ -294,7 +281,7 @@ TEST(client_gone_is_499_not_500)
     const char *c500 = "balsa_http_requests_total{handler=\"/infer\",code=\"500\"}";
     su_resp r;
     su_request_str(main_srv.port, "GET", "/metrics", NULL, NULL, &r);
-    double before499 = metric_value(r.body, c499), before500 = metric_value(r.body, c500);
+    double before499 = su_metric_value(r.body, c499), before500 = su_metric_value(r.body, c500);
     free(r.body);
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     REQUIRE(fd >= 0);
@@ -308,7 +295,7 @@ TEST(client_gone_is_499_not_500)
     close(fd);
     CHECK(wait_metric(main_srv.port, c499, before499 + 1));
     su_request_str(main_srv.port, "GET", "/metrics", NULL, NULL, &r);
-    CHECK(metric_value(r.body, c500) == before500);
+    CHECK(su_metric_value(r.body, c500) == before500);
     free(r.body);
     su_request_str(main_srv.port, "GET", "/healthz", NULL, NULL, &r);
     CHECK(r.code == 200);
@@ -383,8 +370,8 @@ TEST(concurrent_clients_get_their_own_answers)
     su_resp r;
     su_request_str(main_srv.port, "GET", "/metrics", NULL, NULL, &r);
     REQUIRE(r.code == 200);
-    double count = metric_value(r.body, "balsa_batch_size_count{model=\"test\"}");
-    double one = metric_value(r.body, "balsa_batch_size_bucket{model=\"test\",le=\"1\"}");
+    double count = su_metric_value(r.body, "balsa_batch_size_count{model=\"test\"}");
+    double one = su_metric_value(r.body, "balsa_batch_size_bucket{model=\"test\",le=\"1\"}");
     CHECK_MSG(count > 0 && count - one > 0, "batch size histogram: %g steps, %g of size 1", count,
               one);
     free(r.body);
@@ -396,13 +383,13 @@ TEST(metrics_exposition)
     su_request_str(main_srv.port, "GET", "/metrics", NULL, NULL, &r);
     REQUIRE(r.code == 200);
     CHECK(strcmp(r.ctype, "text/plain; version=0.0.4; charset=utf-8") == 0);
-    CHECK(metric_value(r.body, "balsa_inference_requests_total{model=\"test\",code=\"200\"}") >= 64);
-    CHECK(metric_value(r.body, "balsa_inference_requests_total{model=\"test\",code=\"400\"}") >= 1);
-    CHECK(metric_value(r.body, "balsa_http_requests_total{handler=\"/infer\",code=\"413\"}") >= 1);
-    CHECK(metric_value(r.body, "balsa_request_duration_seconds_bucket{model=\"test\",le=\"+Inf\"}") ==
-          metric_value(r.body, "balsa_request_duration_seconds_count{model=\"test\"}"));
-    CHECK(metric_value(r.body, "balsa_model_ready{model=\"test\"}") == 1);
-    CHECK(metric_value(r.body, "process_resident_memory_bytes") > 0);
+    CHECK(su_metric_value(r.body, "balsa_inference_requests_total{model=\"test\",code=\"200\"}") >= 64);
+    CHECK(su_metric_value(r.body, "balsa_inference_requests_total{model=\"test\",code=\"400\"}") >= 1);
+    CHECK(su_metric_value(r.body, "balsa_http_requests_total{handler=\"/infer\",code=\"413\"}") >= 1);
+    CHECK(su_metric_value(r.body, "balsa_request_duration_seconds_bucket{model=\"test\",le=\"+Inf\"}") ==
+          su_metric_value(r.body, "balsa_request_duration_seconds_count{model=\"test\"}"));
+    CHECK(su_metric_value(r.body, "balsa_model_ready{model=\"test\"}") == 1);
+    CHECK(su_metric_value(r.body, "process_resident_memory_bytes") > 0);
     CHECK(strstr(r.body, "balsa_build_info{version=") != NULL);
     if (system("command -v promtool >/dev/null 2>&1") != 0) {
         free(r.body);
@@ -486,7 +473,7 @@ static double steps_done(int port)
 {
     su_resp r;
     su_request_str(port, "GET", "/metrics", NULL, NULL, &r);
-    double v = metric_value(r.body, "balsa_batch_size_count{model=\"test\"}");
+    double v = su_metric_value(r.body, "balsa_batch_size_count{model=\"test\"}");
     free(r.body);
     return v;
 }
@@ -505,7 +492,7 @@ static int wait_metric(int port, const char *series, double want)
     while (su_now() - t0 < 10) {
         su_resp r;
         su_request_str(port, "GET", "/metrics", NULL, NULL, &r);
-        double v = metric_value(r.body, series);
+        double v = su_metric_value(r.body, series);
         free(r.body);
         if (v >= want)
             return 1;
@@ -581,8 +568,8 @@ TEST(full_queue_and_deadline)
     free(r.body);
     pthread_join(th[0], NULL);
     su_request_str(sp.port, "GET", "/metrics", NULL, NULL, &r);
-    CHECK(metric_value(r.body, "balsa_rejected_requests_total{reason=\"queue_full\"}") == 1);
-    CHECK(metric_value(r.body, "balsa_rejected_requests_total{reason=\"deadline_exceeded\"}") == 1);
+    CHECK(su_metric_value(r.body, "balsa_rejected_requests_total{reason=\"queue_full\"}") == 1);
+    CHECK(su_metric_value(r.body, "balsa_rejected_requests_total{reason=\"deadline_exceeded\"}") == 1);
     free(r.body);
     CHECK(su_stop(&sp, 20) == 0);
 }
@@ -981,7 +968,7 @@ TEST(api_key)
     curl_easy_cleanup(h);
     su_resp m;
     su_request_str(sp.port, "GET", "/metrics", NULL, NULL, &m);
-    CHECK(metric_value(m.body, "balsa_rejected_requests_total{reason=\"unauthorized\"}") == 8);
+    CHECK(su_metric_value(m.body, "balsa_rejected_requests_total{reason=\"unauthorized\"}") == 8);
     free(m.body);
     CHECK(su_stop(&sp, 10) == 0);
 }
@@ -1006,6 +993,9 @@ TEST(run_command_matches_infer)
               "%s", out);
     CHECK(run_cli("not json", out, sizeof out) == 1);
     CHECK_MSG(strncmp(out, "{\"error\": \"body: malformed JSON", 30) == 0, "%s", out);
+    /* one request, no server: nothing keeps a sequence's state for the next */
+    CHECK(run_cli("{\"inputs\": [[1]], \"sequence_id\": 3}", out, sizeof out) == 1);
+    CHECK_MSG(strstr(out, "sequence_id: balsa run keeps no sequences"), "%s", out);
 }
 
 int main(void)

@@ -752,6 +752,87 @@ TEST(api_refuses_bad_state)
     api_request_free(&r);
 }
 
+/* Triton's sequence fields (api_parse_sequence): an id's two kinds (number, string) and
+ * the flags land in the request; 0 and "" mean no sequence; a sequence request gets room
+ * for its final state; every mistake is a 400 naming the field and the rule. */
+TEST(api_parses_sequence)
+{
+    struct {
+        const char *body, *key;
+        int start, end;
+    } good[] = {
+        {"{\"model\": \"lm\", \"inputs\": [[1]], \"sequence_id\": 42, "
+         "\"sequence_start\": true}", "n42", 1, 0},
+        {"{\"model\": \"lm\", \"inputs\": [[1]], \"sequence_id\": 9007199254740992, "
+         "\"sequence_end\": true}", "n9007199254740992", 0, 1},
+        {"{\"model\": \"lm\", \"inputs\": [[1]], \"sequence_id\": \"a b/7\", "
+         "\"sequence_start\": true, \"sequence_end\": true, \"initial_state\": [null]}",
+         "sa b/7", 1, 1},
+        {"{\"model\": \"lm\", \"inputs\": [[1], [2]], \"sequence_id\": 0, "
+         "\"sequence_start\": false}", "", 0, 0},
+        {"{\"model\": \"lm\", \"inputs\": [[1]], \"sequence_id\": \"\"}", "", 0, 0},
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        api_request r;
+        char err[512] = "";
+        int code = api_parse(good[i].body, &api_lim, &r, err, sizeof err);
+        CHECK_MSG(code == 0, "good %zu: %d %s", i, code, err);
+        if (code)
+            continue;
+        CHECK_MSG(strcmp(r.seq_key, good[i].key) == 0 && r.seq_start == good[i].start &&
+                      r.seq_end == good[i].end,
+                  "good %zu: key \"%s\" start %d end %d", i, r.seq_key, r.seq_start, r.seq_end);
+        CHECK(api_alloc_outputs(&r, api_models[0].info) == 0);
+        /* a sequence's final state has somewhere to go, for the server to keep */
+        CHECK(!r.seq_key[0] || (r.state_size == 32 && r.seqs[0].hn && r.seqs[0].cn));
+        api_request_free(&r);
+    }
+    char long_id[API_SEQ_ID_MAX + 2];
+    memset(long_id, 'x', sizeof long_id - 1);
+    long_id[sizeof long_id - 1] = 0;
+    struct {
+        char *body;
+        const char *want;
+    } bad[] = {
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"sequence_id\": 1.5}"),
+         "sequence_id: must be an integer in [0, 2^53] or a string"},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"sequence_id\": 9007199254740994}"),
+         "sequence_id: must be an integer in [0, 2^53] or a string"},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"sequence_id\": true}"),
+         "sequence_id: must be an integer in [0, 2^53] or a string"},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"sequence_id\": \"%s\"}", long_id),
+         "sequence_id: a string of at most 128 bytes"},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"sequence_id\": 3, "
+                 "\"sequence_start\": \"yes\"}"),
+         "sequence_start: must be true or false"},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"sequence_end\": true}"),
+         "sequence_end: needs a sequence_id (not 0 or \"\")"},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"sequence_id\": 0, "
+                 "\"sequence_start\": true}"),
+         "sequence_start: needs a sequence_id"},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1], [2]], \"sequence_id\": 3}"),
+         "sequence_id: a request of a sequence carries one sequence, got 2"},
+        {body_of("{\"model\": \"bi\", \"inputs\": [[1]], \"sequence_id\": 3}"),
+         "sequence_id: model \"bi\" is bidirectional"},
+        {body_of("{\"model\": \"fc\", \"inputs\": [[1]], \"sequence_id\": 3}"),
+         "sequence_id: model \"fc\" has no LSTM, so no state to keep"},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"sequence_id\": 3, "
+                 "\"initial_state\": [null]}"),
+         "initial_state: with sequence_id only on the sequence's first request"},
+        {body_of("{\"model\": \"lm\", \"inputs\": [[1]], \"sequence\": 3}"),
+         "sequence: unknown field (expected model, inputs,"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        api_request r;
+        char err[512] = "";
+        int code = api_parse(bad[i].body, &api_lim, &r, err, sizeof err);
+        CHECK_MSG(code == 400 && strstr(err, bad[i].want), "bad %zu: %d %s", i, code, err);
+        if (code == 0)
+            api_request_free(&r);
+        free(bad[i].body);
+    }
+}
+
 /* A response's "states" entry, sent back as "initial_state" with the rest of the input,
  * continues the sequence: the outputs and the final state are those of the whole input
  * in one request (the state goes through JSON as "%.9g", which gives floats back exactly). */
@@ -897,6 +978,7 @@ int main(void)
     RUN(api_parses_state);
     RUN(api_refuses_bad_state);
     RUN(api_continues_a_sequence);
+    RUN(api_parses_sequence);
     api_teardown();
     RUN(serve_continues_a_sequence);
     be->ops->destroy(be);

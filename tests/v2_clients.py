@@ -1,8 +1,9 @@
 """NVIDIA's tritonclient.http (the KServe v2 client, unmodified, from PyPI) against a
 running `balsa serve`: server and model metadata, model config, readiness, inference with
 JSON tensors and with binary tensors (inputs and outputs), lengths, "all" outputs, top_k,
-statistics, compressed requests and answers, and the model repository index, load_model
-and unload_model's refusal. Every answer is compared with balsa's native POST /infer for
+statistics, compressed requests and answers, the model repository index, load_model
+and unload_model's refusal, and a sequence (sequence_id, sequence_start, sequence_end)
+sent in pieces. Every answer is compared with balsa's native POST /infer for
 the same sequences. Run by tests/test_v2.c as:
 python3 tests/v2_clients.py PORT MODEL VOCAB OUT.
 Prints one line per check and exits 1 when any failed."""
@@ -145,6 +146,32 @@ try:
     check(False, "unload_model raises")
 except InferenceServerException as e:
     check("unload: not supported" in str(e), f"unload_model raises: {e}")
+
+# Triton's sequence extension: one sequence in three requests (sequence_id, with
+# sequence_start on the first and sequence_end on the last) answers what the whole does
+check("sequence" in meta["extensions"] and "sequence(string_id)" in meta["extensions"],
+      "get_server_metadata: the sequence extensions")
+check(cfg.get("sequence_batching", {}).get("max_sequence_idle_microseconds", 0) > 0,
+      "get_model_config: sequence_batching")
+whole = rng.integers(0, vocab, size=10, dtype=np.int32)
+want = native_infer([whole], output="all")[0]
+for sid in (4242, "session-9"):
+    got = []
+    for i, (a, b) in enumerate(((0, 3), (3, 4), (4, 10))):
+        piece = httpclient.InferInput("tokens", [1, b - a], "INT32")
+        piece.set_data_from_numpy(whole[None, a:b], binary_data=True)
+        res = c.infer(model, [piece], sequence_id=sid, sequence_start=i == 0,
+                      sequence_end=i == 2, parameters={"output": "all"})
+        got.append(res.as_numpy("output")[0])
+    got = np.concatenate(got)
+    d = float(np.max(np.abs(got - np.asarray(want, dtype=np.float32))))
+    check(got.shape == (10, out_size) and d <= 1e-5 * max(1.0, float(np.max(np.abs(want)))),
+          f"infer in a sequence ({sid!r}) of three requests == the whole sequence at once (max diff {d})")
+    try:
+        c.infer(model, [piece], sequence_id=sid)
+        check(False, "a request of an ended sequence raises")
+    except InferenceServerException as e:
+        check("no such sequence is open" in str(e), f"a request of an ended sequence raises: {e}")
 
 stats = c.get_inference_statistics(model)
 ms = stats["model_stats"][0]
