@@ -300,6 +300,35 @@ TEST(spmm_scalar_packed) { spmm_isa_test(CPU_ISA_SCALAR); }
 TEST(spmm_avx2_path) { spmm_isa_test(CPU_ISA_AVX2); }
 TEST(spmm_avx512_path) { spmm_isa_test(CPU_ISA_AVX512); }
 
+/* Batch 1 with every k of banks 32 and 64 from 1 to 12: the AVX2 kernel has a copy for
+ * each common k (1, 2, 3, 4, 6, 8) and a loop for the rest, and each ends on a padded last
+ * bank here (cols 333 and 205); every ISA, 1 and 2 threads. */
+TEST(spmm_batch1_every_k)
+{
+    int failures = 0, cases = 0;
+    for (int isa = CPU_ISA_SCALAR; isa <= CPU_ISA_AVX512; isa++) {
+        if (!cpu_isa_supported((cpu_isa)isa))
+            continue;
+        balsa_backend *be1, *be2;
+        REQUIRE(backend_pair_create((cpu_isa)isa, &be1, &be2));
+        for (int bank = 32; bank <= 64; bank *= 2)
+            for (int k = 1; k <= 12; k++) {
+                spmm_case c = {61, bank == 32 ? 333 : 205, bank, k, 1, 340, 64, k % 2, k % 3 == 0,
+                               (balsa_act)(k % 4)};
+                spmm_fixture f;
+                REQUIRE(fixture_init(&f, c, 777u + (unsigned)(k * bank)));
+                float *y = malloc(sizeof(float) * f.ylen);
+                if (!run_backend(&f, be1, be2, y, cpu_isa_str((cpu_isa)isa)))
+                    failures++;
+                cases++;
+                free(y);
+                fixture_free(&f);
+            }
+        backend_pair_free(be1, be2);
+    }
+    CHECK_MSG(failures == 0, "%d of %d cases failed", failures, cases);
+}
+
 /* Batches past 16 that are not a multiple of it: the transposed kernels end on a
  * narrower chunk (35 = 16 + 16 + 4 with 3 used, as in a 35-step input projection; 28 =
  * 16 + 16 with 12 used), with every kernel, 1 and 2 threads, bias, accumulate and an
@@ -632,6 +661,7 @@ int main(void)
     RUN(spmm_scalar_packed);
     RUN(spmm_avx2_path);
     RUN(spmm_avx512_path);
+    RUN(spmm_batch1_every_k);
     RUN(spmm_batch_remainders);
     RUN(threads_split_identical);
     RUN(lstm_scalar);

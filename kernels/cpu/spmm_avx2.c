@@ -233,57 +233,108 @@ __attribute__((noinline)) static __m256 group_permute2_avx2(const cpu_packed *w,
  * memory), and one vector FMA takes the slot. On AMD Zen (vpermps costs 3 micro-ops there)
  * this was 2x faster than four vpermps and three blends per slot for 32-wide banks, and
  * faster than vgatherdps (see bench/RESULTS.md). */
-/* x[offset] for the 8 lanes of one slot. */
+/* x[offset] for the 8 lanes of one slot. Written in assembly because the loop is bound by
+ * instructions issued, not by memory: GCC extracted each offset byte with a mov, a shift
+ * and a movzx (20 integer instructions per slot) and loaded each x before inserting it;
+ * here two offsets come out per shift (the low and high byte registers) and each x is
+ * loaded by the vinsertps that places it, 21 instructions per slot against 36. */
 static inline __m256 lanes_x_avx2(const float *xb, const uint8_t *off)
 {
-    uint64_t o;
+    uint64_t o, t;
     memcpy(&o, off, sizeof o);
-    __m128 lo = _mm_load_ss(xb + (o & 255));
-    lo = _mm_insert_ps(lo, _mm_load_ss(xb + ((o >> 8) & 255)), 0x10);
-    lo = _mm_insert_ps(lo, _mm_load_ss(xb + ((o >> 16) & 255)), 0x20);
-    lo = _mm_insert_ps(lo, _mm_load_ss(xb + ((o >> 24) & 255)), 0x30);
-    __m128 hi = _mm_load_ss(xb + ((o >> 32) & 255));
-    hi = _mm_insert_ps(hi, _mm_load_ss(xb + ((o >> 40) & 255)), 0x10);
-    hi = _mm_insert_ps(hi, _mm_load_ss(xb + ((o >> 48) & 255)), 0x20);
-    hi = _mm_insert_ps(hi, _mm_load_ss(xb + (o >> 56)), 0x30);
+    __m128 lo, hi;
+    __asm__("movzbl %b[o], %k[t]\n\t"
+            "vmovss (%[xb],%[t],4), %[lo]\n\t"
+            "movzbl %h[o], %k[t]\n\t"
+            "vinsertps $0x10, (%[xb],%[t],4), %[lo], %[lo]\n\t"
+            "shrq $16, %[o]\n\t"
+            "movzbl %b[o], %k[t]\n\t"
+            "vinsertps $0x20, (%[xb],%[t],4), %[lo], %[lo]\n\t"
+            "movzbl %h[o], %k[t]\n\t"
+            "vinsertps $0x30, (%[xb],%[t],4), %[lo], %[lo]\n\t"
+            "shrq $16, %[o]\n\t"
+            "movzbl %b[o], %k[t]\n\t"
+            "vmovss (%[xb],%[t],4), %[hi]\n\t"
+            "movzbl %h[o], %k[t]\n\t"
+            "vinsertps $0x10, (%[xb],%[t],4), %[hi], %[hi]\n\t"
+            "shrq $16, %[o]\n\t"
+            "movzbl %b[o], %k[t]\n\t"
+            "vinsertps $0x20, (%[xb],%[t],4), %[hi], %[hi]\n\t"
+            "movzbl %h[o], %k[t]\n\t"
+            "vinsertps $0x30, (%[xb],%[t],4), %[hi], %[hi]"
+            : [lo] "=&x"(lo), [hi] "=&x"(hi), [t] "=&Q"(t), [o] "+Q"(o)
+            : [xb] "r"(xb), "m"(*(const float(*)[BSMAT_MAX_BANK])xb));
     return _mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1);
 }
 
-/* Not inlined: inside the caller GCC spilled the accumulators to the stack, turning each
- * FMA into a load-FMA-store chain (30% slower). */
-__attribute__((noinline)) static __m256 group_lanes_avx2(const cpu_packed *w, int g,
-                                                         const float *x)
+/* One group's product over all banks, for a bank's k slots known at compile time (k a
+ * constant: the slot loop unrolls, and the per-bank work is one pointer add and the
+ * prefetches) or not (the same loop, run). Two accumulators, alternating by slot. */
+static inline __attribute__((always_inline)) __m256
+lanes_banks_avx2(const cpu_packed *w, int g, const float *x, const int k)
 {
-    const int B = w->bank, k = w->k, cols = w->cols;
+    const int B = w->bank, cols = w->cols, full = cols / B;
     const float *val = w->values + (size_t)g * w->nbanks * k * 8;
     const uint8_t *off = w->offsets + (size_t)g * w->nbanks * k * 8;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0;
-    float pad[BSMAT_MAX_BANK];
-    for (int b = 0; b < w->nbanks; b++) {
+    for (int b = 0; b < full; b++, val += 8 * k, off += 8 * k) {
         const float *xb = x + (size_t)b * B;
-        if (b * B + B > cols) { /* the last bank: offsets into its padding read zeros */
-            memset(pad, 0, sizeof(float) * (size_t)B);
-            memcpy(pad, xb, sizeof(float) * (size_t)(cols - b * B));
-            xb = pad;
-        }
-        /* Software prefetch 2 KiB ahead in both streams: the hardware prefetcher alone
-         * left about 25% on the table (measured, 6000x3000 at 90%). A prefetch past the
-         * end of the arrays is harmless: it never faults. */
-        _mm_prefetch((const char *)(val + 512), _MM_HINT_T0);
-        _mm_prefetch((const char *)(off + 512), _MM_HINT_T0);
-        int j = 0;
-        for (; j + 2 <= k; j += 2, val += 16, off += 16) {
-            _mm_prefetch((const char *)(val + 528), _MM_HINT_T0);
-            acc0 = _mm256_fmadd_ps(_mm256_load_ps(val), lanes_x_avx2(xb, off), acc0);
-            acc1 = _mm256_fmadd_ps(_mm256_load_ps(val + 8), lanes_x_avx2(xb, off + 8), acc1);
-        }
-        if (j < k) {
-            acc0 = _mm256_fmadd_ps(_mm256_load_ps(val), lanes_x_avx2(xb, off), acc0);
-            val += 8;
-            off += 8;
+        /* Software prefetch 2 KiB ahead in both streams, a line at a time: the hardware
+         * prefetcher alone left about 25% on the table (measured, 6000x3000 at 90%). A
+         * prefetch past the end of the arrays is harmless: it never faults. */
+#pragma GCC unroll 16
+        for (int j = 0; j < k; j += 2) {
+            _mm_prefetch((const char *)(val + 8 * j + 512), _MM_HINT_T0);
+            if (j % 8 == 0)
+                _mm_prefetch((const char *)(off + 8 * j + 512), _MM_HINT_T0);
+            acc0 = _mm256_fmadd_ps(_mm256_load_ps(val + 8 * j), lanes_x_avx2(xb, off + 8 * j),
+                                   acc0);
+            if (j + 1 < k)
+                acc1 = _mm256_fmadd_ps(_mm256_load_ps(val + 8 * j + 8),
+                                       lanes_x_avx2(xb, off + 8 * j + 8), acc1);
         }
     }
+    if (full < w->nbanks) { /* the last bank: offsets into its padding read zeros */
+        float pad[BSMAT_MAX_BANK];
+        memset(pad, 0, sizeof(float) * (size_t)B);
+        memcpy(pad, x + (size_t)full * B, sizeof(float) * (size_t)(cols - full * B));
+        for (int j = 0; j < k; j++)
+            acc0 = _mm256_fmadd_ps(_mm256_load_ps(val + 8 * j), lanes_x_avx2(pad, off + 8 * j),
+                                   acc0);
+    }
     return _mm256_add_ps(acc0, acc1);
+}
+
+/* Not inlined: inside the caller GCC spilled the accumulators to the stack, turning each
+ * FMA into a load-FMA-store chain (30% slower). The common k (bank 32 at 95, 93.75,
+ * 90.6, 87.5, 81.25 and 75%) have a copy each: with k unknown, the per-bank loop control
+ * cost a fifth of the time at k = 3. */
+#define LANES_K(K)                                                                            \
+    __attribute__((noinline)) static __m256 group_lanes##K##_avx2(const cpu_packed *w, int g, \
+                                                                  const float *x)             \
+    {                                                                                         \
+        return lanes_banks_avx2(w, g, x, K);                                                  \
+    }
+LANES_K(1)
+LANES_K(2)
+LANES_K(3)
+LANES_K(4)
+LANES_K(6)
+LANES_K(8)
+#undef LANES_K
+
+__attribute__((noinline)) static __m256 group_lanes_avx2(const cpu_packed *w, int g,
+                                                         const float *x)
+{
+    switch (w->k) {
+    case 1: return group_lanes1_avx2(w, g, x);
+    case 2: return group_lanes2_avx2(w, g, x);
+    case 3: return group_lanes3_avx2(w, g, x);
+    case 4: return group_lanes4_avx2(w, g, x);
+    case 6: return group_lanes6_avx2(w, g, x);
+    case 8: return group_lanes8_avx2(w, g, x);
+    default: return lanes_banks_avx2(w, g, x, w->k);
+    }
 }
 
 static void spmm_permute_avx2(const cpu_spmm_args *a, int g0, int g1)
