@@ -570,7 +570,7 @@ static int parse_root(const cJSON *root, size_t json_len, const char *bin, size_
     const model_info *info = am->info;
 
     int binary_default = 0;
-    long long top_k = 0, timeout = -1;
+    long long top_k = 0, timeout = -1, timeout_us = -1;
     const cJSON *seq_id = NULL, *seq_start = NULL, *seq_end = NULL;
     if (params) {
         if (!cJSON_IsObject(params))
@@ -591,6 +591,10 @@ static int parse_root(const cJSON *root, size_t json_len, const char *bin, size_
                 code = read_int(p, "parameters.top_k", 1, info->output_size, &top_k, err, errlen);
             } else if (!strcmp(p->string, "timeout_ms")) {
                 code = read_int(p, "parameters.timeout_ms", 1, 3600000, &timeout, err, errlen);
+            } else if (!strcmp(p->string, "timeout")) {
+                /* Triton's (tritonclient's infer(timeout=...)): microseconds. */
+                code = read_int(p, "parameters.timeout", 1, 3600000000LL, &timeout_us, err,
+                                errlen);
             } else if (!strcmp(p->string, "binary_data_output")) {
                 code = read_bool(p, "parameters.binary_data_output", &binary_default, err,
                                  errlen);
@@ -605,6 +609,11 @@ static int parse_root(const cJSON *root, size_t json_len, const char *bin, size_
                 return code;
         }
     }
+    if (timeout_us > 0 && timeout > 0)
+        return api_fail(err, errlen, 400,
+                        "parameters.timeout: give timeout (microseconds) or timeout_ms, not both");
+    if (timeout_us > 0)
+        timeout = (timeout_us + 999) / 1000; /* a deadline never earlier than asked */
     r->timeout_ms = (int)timeout;
 
     if (!cJSON_IsArray(inputs))

@@ -13,7 +13,8 @@
  *                     vocabulary, in place of tokens and lengths: each string is split into
  *                     tokens (longest match) and is one sequence; in the binary form each
  *                     element is a 4-byte little-endian length and its bytes (Triton's)
- *   params   output "last" (default) | "all"; top_k (integer); timeout_ms (integer);
+ *   params   output "last" (default) | "all"; top_k (integer); timeout_ms (integer), or
+ *            Triton's timeout (integer microseconds, rounded up to milliseconds);
  *            binary_data_output (bool: every output as raw bytes); Triton's sequence_id,
  *            sequence_start, sequence_end (api_parse_sequence); others are ignored
  *   outputs  output        FP32  [batch, output_size] ("last") or

@@ -88,6 +88,19 @@ TEST(codec_json_tokens_with_lengths)
     REQUIRE(parse(0, body, strlen(body), -1, &r, &v, err) == 0);
     CHECK(r.seqs[0].len == 2 && r.seqs[1].len == 2 && r.seqs[1].tokens[1] == 4);
     CHECK(r.all_steps == 0 && r.top_k == 0 && v.nout == 1 && !v.has_id);
+    CHECK(r.timeout_ms == -1);
+    api_request_free(&r);
+    /* Triton's timeout (microseconds, as tritonclient's infer(timeout=) sends it) becomes
+     * the deadline in milliseconds, rounded up */
+    body = "{\"parameters\":{\"timeout\":2500},\"inputs\":[{\"name\":\"tokens\","
+           "\"shape\":[1,1],\"datatype\":\"INT32\",\"data\":[1]}]}";
+    REQUIRE(parse(0, body, strlen(body), -1, &r, &v, err) == 0);
+    CHECK(r.timeout_ms == 3);
+    api_request_free(&r);
+    body = "{\"parameters\":{\"timeout_ms\":7},\"inputs\":[{\"name\":\"tokens\","
+           "\"shape\":[1,1],\"datatype\":\"INT32\",\"data\":[1]}]}";
+    REQUIRE(parse(0, body, strlen(body), -1, &r, &v, err) == 0);
+    CHECK(r.timeout_ms == 7);
     api_request_free(&r);
 }
 
@@ -172,6 +185,10 @@ TEST(codec_refusals)
          400, "parameters.top_k: must be an integer in [1, 30]"},
         {0, "{\"parameters\":{\"output\":\"first\"},\"inputs\":[]}", 400,
          "parameters.output: must be \"last\" or \"all\""},
+        {0, "{\"parameters\":{\"timeout\":0},\"inputs\":[]}", 400,
+         "parameters.timeout: must be an integer in [1, 3600000000]"},
+        {0, "{\"parameters\":{\"timeout\":10,\"timeout_ms\":10},\"inputs\":[]}", 400,
+         "parameters.timeout: give timeout (microseconds) or timeout_ms, not both"},
         {0, "{\"outputs\":[{\"name\":\"logits\"}],\"inputs\":[{\"name\":\"tokens\",\"shape\":[1,1],\"datatype\":\"INT32\",\"data\":[1]}]}",
          400, "outputs[0].name: \"logits\" is not an output"},
         {0, "{\"inputs\":[{\"name\":\"tokens\",\"shape\":[1,1000],\"datatype\":\"INT32\",\"data\":[1]},"

@@ -117,6 +117,11 @@ inp.set_data_from_numpy(full, binary_data=True)
 res = c.infer(model, [inp], outputs=[httpclient.InferRequestedOutput("output", binary_data=False)])
 check(close(res.as_numpy("output"), native_infer([full[0], full[1]])), "infer INT64 binary tokens")
 
+# Triton's request timeout (microseconds) is taken as the request's deadline
+res = c.infer(model, [inp], timeout=10_000_000)
+check(close(res.as_numpy("output"), native_infer([full[0], full[1]])),
+      "infer with a timeout (10 s) == /infer")
+
 # compressed requests and answers (tritonclient's request/response_compression_algorithm)
 for alg in ("gzip", "deflate"):
     res = c.infer(model, [inp], request_compression_algorithm=alg,
