@@ -15,8 +15,9 @@
 #include "metrics.h"
 
 /* One loaded instance of a served model: its backend, the model, the model's scheduler
- * and its open sequences. A reload (serve.c) builds a new instance beside the one serving, switches the
- * model over to it, and frees the old one once the last request that took it is done. */
+ * and its open sequences. A reload (serve.c) builds a new instance beside the one
+ * serving, switches the model over to it, and frees the old one once the last request
+ * that took it is done. */
 typedef struct server_loaded {
     balsa_backend *be;
     balsa_model *model;

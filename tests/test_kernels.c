@@ -300,6 +300,21 @@ TEST(spmm_scalar_packed) { spmm_isa_test(CPU_ISA_SCALAR); }
 TEST(spmm_avx2_path) { spmm_isa_test(CPU_ISA_AVX2); }
 TEST(spmm_avx512_path) { spmm_isa_test(CPU_ISA_AVX512); }
 
+/* One case on the backends be1 (1 thread) and be2 (2 threads) of isa, against the
+ * references; 1 when it passed. */
+static int run_one(spmm_case c, unsigned seed, balsa_backend *be1, balsa_backend *be2,
+                   cpu_isa isa)
+{
+    spmm_fixture f;
+    if (!fixture_init(&f, c, seed))
+        return 0;
+    float *y = malloc(sizeof(float) * f.ylen);
+    int ok = y && run_backend(&f, be1, be2, y, cpu_isa_str(isa));
+    free(y);
+    fixture_free(&f);
+    return ok;
+}
+
 /* Batch 1 with every k of banks 32 and 64 from 1 to 12: the AVX2 kernel has a copy for
  * each common k (1, 2, 3, 4, 6, 8) and a loop for the rest, and each ends on a padded last
  * bank here (cols 333 and 205); every ISA, 1 and 2 threads. */
@@ -315,14 +330,8 @@ TEST(spmm_batch1_every_k)
             for (int k = 1; k <= 12; k++) {
                 spmm_case c = {61, bank == 32 ? 333 : 205, bank, k, 1, 340, 64, k % 2, k % 3 == 0,
                                (balsa_act)(k % 4)};
-                spmm_fixture f;
-                REQUIRE(fixture_init(&f, c, 777u + (unsigned)(k * bank)));
-                float *y = malloc(sizeof(float) * f.ylen);
-                if (!run_backend(&f, be1, be2, y, cpu_isa_str((cpu_isa)isa)))
-                    failures++;
+                failures += !run_one(c, 777u + (unsigned)(k * bank), be1, be2, (cpu_isa)isa);
                 cases++;
-                free(y);
-                fixture_free(&f);
             }
         backend_pair_free(be1, be2);
     }
@@ -346,14 +355,8 @@ TEST(spmm_batch_remainders)
             int n = batches[bi];
             spmm_case c = {203, 333, 32, 3, n, 335, 205, (int)bi % 2, 1,
                            (balsa_act)(bi % 4)};
-            spmm_fixture f;
-            REQUIRE(fixture_init(&f, c, 1234567u + (unsigned)bi));
-            float *y = malloc(sizeof(float) * f.ylen);
-            if (!run_backend(&f, be1, be2, y, cpu_isa_str((cpu_isa)isa)))
-                failures++;
+            failures += !run_one(c, 1234567u + (unsigned)bi, be1, be2, (cpu_isa)isa);
             cases++;
-            free(y);
-            fixture_free(&f);
         }
         backend_pair_free(be1, be2);
     }
