@@ -55,7 +55,8 @@ static const key_def keys[] = {
      "after SIGTERM, keep serving this long with /readyz answering 503"},
     {"drain_timeout_ms", K_INT, CFG(drain_timeout_ms), 0, 0, 3600000,
      "then finish admitted requests within this long, and exit"},
-    {"max_batch_size", K_INT, BAT(max_batch_size), 1, 1, 4096, "sequences that run together"},
+    {"max_batch_size", K_INT, BAT(max_batch_size), 1, 1, CONFIG_MAX_BATCH,
+     "sequences that run together"},
     {"max_queue_delay_us", K_INT, BAT(max_queue_delay_us), 1, 0, 10000000,
      "an idle model waits at most this long after the oldest request to fill a batch"},
     {"queue_capacity", K_INT, BAT(queue_capacity), 1, 1, 1000000,
@@ -645,6 +646,28 @@ int config_finish(config *c, char *err, size_t errlen)
         }
     }
     return 0;
+}
+
+int config_diff_globals(const config *a, const config *b, char *out, size_t n)
+{
+    int count = 0;
+    size_t used = 0;
+    out[0] = 0;
+    for (size_t k = 0; k < NKEYS; k++) {
+        if (keys[k].batching)
+            continue;
+        const char *pa = (const char *)a + keys[k].off, *pb = (const char *)b + keys[k].off;
+        int same = keys[k].type == K_STR    ? strcmp(pa, pb) == 0
+                   : keys[k].type == K_LONG ? *(const long *)pa == *(const long *)pb
+                                            : *(const int *)pa == *(const int *)pb;
+        if (same)
+            continue;
+        int w = snprintf(out + used, n - used, "%s%s", count ? ", " : "", keys[k].name);
+        if (w > 0 && (size_t)w < n - used)
+            used += (size_t)w;
+        count++;
+    }
+    return count;
 }
 
 void config_print_help(FILE *f)

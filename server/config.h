@@ -12,6 +12,7 @@
 #define CONFIG_MAX_MODELS 16
 #define CONFIG_NAME_MAX 64
 #define CONFIG_PATH_MAX 512
+#define CONFIG_MAX_BATCH 4096 /* the largest max_batch_size */
 
 /* Batching settings; in a model entry, -1 means "inherit the global value". */
 typedef struct {
@@ -92,6 +93,10 @@ int config_finish(config *c, char *err, size_t errlen);
 /* Parses "NAME=PATH" (or a bare PATH, named after its file without the extension) into
  * m; returns -1 with err when malformed. */
 int config_parse_model_arg(const char *arg, config_model *m, char *err, size_t errlen);
+
+/* Writes into out the names of the keys outside the models' batching settings whose values
+ * differ between a and b, comma-separated ("" when none); returns how many differ. */
+int config_diff_globals(const config *a, const config *b, char *out, size_t n);
 
 /* Prints the flags with their variables, defaults and help lines. */
 void config_print_help(FILE *f);

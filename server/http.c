@@ -291,7 +291,9 @@ static enum MHD_Result handle_models(http_req *x)
     int batching[CONFIG_MAX_MODELS][6];
     acquire_models(s, am, held);
     for (int i = 0; i < s->nmodels; i++) {
-        const config_batching *b = &s->models[i].cfg->batching;
+        /* A model still loading (at start-up only) has no instance yet. */
+        const config_batching *b =
+            held[i] ? &held[i]->batching : &s->models[i].cfg->batching;
         batching[i][0] = b->max_batch_size;
         batching[i][1] = b->max_queue_delay_us;
         batching[i][2] = b->queue_capacity;
@@ -644,13 +646,12 @@ static int seq_begin(http_req *x, char *msg, size_t n)
 static enum MHD_Result submit_infer(http_req *x)
 {
     server *s = x->srv;
-    const server_model *sm = &s->models[x->model];
     if (api_alloc_outputs(&x->req, x->inst->info))
         return send_error(x, 500, "out of memory for the outputs");
     free(x->body); /* the parsed request holds everything now */
     x->body = NULL;
 
-    const config_batching *b = &sm->cfg->batching;
+    const config_batching *b = &x->inst->batching;
     int timeout_ms = x->req.timeout_ms > 0 ? x->req.timeout_ms : b->request_timeout_ms;
     sched_request *r = &x->sreq;
     r->seqs = x->req.seqs;

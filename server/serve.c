@@ -161,6 +161,7 @@ static server_loaded *load_instance(server *s, int i, step_ctx *ctx, struct stat
         free_instance(l);
         return NULL;
     }
+    l->batching = cm->batching;
     sched_config sc = {cm->batching.max_batch_size, cm->batching.max_queue_delay_us,
                        cm->batching.queue_capacity, on_executed};
     st = sched_create(l->model, &sc, on_step, ctx, &l->sched);
@@ -257,14 +258,98 @@ static int reload_model(server *s, int i, step_ctx *ctx, int force, int *skipped
     return 0;
 }
 
-/* SIGHUP: every model whose file changed is reloaded; a failure leaves that model on what
- * it served before. */
-static void reload_changed(server *s, step_ctx *ctx)
+/* The configuration the layers give now: defaults, the file (--config or BALSA_CONFIG),
+ * BALSA_* variables, then the flags. Returns 0; 1 when --help was asked (printed); 2 for
+ * bad flags and -1 for any other error, with the reason in err. */
+static int read_config(int argc, char **argv, config *c, char *err, size_t errlen)
+{
+    char why[1800];
+    config_defaults(c);
+    const char *file = config_find_file(argc, argv, env_get);
+    if (file && config_load_file(c, file, why, sizeof why)) {
+        snprintf(err, errlen, "config error: %s", why);
+        return -1;
+    }
+    if (config_apply_env(c, env_get, why, sizeof why)) {
+        snprintf(err, errlen, "environment: %s", why);
+        return -1;
+    }
+    int rc = config_apply_flags(c, argc, argv, why, sizeof why);
+    if (rc) {
+        snprintf(err, errlen, "%s", why);
+        return rc == 1 ? 1 : 2;
+    }
+    if (config_finish(c, why, sizeof why)) {
+        snprintf(err, errlen, "config error: %s", why);
+        return -1;
+    }
+    return 0;
+}
+
+/* SIGHUP's look at the configuration (read as at start-up): a served model whose path or
+ * batching and sequence settings changed takes the new ones, and force[i] is set so that
+ * it is reloaded with them. Models added or removed, and the other keys, wait for a
+ * restart: the log says which. A configuration that does not read leaves everything as it
+ * is. Main thread only: the requests read a model's settings from its instance, never from
+ * s->cfg, and only this thread reads the paths. */
+static void reread_config(server *s, int argc, char **argv, int *force)
+{
+    static config nc; /* large */
+    char err[2048];
+    if (read_config(argc, argv, &nc, err, sizeof err)) {
+        fprintf(stderr, "balsa: SIGHUP: the configuration was not re-read (%s): keeping the "
+                        "running one\n",
+                err);
+        return;
+    }
+    char keys[1024];
+    if (config_diff_globals(&s->cfg, &nc, keys, sizeof keys))
+        fprintf(stderr, "balsa: SIGHUP: %s changed: a restart applies that\n", keys);
+    for (int j = 0; j < nc.nmodels; j++) {
+        int found = 0;
+        for (int i = 0; i < s->nmodels; i++)
+            found |= strcmp(s->cfg.models[i].name, nc.models[j].name) == 0;
+        if (!found)
+            fprintf(stderr, "balsa: SIGHUP: model %s is new in the configuration: a restart "
+                            "serves it\n",
+                    nc.models[j].name);
+    }
+    for (int i = 0; i < s->nmodels; i++) {
+        config_model *m = &s->cfg.models[i];
+        const config_model *n = NULL;
+        for (int j = 0; j < nc.nmodels; j++)
+            if (strcmp(m->name, nc.models[j].name) == 0)
+                n = &nc.models[j];
+        if (!n) {
+            fprintf(stderr, "balsa: SIGHUP: model %s is no longer in the configuration: still "
+                            "served until a restart\n",
+                    m->name);
+            continue;
+        }
+        if (strcmp(m->path, n->path) == 0 &&
+            memcmp(&m->batching, &n->batching, sizeof m->batching) == 0)
+            continue;
+        const config_batching *b = &n->batching;
+        fprintf(stderr,
+                "balsa: SIGHUP: model %s: new settings: %s; max_batch_size %d, "
+                "max_queue_delay_us %d, queue_capacity %d, request_timeout_ms %d, "
+                "max_sequences %d, sequence_idle_ms %d\n",
+                m->name, n->path, b->max_batch_size, b->max_queue_delay_us, b->queue_capacity,
+                b->request_timeout_ms, b->max_sequences, b->sequence_idle_ms);
+        snprintf(m->path, sizeof m->path, "%s", n->path);
+        m->batching = n->batching;
+        force[i] = 1;
+    }
+}
+
+/* SIGHUP: every model whose file changed, or whose settings did (force[i]), is reloaded;
+ * a failure leaves that model on what it served before. */
+static void reload_changed(server *s, step_ctx *ctx, const int *force)
 {
     for (int i = 0; i < s->nmodels; i++) {
         char err[1024];
         int skipped;
-        if (reload_model(s, i, &ctx[i], 0, &skipped, err, sizeof err))
+        if (reload_model(s, i, &ctx[i], force[i], &skipped, err, sizeof err))
             fprintf(stderr, "balsa: SIGHUP: reload failed, still serving the previous %s: %s\n",
                     s->models[i].cfg->name, err);
         else if (skipped)
@@ -457,26 +542,12 @@ int serve_main(int argc, char **argv)
     server *s = &srv;
     char err[2048];
     config *c = &s->cfg;
-    config_defaults(c);
-    const char *file = config_find_file(argc, argv, env_get);
-    if (file && config_load_file(c, file, err, sizeof err)) {
-        fprintf(stderr, "balsa serve: config error: %s\n", err);
-        return 1;
-    }
-    if (config_apply_env(c, env_get, err, sizeof err)) {
-        fprintf(stderr, "balsa serve: environment: %s\n", err);
-        return 1;
-    }
-    int rc = config_apply_flags(c, argc, argv, err, sizeof err);
+    int rc = read_config(argc, argv, c, err, sizeof err);
     if (rc == 1)
         return 0;
     if (rc) {
         fprintf(stderr, "balsa serve: %s\n", err);
-        return 2;
-    }
-    if (config_finish(c, err, sizeof err)) {
-        fprintf(stderr, "balsa serve: config error: %s\n", err);
-        return 1;
+        return rc == 2 ? 2 : 1;
     }
 
 #ifdef __GLIBC__
@@ -523,9 +594,10 @@ int serve_main(int argc, char **argv)
     probe->ops->destroy(probe);
 
     s->metrics = metrics_create(c->nmodels, names, BALSA_VERSION, backend_name);
+    /* Room for any batch size: a SIGHUP may raise a model's max_batch_size. */
     int max_batch[CONFIG_MAX_MODELS];
     for (int i = 0; i < c->nmodels; i++)
-        max_batch[i] = c->models[i].batching.max_batch_size;
+        max_batch[i] = CONFIG_MAX_BATCH;
     s->v2stats = v2_stats_create(c->nmodels, max_batch);
     if (!s->metrics || !s->v2stats) {
         fprintf(stderr, "balsa serve: out of memory\n");
@@ -585,8 +657,11 @@ int serve_main(int argc, char **argv)
         if (sig == SIGTERM || sig == SIGINT)
             break;
         if (sig == SIGHUP) {
-            fprintf(stderr, "balsa: got SIGHUP: reloading the models whose files changed\n");
-            reload_changed(s, ctx);
+            fprintf(stderr, "balsa: got SIGHUP: re-reading the configuration, reloading the "
+                            "models whose files or settings changed\n");
+            int force[CONFIG_MAX_MODELS] = {0};
+            reread_config(s, argc, argv, force);
+            reload_changed(s, ctx, force);
         } else if (sig == SIGUSR1) {
             run_jobs(s, ctx);
         }

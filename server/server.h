@@ -23,6 +23,9 @@ typedef struct server_loaded {
     balsa_model *model;
     const model_info *info;
     sched *sched;
+    config_batching batching;    /* the model's settings when this instance was loaded (a
+                                  * SIGHUP may change the configuration's; requests read
+                                  * these) */
     struct seqstore *seqs;       /* its open sequences (seqstore.h); NULL for a model that
                                   * keeps none (no unidirectional LSTM, or max_sequences 0) */
     atomic_long refs;            /* one while it is the model's current instance, plus one
@@ -31,7 +34,9 @@ typedef struct server_loaded {
 } server_loaded;
 
 typedef struct {
-    const config_model *cfg;     /* name, path and effective batching settings */
+    const config_model *cfg;     /* name, path and effective batching settings (the path and
+                                  * settings are the main thread's: a SIGHUP may change them;
+                                  * requests read their instance's) */
     pthread_mutex_t mu;          /* guards cur against a reload while a ref is taken */
     server_loaded *cur;          /* the instance new requests get; NULL until loaded */
     atomic_int ready;            /* loaded, warmed up and scheduled once */

@@ -111,7 +111,7 @@ static void model_config(const server_model *sm, const server_loaded *l, v2_repl
 {
     const model_info *in = l->info;
     int keeps_sequences = l->seqs != NULL;
-    const config_batching *b = &sm->cfg->batching;
+    const config_batching *b = &l->batching;
     jsonw w;
     jsonw_init(&w);
     jsonw_str(&w, "{\"name\":");

@@ -174,6 +174,81 @@ TEST(sighup_reloads_a_changed_file_only)
     CHECK(su_stop(&sv, 10) == 0);
 }
 
+/* Writes a config file serving path as model m with the given max_batch_size and
+ * body_limit, and one more model when extra is set. */
+static void write_config(const char *file, const char *path, int max_batch, int body_limit,
+                         int extra)
+{
+    FILE *f = fopen(file, "w");
+    BALSA_ASSERT(f);
+    fprintf(f,
+            "{\"body_limit\": %d, \"port\": 1, \"models\": [{\"name\": \"m\", \"path\": \"%s\", "
+            "\"max_batch_size\": %d, \"max_sequences\": %d}%s]}\n",
+            body_limit, path, max_batch, max_batch * 2,
+            extra ? ", {\"name\": \"other\", \"path\": \"models/demo/demo.safetensors\"}" : "");
+    fclose(f);
+}
+
+/* The batching of model m as GET /models gives it: max_batch_size, max_sequences. */
+static void models_batching(int port, int *max_batch, int *max_seq)
+{
+    su_resp r;
+    su_request_str(port, "GET", "/models", NULL, NULL, &r);
+    cJSON *j = cJSON_Parse(r.body);
+    const cJSON *b = cJSON_GetObjectItem(
+        cJSON_GetArrayItem(cJSON_GetObjectItem(j, "models"), 0), "batching");
+    *max_batch = b ? cJSON_GetObjectItem(b, "max_batch_size")->valueint : -1;
+    *max_seq = b ? cJSON_GetObjectItem(b, "max_sequences")->valueint : -1;
+    cJSON_Delete(j);
+    free(r.body);
+}
+
+/* SIGHUP re-reads the configuration: a model whose settings or path changed is reloaded
+ * with them (its file unchanged); a key a flag sets (port) stays the flag's; a changed
+ * global key and a new model are logged as waiting for a restart; a file that does not
+ * read leaves everything as it was. */
+TEST(sighup_rereads_the_configuration)
+{
+    REQUIRE(install(path_a) == 0);
+    char file[300];
+    snprintf(file, sizeof file, "%s.json", path_live);
+    write_config(file, path_live, 4, 1 << 20, 0);
+    const char *extra[] = {"--config", file, NULL};
+    su_server sv;
+    REQUIRE(su_start(&sv, extra) == 0);
+    int mb, ms;
+    models_batching(sv.port, &mb, &ms);
+    CHECK(mb == 4 && ms == 8);
+    write_config(file, path_live, 16, 1 << 21, 1);
+    kill(sv.pid, SIGHUP);
+    CHECK(log_has(&sv, "balsa: SIGHUP: model m: new settings"));
+    CHECK(log_has(&sv, "balsa: SIGHUP: body_limit changed: a restart applies that"));
+    CHECK(log_has(&sv, "balsa: SIGHUP: model other is new in the configuration"));
+    double t0 = su_now();
+    do
+        models_batching(sv.port, &mb, &ms);
+    while (mb != 16 && su_now() - t0 < 10 && usleep(20000) == 0);
+    CHECK_MSG(mb == 16 && ms == 32, "max_batch_size %d, max_sequences %d", mb, ms);
+    CHECK(su_metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"ok\"}") == 1);
+    CHECK(probe(sv.port) == 'a');
+    /* a new path: the model comes from it */
+    write_config(file, path_b, 16, 1 << 21, 1);
+    kill(sv.pid, SIGHUP);
+    CHECK(wait_for(sv.port, 'b'));
+    /* a file that does not read: nothing changes */
+    FILE *f = fopen(file, "w");
+    REQUIRE(f);
+    fputs("{\"models\": [", f);
+    fclose(f);
+    kill(sv.pid, SIGHUP);
+    CHECK(log_has(&sv, "the configuration was not re-read (config error:"));
+    CHECK(probe(sv.port) == 'b');
+    models_batching(sv.port, &mb, &ms);
+    CHECK(mb == 16);
+    CHECK(su_stop(&sv, 10) == 0);
+    unlink(file);
+}
+
 TEST(a_bad_file_leaves_the_old_model_serving)
 {
     su_server sv;
@@ -471,6 +546,7 @@ int main(void)
     expected(model_a, probe_tok, LEN, probe_a);
     expected(model_b, probe_tok, LEN, probe_b);
     RUN(sighup_reloads_a_changed_file_only);
+    RUN(sighup_rereads_the_configuration);
     RUN(a_bad_file_leaves_the_old_model_serving);
     RUN(polling_reloads_a_changed_file);
     RUN(no_request_fails_or_mixes_models_during_reloads);
