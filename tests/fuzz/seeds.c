@@ -131,6 +131,9 @@ static void infer_seeds(void)
         "{\"model\": \"tok\", \"inputs\": [[1], [2, 3]], \"generate\": 4, \"seed\": 1}",
         "{\"model\": \"fortunes\", \"inputs\": [\"abc\", [1, 2]], \"output\": \"last\", "
         "\"initial_state\": [null, null]}",
+        "{\"model\": \"tok\", \"inputs\": [[1, 2]], \"sequence_id\": 42, \"sequence_start\": "
+        "true, \"sequence_end\": false, \"initial_state\": [null]}",
+        "{\"model\": \"fortunes\", \"text\": \"And\", \"generate\": 2, \"sequence_id\": \"s-1\"}",
     };
     for (size_t i = 0; i < sizeof b / sizeof *b; i++) {
         char name[32];
@@ -147,6 +150,8 @@ static void generate_seeds(void)
         "{\"text_input\": \"Love is\", \"parameters\": {\"stop\": [\"s\", \"e\"], \"stream\": "
         "false}}",
         "{\"text_input\": \"Q\"}",
+        "{\"text_input\": \"And\", \"parameters\": {\"sequence_id\": 7, \"sequence_start\": "
+        "true, \"sequence_end\": true}}",
     };
     for (size_t i = 0; i < sizeof b / sizeof *b; i++) {
         char name[32];
@@ -179,10 +184,14 @@ static void v2_seeds(void)
         "[[1,2,3],[4,5,6]]}],\"parameters\":{\"timeout_ms\":100}}",
         "{\"inputs\":[{\"name\":\"text\",\"shape\":[3,1],\"datatype\":\"BYTES\",\"data\":"
         "[[\"And the\"],[\"Lo\"],[\"Q: Why?\"]]}],\"parameters\":{\"top_k\":3}}",
+        "{\"inputs\":[{\"name\":\"tokens\",\"shape\":[1,2],\"datatype\":\"INT32\",\"data\":"
+        "[1,2]}],\"parameters\":{\"sequence_id\":\"s\",\"sequence_start\":true,\"timeout\":"
+        "2500}}",
     };
     put_sel("v2", "json_tok", 0, -1, j[0], strlen(j[0]));
     put_sel("v2", "json_vec", 1, -1, j[1], strlen(j[1]));
     put_sel("v2", "json_text", 2, -1, j[2], strlen(j[2]));
+    put_sel("v2", "json_seq", 0, -1, j[3], strlen(j[3]));
 
     int32_t tok[6] = {7, 8, 9, 10, 11, 12}, len[2] = {1, 3};
     unsigned char raw[64];
