@@ -169,6 +169,20 @@ assert all(abs(x - y) < 1e-5 for x, y in zip(a["values"], b["values"]))
 PY
 }
 check "/infer top_k is the same alone and in a batch" infer_same
+sequence_ok() { # a sequence in two requests (the server keeps the state) == the whole
+    local b w
+    curl -sf -o /dev/null "$URL/infer" -d '{"text": "Love is", "top_k": 3, "sequence_id": "c1", "sequence_start": true}' || return 1
+    b=$(curl -sf "$URL/infer" -d '{"text": " a", "top_k": 3, "sequence_id": "c1", "sequence_end": true}') || return 1
+    w=$(curl -sf "$URL/infer" -d '{"text": "Love is a", "top_k": 3}') || return 1
+    python3 - "$b" "$w" <<'PY'
+import json, sys
+b = json.loads(sys.argv[1])["outputs"][0]
+w = json.loads(sys.argv[2])["outputs"][0]
+assert b["indices"] == w["indices"], (b, w)
+assert all(abs(x - y) < 1e-5 for x, y in zip(b["values"], w["values"]))
+PY
+}
+check "/infer continues a sequence the server keeps (sequence_id)" sequence_ok
 bad_request() {
     local code
     code=$(curl -s -o "$WORK/err.json" -w '%{http_code}' "$URL/infer" -d '{"inputs": [[1, 2')
