@@ -555,10 +555,19 @@ int api_parse_sequence(const cJSON *id, const cJSON *start, const cJSON *end,
 
 const char *api_seq_shown(const api_request *r, char *buf, size_t n)
 {
-    if (r->seq_key[0] == 'n')
-        snprintf(buf, n, "%s", r->seq_key + 1);
-    else
-        snprintf(buf, n, "\"%.64s\"", r->seq_key + 1);
+    const char *id = r->seq_key + 1;
+    if (r->seq_key[0] == 'n') {
+        snprintf(buf, n, "%s", id);
+        return buf;
+    }
+    /* At most 64 bytes of a string id, cut between UTF-8 characters. */
+    size_t len = strlen(id);
+    if (len > 64) {
+        len = 64;
+        while (len > 0 && ((unsigned char)id[len] & 0xC0) == 0x80)
+            len--;
+    }
+    snprintf(buf, n, "\"%.*s%s\"", (int)len, id, id[len] ? "..." : "");
     return buf;
 }
 

@@ -102,8 +102,9 @@ int api_parse_sequence(const struct cJSON *id, const struct cJSON *start,
                        const struct cJSON *end, const char *prefix, const api_model *am,
                        api_request *r, char *err, size_t errlen);
 
-/* r's sequence id as a client wrote it (the number, or the string in quotes, cut to fit
- * buf), for messages. */
+/* r's sequence id as a client wrote it, for messages: the number, or the string in quotes
+ * (its first 64 bytes, cut between UTF-8 characters, and "..." when longer); buf should
+ * hold 72 bytes. */
 const char *api_seq_shown(const api_request *r, char *buf, size_t n);
 
 /* Parses a body of Triton's generate extension (POST /v2/models/{m}/generate) for

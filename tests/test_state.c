@@ -787,6 +787,15 @@ TEST(api_parses_sequence)
         CHECK(!r.seq_key[0] || (r.state_size == 32 && r.seqs[0].hn && r.seqs[0].cn));
         api_request_free(&r);
     }
+    /* a long string id is shown cut between characters: "a" and 49 two-byte characters */
+    api_request shown_req = {.seq_key = "sa"};
+    for (int i = 0; i < 49; i++)
+        strcat(shown_req.seq_key, "\xc3\xa9");
+    char shown[80];
+    api_seq_shown(&shown_req, shown, sizeof shown);
+    CHECK_MSG(strlen(shown) == 1 + 63 + 3 + 1 && strncmp(shown, "\"a\xc3\xa9", 4) == 0 &&
+                  strcmp(shown + 62, "\xc3\xa9...\"") == 0,
+              "%s", shown);
     char long_id[API_SEQ_ID_MAX + 2];
     memset(long_id, 'x', sizeof long_id - 1);
     long_id[sizeof long_id - 1] = 0;
