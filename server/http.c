@@ -666,14 +666,6 @@ static enum MHD_Result submit_infer(http_req *x)
     r->progress = x->req.generate ? on_gen_progress : NULL;
     r->user = x;
     x->req.gen.cancel = &x->cancel;
-    if (x->req.stream) {
-        x->st = calloc(1, sizeof *x->st);
-        if (!x->st)
-            return send_error(x, 500, "out of memory for the stream");
-        pthread_mutex_init(&x->st->mu, NULL);
-        r->done = on_stream_done;
-        r->progress = on_stream_progress;
-    }
 
     /* Count the suspension before looking at the stage: the drain waits for zero, so
      * either it sees this request or this request sees SERVER_REFUSING. */
@@ -692,6 +684,20 @@ static enum MHD_Result submit_infer(http_req *x)
                 metrics_reject(s->metrics, METRICS_R_SEQUENCE_SLOTS);
             return send_error(x, code, msg);
         }
+    }
+    /* The stream is made once the request is admitted: with one, the request is freed by
+     * whichever of MHD and the scheduler finishes last, so one refused before the scheduler
+     * had it was never freed. */
+    if (x->req.stream) {
+        x->st = calloc(1, sizeof *x->st);
+        if (!x->st) {
+            atomic_fetch_sub(&s->suspended, 1);
+            seq_end(x, 0);
+            return send_error(x, 500, "out of memory for the stream");
+        }
+        pthread_mutex_init(&x->st->mu, NULL);
+        r->done = on_stream_done;
+        r->progress = on_stream_progress;
     }
     x->suspended = 1;
     metrics_inflight_add(s->metrics, 1);

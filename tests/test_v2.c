@@ -682,8 +682,12 @@ int main(void)
         RUN(openapi_document_served);
         RUN(tritonclient_against_balsa);
         RUN(schemathesis_against_openapi);
+        /* Outside any test, so counted here (a CHECK would count nowhere). */
         int rc = su_stop(&srv, 20);
-        CHECK_MSG(rc == 0, "server exit status %d (log %s)", rc, srv.log);
+        if (rc != 0) {
+            printf("  server exit status %d (log %s)\n", rc, srv.log);
+            h_failed++;
+        }
     } else {
         h_failed++;
     }
