@@ -73,7 +73,7 @@ BENCH_BINS := $(BENCH_SRCS:bench/%.c=$(B)/bench/%)
 $(B)/%_avx2.o: CFLAGS = $(CFLAGS_BASE) -mavx2 -mfma
 $(B)/%_avx512.o: CFLAGS = $(CFLAGS_BASE) -mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma -mavx2
 
-.PHONY: all announce balsa test run bench deps clean gpu-check-bins container-test train
+.PHONY: all announce balsa test run bench deps clean gpu-check-bins container-test train chaos
 .SECONDARY:
 all: announce $(B)/balsa $(TEST_BINS) $(BENCH_BINS)
 
@@ -147,6 +147,12 @@ deps:
 # Builds the CPU image with podman from a debootstrap base, runs it and checks it for real.
 container-test:
 	@bash tests/container/test.sh
+
+# The server under ASan/UBSan, a mixed and misbehaving load, SIGHUP reloads and a SIGTERM
+# under load (tests/chaos/run.sh; CHAOS_SECONDS per run).
+CHAOS_SECONDS ?= 20
+chaos: deps
+	@bash tests/chaos/run.sh $(CHAOS_SECONDS)
 
 
 train: deps

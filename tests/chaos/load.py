@@ -1,0 +1,103 @@
+"""Mixed, misbehaving load for tests/chaos/run.sh, against one `balsa serve` on loopback
+serving the trained fortunes model as `lm`: valid and broken /infer bodies, generation
+answered at once and streamed, sequences (sequence_id) started, continued and ended out of
+order, the KServe v2 path, compressed bodies, and raw sockets that stop mid-request or
+close while a stream is being sent. Bounded: CLIENTS threads for SECONDS seconds, loopback
+only. Prints the count of each outcome and exits 1 when the server answered any status
+but 200, 400, 409, 413 and 503 (a 500 or a dropped connection is a defect), or stopped
+answering while it was not being shut down.
+Usage: python3 tests/chaos/load.py PORT CLIENTS SECONDS"""
+import collections
+import gzip
+import http.client
+import json
+import random
+import socket
+import sys
+import threading
+import time
+
+port, nclients, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+stop = time.time() + seconds
+counts = collections.Counter()
+bad = []
+lock = threading.Lock()
+ALLOWED = {200, 400, 409, 413, 503}
+
+BODIES = [
+    lambda r: {"text": "And the", "top_k": 3},
+    lambda r: {"text": "Love", "generate": r.randrange(1, 200), "temperature": 0.7},
+    lambda r: {"text": "Q", "generate": r.randrange(1, 300), "stream": True},
+    lambda r: {"text": "abc", "sequence_id": r.randrange(1, 20), "top_k": 2,
+               "sequence_start": r.random() < 0.3, "sequence_end": r.random() < 0.2},
+    lambda r: {"text": "abc", "sequence_id": "s%d" % r.randrange(5), "generate": r.randrange(1, 50),
+               "stream": r.random() < 0.5, "sequence_start": r.random() < 0.5},
+    lambda r: {"inputs": [[r.randrange(200) for _ in range(r.randrange(1, 30))]]},
+    lambda r: {"text": "x" * r.randrange(1, 3000), "output": "all", "top_k": 1},
+    lambda r: {"text": ["a", "bb", "ccc"], "return_state": True},
+]
+
+
+def raw_client(r):
+    """A client that misbehaves at the socket level; returns its outcome's name."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    try:
+        kind = r.randrange(4)
+        if kind == 0:  # leaves while its stream is being sent
+            b = json.dumps({"text": "And the", "generate": 500, "stream": True}).encode()
+            s.sendall(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(b) + b)
+            s.recv(r.randrange(1, 500))
+        elif kind == 1:  # stops half-way through its body
+            s.sendall(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"text\":")
+        elif kind == 2:  # half a gzip body
+            b = gzip.compress(json.dumps({"text": "Love is", "top_k": 2}).encode())
+            s.sendall(b"POST /infer HTTP/1.1\r\nHost: x\r\nContent-Encoding: gzip\r\n"
+                      b"Content-Length: %d\r\n\r\n" % len(b) + b[: len(b) // 2])
+        else:  # a v2 request of a sequence, gone before its answer is read
+            b = json.dumps({"parameters": {"sequence_id": 3, "sequence_start": True},
+                            "inputs": [{"name": "tokens", "datatype": "INT32", "shape": [1, 3],
+                                        "data": [1, 2, 3]}]}).encode()
+            s.sendall(b"POST /v2/models/lm/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                      % len(b) + b)
+            s.recv(100)
+    finally:
+        s.close()
+    return "socket client left"
+
+
+def client(cid):
+    r = random.Random(cid)
+    while time.time() < stop:
+        try:
+            if r.random() < 0.15:
+                outcome = raw_client(r)
+            else:
+                body = json.dumps(BODIES[r.randrange(len(BODIES))](r))
+                if r.random() < 0.05:
+                    body = body[:-3]  # malformed
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                conn.request("POST", "/infer", body, {"Content-Type": "application/json"})
+                resp = conn.getresponse()
+                resp.read()
+                conn.close()
+                outcome = resp.status
+                if outcome not in ALLOWED:
+                    with lock:
+                        bad.append(f"{outcome} for {body[:120]}")
+        except (ConnectionError, socket.timeout, http.client.HTTPException) as e:
+            outcome = type(e).__name__
+            with lock:
+                bad.append(f"{outcome}: {e}")
+        with lock:
+            counts[outcome] += 1
+
+
+threads = [threading.Thread(target=client, args=(i,)) for i in range(nclients)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print("outcomes:", dict(sorted(counts.items(), key=lambda kv: str(kv[0]))))
+for b in bad[:10]:
+    print("BAD", b)
+sys.exit(1 if bad else 0)

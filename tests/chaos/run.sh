@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# Chaos test: `balsa serve` built with AddressSanitizer and UndefinedBehaviorSanitizer
+# (build/<config>-address-undefined) serves the trained fortunes model on loopback under
+# tests/chaos/load.py's mixed, misbehaving load (broken bodies, streams, sequences, clients
+# that leave mid-answer) while its configuration is changed and reloaded by SIGHUP every
+# few seconds; then a second run is cut by SIGTERM under load. Passes when every answer was
+# one of 200, 400, 409, 413, 503, the server kept serving, drained and exited 0, and its
+# log holds no sanitizer report (LeakSanitizer runs at exit). Ends with the harness line.
+# Usage: tests/chaos/run.sh [SECONDS]   (default 20 per run; `make chaos`)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+SECS=${1:-20}
+make -s SANITIZE=address,undefined all >/dev/null || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
+BIN=$(ls -d build/*-address-undefined/balsa | head -n 1)
+TMP=$(mktemp -d /tmp/balsa_chaos.XXXXXX)
+PID=
+cleanup() {
+    [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+passed=0 failed=0
+result() { # result NAME OK
+    if [ "$2" = 1 ]; then echo "ok   $1"; passed=$((passed + 1)); else echo "FAIL $1"; failed=$((failed + 1)); fi
+}
+config() { # config MAX_BATCH
+    cat > "$TMP/balsa.json" <<JSON
+{"host": "127.0.0.1", "port": $PORT, "access_log": false, "drain_delay_ms": 200,
+ "max_batch_size": $1, "queue_capacity": 64,
+ "models": [{"name": "lm", "path": "models/fortunes/fortunes-b90.safetensors",
+             "max_sequences": 8, "sequence_idle_ms": 500}]}
+JSON
+}
+start() {
+    "$BIN" serve --config "$TMP/balsa.json" >"$TMP/server.log" 2>&1 &
+    PID=$!
+    for _ in $(seq 300); do curl -sf -o /dev/null "http://127.0.0.1:$PORT/readyz" && return 0; sleep 0.1; done
+    echo "  server not ready; log:"; tail -5 "$TMP/server.log"; return 1
+}
+stop() { # stop: SIGTERM, then the exit status (124: still running after 60 s)
+    kill -TERM "$PID"
+    for _ in $(seq 600); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
+    if kill -0 "$PID" 2>/dev/null; then kill -9 "$PID"; wait "$PID" 2>/dev/null; PID=; return 124; fi
+    wait "$PID"; local rc=$?; PID=; return $rc
+}
+clean_log() { ! grep -qE "ERROR: (Address|Leak)Sanitizer|runtime error:" "$TMP/server.log"; }
+
+# 1. load with reloads by SIGHUP (max_batch_size changed each time, so each one reloads)
+config 16
+if start; then
+    python3 tests/chaos/load.py "$PORT" 16 "$SECS" >"$TMP/load.log" 2>&1 &
+    LOAD=$!
+    for i in $(seq 1 $((SECS / 4))); do
+        sleep 4; config $((16 + i)); kill -HUP "$PID"
+    done
+    wait "$LOAD"; load_ok=$?
+    cat "$TMP/load.log"
+    reloads=$(grep -c "new settings" "$TMP/server.log")
+    ready=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/readyz")
+    stop; rc=$?
+    echo "  reloads: $reloads; /readyz after the load: $ready; exit status $rc"
+    result "chaos load with SIGHUP reloads: only expected answers" "$([ $load_ok = 0 ] && echo 1)"
+    result "the server reloaded and still serves after it" "$([ "$reloads" -ge 1 ] && [ "$ready" = 200 ] && echo 1)"
+    result "then it drains and exits 0, with no sanitizer report" "$([ $rc = 0 ] && clean_log && echo 1)"
+    clean_log || grep -A12 -E "ERROR: (Address|Leak)Sanitizer|runtime error:" "$TMP/server.log" | head -40
+else
+    result "server starts" 0
+fi
+
+# 2. SIGTERM in the middle of the load: admitted requests finish, exit 0, clean
+config 16
+if start; then
+    python3 tests/chaos/load.py "$PORT" 16 $((SECS / 2)) >"$TMP/load2.log" 2>&1 &
+    LOAD=$!
+    sleep $((SECS / 4 + 1))
+    stop; rc=$?
+    wait "$LOAD"
+    grep "outcomes" "$TMP/load2.log"
+    echo "  $(grep -E 'finishing|drained' "$TMP/server.log" | tr '\n' ' ')"
+    result "SIGTERM under chaos load: exit 0, no sanitizer report" "$([ $rc = 0 ] && clean_log && echo 1)"
+    clean_log || grep -A12 -E "ERROR: (Address|Leak)Sanitizer|runtime error:" "$TMP/server.log" | head -40
+else
+    result "server starts" 0
+fi
+echo "$passed passed, $failed failed, 0 skipped"
+[ "$failed" = 0 ]
