@@ -536,6 +536,19 @@ static void server_free(server *s)
     v2_stats_free(s->v2stats);
 }
 
+/* The thread that takes the signals (serve_main's), for forward_signal. */
+static pthread_t main_thread_id;
+
+/* Runs on a thread that does not block the server's signals (one a library started
+ * before serve_main blocked them): hands the signal to the main thread, whose sigwait
+ * takes it. pthread_kill is async-signal-safe in glibc. */
+static void forward_signal(int sig)
+{
+    int saved = errno;
+    pthread_kill(main_thread_id, sig);
+    errno = saved;
+}
+
 int serve_main(int argc, char **argv)
 {
     static server srv; /* large (config) and shared with the daemon threads */
@@ -562,7 +575,16 @@ int serve_main(int argc, char **argv)
     /* Signals are taken by sigwait in this thread only: block them before any thread
      * starts, so every thread inherits the mask. SIGTERM and SIGINT drain, SIGHUP reloads
      * the models whose files changed, SIGUSR1 (from server_post_job) runs the reloads asked
-     * over HTTP. */
+     * over HTTP. Threads that libraries started before this point (OpenBLAS starts its
+     * pool when it is loaded) do not block them, and the kernel may hand a signal to one of
+     * them whenever this thread is not waiting (during a reload, say): with the default
+     * action that ended the process at once, so a handler passes the signal on to here. */
+    main_thread_id = pthread_self();
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = forward_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
     sigset_t sigs, all;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGTERM);
@@ -571,6 +593,9 @@ int serve_main(int argc, char **argv)
     sigaddset(&all, SIGHUP);
     sigaddset(&all, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &all, NULL);
+    for (int sig = 1; sig < NSIG; sig++)
+        if (sigismember(&all, sig) == 1)
+            sigaction(sig, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
     s->main_thread = pthread_self();
     pthread_mutex_init(&s->jobs_mu, NULL);

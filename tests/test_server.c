@@ -6,8 +6,10 @@
  * answering 503 at once, deadlines answered 504, 160 keep-alive connections at once, and
  * SIGTERM under load losing no admitted request and exiting 0. Every child is killed on
  * every path. */
+#include <dirent.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/syscall.h>
 
 #include <cJSON.h>
 
@@ -621,6 +623,63 @@ static void *drain_client(void *p)
     return NULL;
 }
 
+/* A thread of the server that does not block SIGTERM, other than the main one (a thread
+ * a library started before serve_main blocked the signals: OpenBLAS's pool); 0 when there
+ * is none. */
+static pid_t unblocked_thread(pid_t pid)
+{
+    char dir[64];
+    snprintf(dir, sizeof dir, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(dir);
+    pid_t found = 0;
+    struct dirent *e;
+    while (d && !found && (e = readdir(d))) {
+        pid_t tid = (pid_t)atoi(e->d_name);
+        if (tid <= 0 || tid == pid)
+            continue;
+        char path[128], line[256];
+        snprintf(path, sizeof path, "%s/%d/status", dir, (int)tid);
+        FILE *f = fopen(path, "r");
+        while (f && fgets(line, sizeof line, f)) {
+            unsigned long long blocked;
+            if (sscanf(line, "SigBlk: %llx", &blocked) == 1 &&
+                !(blocked & (1ull << (SIGTERM - 1))))
+                found = tid;
+        }
+        if (f)
+            fclose(f);
+    }
+    if (d)
+        closedir(d);
+    return found;
+}
+
+/* SIGTERM delivered to a thread that does not block it (the kernel may pick one whenever
+ * the main thread is not waiting for signals, as during a reload) still drains and exits
+ * 0: before, the default action ended the process at once, mid-request. */
+TEST(sigterm_on_any_thread_drains)
+{
+    const char *args[] = {"--model", model_arg, "--drain-delay-ms", "0", NULL};
+    su_server sv;
+    REQUIRE(su_start(&sv, args) == 0);
+    pid_t tid = unblocked_thread(sv.pid);
+    if (!tid) {
+        su_stop(&sv, 20);
+        SKIP("every thread of the server blocks SIGTERM here: nothing to deliver it to");
+    }
+    REQUIRE(syscall(SYS_tgkill, sv.pid, tid, SIGTERM) == 0);
+    int rc = su_wait(&sv, 20);
+    CHECK_MSG(rc == 0, "exit status %d after SIGTERM to thread %d (log %s)", rc, (int)tid,
+              sv.log);
+    FILE *f = fopen(sv.log, "r");
+    char buf[8192] = "";
+    size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    buf[n] = 0;
+    if (f)
+        fclose(f);
+    CHECK_MSG(strstr(buf, "balsa: drained in"), "%s", buf);
+}
+
 TEST(sigterm_drains_without_losing_requests)
 {
     su_server sp;
@@ -1026,6 +1085,7 @@ int main(void)
     RUN(short_request_overtakes_long_one);
     RUN(full_queue_and_deadline);
     RUN(sigterm_drains_without_losing_requests);
+    RUN(sigterm_on_any_thread_drains);
     RUN(bad_config_stops_startup);
     RUN(run_command_matches_infer);
     RUN(request_ids);
