@@ -1,8 +1,9 @@
 """Mixed, misbehaving load for tests/chaos/run.sh, against one `balsa serve` on loopback
 serving the trained fortunes model as `lm`: valid and broken /infer bodies, generation
-answered at once and streamed, sequences (sequence_id) started, continued and ended out of
-order, the KServe v2 path, compressed bodies, and raw sockets that stop mid-request or
-close while a stream is being sent. Bounded: CLIENTS threads for SECONDS seconds, loopback
+answered at once and streamed (also through the v2 generate extension), sequences
+(sequence_id) started, continued and ended out of order, the KServe v2 path, reloads asked
+over HTTP, scrapes of /metrics and /models, compressed bodies, and raw sockets that stop
+mid-request or close while a stream is being sent. Bounded: CLIENTS threads for SECONDS seconds, loopback
 only. Prints the count of each outcome and exits 1 when the server answered any status
 but 200, 400, 409, 413 and 503 (a 500 or a dropped connection is a defect), or stopped
 answering while it was not being shut down.
@@ -73,10 +74,22 @@ def client(cid):
                 outcome = raw_client(r)
             else:
                 body = json.dumps(BODIES[r.randrange(len(BODIES))](r))
+                path, method = "/infer", "POST"
                 if r.random() < 0.05:
                     body = body[:-3]  # malformed
+                pick = r.random()
+                if pick < 0.05:  # a reload asked over HTTP (model_control), beside the SIGHUPs
+                    path, body = "/v2/repository/models/lm/load", "{}"
+                elif pick < 0.10:
+                    path = r.choice(["/metrics", "/models", "/v2/models/lm/stats"])
+                    method, body = "GET", None
+                elif pick < 0.20:
+                    path = "/v2/models/lm/generate" + ("_stream" if r.random() < 0.5 else "")
+                    body = json.dumps({"text_input": "And", "parameters": {
+                        "max_tokens": r.randrange(1, 100), "sequence_id": r.randrange(1, 6),
+                        "sequence_start": r.random() < 0.5}})
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                conn.request("POST", "/infer", body, {"Content-Type": "application/json"})
+                conn.request(method, path, body, {"Content-Type": "application/json"})
                 resp = conn.getresponse()
                 resp.read()
                 conn.close()

@@ -39,6 +39,7 @@ result() { # result NAME OK
 config() { # config MAX_BATCH
     cat > "$TMP/balsa.json" <<JSON
 {"host": "127.0.0.1", "port": $PORT, "access_log": false, "drain_delay_ms": 200,
+ "model_control": true,
  "max_batch_size": $1, "queue_capacity": 64,
  "models": [{"name": "lm", "path": "models/fortunes/fortunes-b90.safetensors",
              "max_sequences": 8, "sequence_idle_ms": 500}]}
