@@ -5,9 +5,9 @@ answered at once and streamed (also through the v2 generate extension), sequence
 over HTTP, scrapes of /metrics and /models, compressed bodies, and raw sockets that stop
 mid-request or close while a stream is being sent. Bounded: CLIENTS threads for SECONDS seconds, loopback
 only. Prints the count of each outcome and exits 1 when the server answered any status
-but 200, 400, 409, 413 and 503 (a 500 or a dropped connection is a defect), or stopped
-answering while it was not being shut down.
-Usage: python3 tests/chaos/load.py PORT CLIENTS SECONDS"""
+but 200, 400, 401, 404, 409, 413, 415 and 503 (a 500 or a dropped connection is a defect).
+With KEY, requests carry `Authorization: Bearer KEY` (all but a few, which get 401).
+Usage: python3 tests/chaos/load.py PORT CLIENTS SECONDS [KEY]"""
 import collections
 import gzip
 import http.client
@@ -19,11 +19,12 @@ import threading
 import time
 
 port, nclients, seconds = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+key = sys.argv[4] if len(sys.argv) > 4 else None
 stop = time.time() + seconds
 counts = collections.Counter()
 bad = []
 lock = threading.Lock()
-ALLOWED = {200, 400, 409, 413, 503}
+ALLOWED = {200, 400, 401, 404, 409, 413, 415, 503}
 
 BODIES = [
     lambda r: {"text": "And the", "top_k": 3},
@@ -36,6 +37,10 @@ BODIES = [
     lambda r: {"inputs": [[r.randrange(200) for _ in range(r.randrange(1, 30))]]},
     lambda r: {"text": "x" * r.randrange(1, 3000), "output": "all", "top_k": 1},
     lambda r: {"text": ["a", "bb", "ccc"], "return_state": True},
+    lambda r: {"model": r.choice(["demo", "nope"]), "inputs": [[r.randrange(1000)] * r.randrange(1, 9)],
+               "sequence_id": r.randrange(1, 4), "sequence_start": r.random() < 0.4, "top_k": 4},
+    lambda r: {"model": "demo", "inputs": [[r.randrange(1000) for _ in range(20)]] * 4,
+               "generate": 30, "seed": r.randrange(100), "temperature": 1.0},
 ]
 
 
@@ -73,7 +78,9 @@ def client(cid):
             if r.random() < 0.15:
                 outcome = raw_client(r)
             else:
-                body = json.dumps(BODIES[r.randrange(len(BODIES))](r))
+                fields = BODIES[r.randrange(len(BODIES))](r)
+                fields.setdefault("model", "lm")
+                body = json.dumps(fields)
                 path, method = "/infer", "POST"
                 if r.random() < 0.05:
                     body = body[:-3]  # malformed
@@ -88,15 +95,27 @@ def client(cid):
                     body = json.dumps({"text_input": "And", "parameters": {
                         "max_tokens": r.randrange(1, 100), "sequence_id": r.randrange(1, 6),
                         "sequence_start": r.random() < 0.5}})
+                headers = {"Content-Type": "application/json"}
+                if key and r.random() < 0.97:
+                    headers["Authorization"] = "Bearer " + key
+                if r.random() < 0.2:
+                    headers["Accept-Encoding"] = "gzip"
+                if body is not None and r.random() < 0.1:
+                    body = gzip.compress(body.encode())
+                    headers["Content-Encoding"] = "gzip"
+                elif body is not None and r.random() < 0.02:
+                    body = "[" * 70000  # over the body limit
+                elif r.random() < 0.02:
+                    headers["Content-Type"] = "text/csv"
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-                conn.request(method, path, body, {"Content-Type": "application/json"})
+                conn.request(method, path, body, headers)
                 resp = conn.getresponse()
                 resp.read()
                 conn.close()
                 outcome = resp.status
                 if outcome not in ALLOWED:
                     with lock:
-                        bad.append(f"{outcome} for {body[:120]}")
+                        bad.append(f"{outcome} for {method} {path} {str(body)[:120]}")
         except (ConnectionError, socket.timeout, http.client.HTTPException) as e:
             outcome = type(e).__name__
             with lock:

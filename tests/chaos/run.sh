@@ -33,6 +33,7 @@ except OSError:
 PY
 }
 passed=0 failed=0
+KEY=chaos-test-key-0123456789
 result() { # result NAME OK
     if [ "$2" = 1 ]; then echo "ok   $1"; passed=$((passed + 1)); else echo "FAIL $1"; failed=$((failed + 1)); fi
 }
@@ -41,12 +42,14 @@ config() { # config MAX_BATCH
 {"host": "127.0.0.1", "port": $PORT, "access_log": false, "drain_delay_ms": 200,
  "model_control": true,
  "max_batch_size": $1, "queue_capacity": 64,
+ "body_limit": 65536,
  "models": [{"name": "lm", "path": "models/fortunes/fortunes-b90.safetensors",
-             "max_sequences": 8, "sequence_idle_ms": 500}]}
+             "max_sequences": 8, "sequence_idle_ms": 500},
+            {"name": "demo", "path": "models/demo/demo.safetensors", "max_sequences": 2}]}
 JSON
 }
 start() {
-    "$BIN" serve --config "$TMP/balsa.json" >"$TMP/server.log" 2>&1 &
+    BALSA_API_KEY=$KEY "$BIN" serve --config "$TMP/balsa.json" >"$TMP/server.log" 2>&1 &
     PID=$!
     for _ in $(seq 300); do [ "$(readyz)" = 200 ] && return 0; sleep 0.1; done
     echo "  server not ready; log:"; tail -5 "$TMP/server.log"; return 1
@@ -62,7 +65,7 @@ clean_log() { ! grep -qE "ERROR: (Address|Leak)Sanitizer|runtime error:" "$TMP/s
 # 1. load with reloads by SIGHUP (max_batch_size changed each time, so each one reloads)
 config 16
 if start; then
-    python3 tests/chaos/load.py "$PORT" 16 "$SECS" >"$TMP/load.log" 2>&1 &
+    python3 tests/chaos/load.py "$PORT" 16 "$SECS" "$KEY" >"$TMP/load.log" 2>&1 &
     LOAD=$!
     for i in $(seq 1 $((SECS / 4))); do
         sleep 4; config $((16 + i)); kill -HUP "$PID"
@@ -86,7 +89,7 @@ fi
 # 2. SIGTERM in the middle of the load: admitted requests finish, exit 0, clean
 config 16
 if start; then
-    python3 tests/chaos/load.py "$PORT" 16 $((SECS / 2)) >"$TMP/load2.log" 2>&1 &
+    python3 tests/chaos/load.py "$PORT" 16 $((SECS / 2)) "$KEY" >"$TMP/load2.log" 2>&1 &
     LOAD=$!
     sleep $((SECS / 4 + 1))
     stop; rc=$?
