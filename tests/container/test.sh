@@ -156,17 +156,20 @@ assert events[-1]["finish_reason"] == want["finish_reason"]
 PY
 }
 check "/infer streams the continuation (\"stream\": true)" stream_ok
+same_topk() { # same_topk ANSWER_A I ANSWER_B J: outputs[I] of A and outputs[J] of B agree
+    python3 - "$@" <<'PY'
+import json, sys
+a = json.loads(sys.argv[1])["outputs"][int(sys.argv[2])]
+b = json.loads(sys.argv[3])["outputs"][int(sys.argv[4])]
+assert a["indices"] == b["indices"], (a, b)
+assert all(abs(x - y) < 1e-5 for x, y in zip(a["values"], b["values"]))
+PY
+}
 infer_same() { # the same sequence alone and in a batch gives the same numbers
     local a b
     a=$(curl -sf "$URL/infer" -d '{"inputs": [[3, 1, 4, 1, 5]], "top_k": 3}') || return 1
     b=$(curl -sf "$URL/infer" -d '{"inputs": [[2, 7], [3, 1, 4, 1, 5]], "top_k": 3}') || return 1
-    python3 - "$a" "$b" <<'PY'
-import json, sys
-a = json.loads(sys.argv[1])["outputs"][0]
-b = json.loads(sys.argv[2])["outputs"][1]
-assert a["indices"] == b["indices"], (a, b)
-assert all(abs(x - y) < 1e-5 for x, y in zip(a["values"], b["values"]))
-PY
+    same_topk "$a" 0 "$b" 1
 }
 check "/infer top_k is the same alone and in a batch" infer_same
 sequence_ok() { # a sequence in two requests (the server keeps the state) == the whole
@@ -174,13 +177,7 @@ sequence_ok() { # a sequence in two requests (the server keeps the state) == the
     curl -sf -o /dev/null "$URL/infer" -d '{"text": "Love is", "top_k": 3, "sequence_id": "c1", "sequence_start": true}' || return 1
     b=$(curl -sf "$URL/infer" -d '{"text": " a", "top_k": 3, "sequence_id": "c1", "sequence_end": true}') || return 1
     w=$(curl -sf "$URL/infer" -d '{"text": "Love is a", "top_k": 3}') || return 1
-    python3 - "$b" "$w" <<'PY'
-import json, sys
-b = json.loads(sys.argv[1])["outputs"][0]
-w = json.loads(sys.argv[2])["outputs"][0]
-assert b["indices"] == w["indices"], (b, w)
-assert all(abs(x - y) < 1e-5 for x, y in zip(b["values"], w["values"]))
-PY
+    same_topk "$b" 0 "$w" 0
 }
 check "/infer continues a sequence the server keeps (sequence_id)" sequence_ok
 bad_request() {
