@@ -119,14 +119,14 @@ static balsa_status warm_up(balsa_model *m, const model_info *in, int n)
     return st;
 }
 
-/* Loads model i's file into a new instance on a backend of its own, warms it up and
- * starts its scheduler; *file is the file as it was before the load began. Returns the
- * instance holding the one reference of the current instance, or NULL with err (nothing
- * left allocated). what: "ready" or "reloaded", for the log line. */
-static server_loaded *load_instance(server *s, int i, step_ctx *ctx, struct stat *file,
-                                    const char *what, char *err, size_t errlen)
+/* Loads model i from cm's path (with cm's settings) into a new instance on a backend of
+ * its own, warms it up and starts its scheduler; *file is the file as it was before the
+ * load began. Returns the instance holding the one reference of the current instance, or
+ * NULL with err (nothing left allocated). what: "ready" or "reloaded", for the log line. */
+static server_loaded *load_instance(server *s, int i, const config_model *cm, step_ctx *ctx,
+                                    struct stat *file, const char *what, char *err,
+                                    size_t errlen)
 {
-    const config_model *cm = s->models[i].cfg;
     server_loaded *l = calloc(1, sizeof *l);
     if (!l) {
         snprintf(err, errlen, "model %s: out of memory", cm->name);
@@ -197,7 +197,7 @@ static server_loaded *load_instance(server *s, int i, step_ctx *ctx, struct stat
 static int load_model(server *s, int i, step_ctx *ctx, char *err, size_t errlen)
 {
     server_model *sm = &s->models[i];
-    server_loaded *l = load_instance(s, i, ctx, &sm->file, "ready", err, errlen);
+    server_loaded *l = load_instance(s, i, sm->cfg, ctx, &sm->file, "ready", err, errlen);
     if (!l)
         return -1;
     pthread_mutex_lock(&sm->mu);
@@ -232,20 +232,29 @@ static int same_file(const struct stat *a, const struct stat *b)
 
 /* Reloads model i from its file: a new instance is loaded and warmed up while the current
  * one serves, then new requests get the new one and the old one is retired (freed once
- * its last request is answered). Without force, an unchanged file is left alone (*skipped
- * set). 0, or -1 with err: the current instance keeps serving. */
-static int reload_model(server *s, int i, step_ctx *ctx, int force, int *skipped, char *err,
-                        size_t errlen)
+ * its last request is answered). want: new path and settings from a re-read configuration
+ * (always loaded; they become the model's once the load succeeded), or NULL for the
+ * current ones, where without force an unchanged file is left alone (*skipped set). 0, or
+ * -1 with err: the current instance keeps serving, with its settings. */
+static int reload_model(server *s, int i, step_ctx *ctx, const config_model *want, int force,
+                        int *skipped, char *err, size_t errlen)
 {
     server_model *sm = &s->models[i];
     struct stat now;
-    *skipped = !force && stat(sm->cfg->path, &now) == 0 && same_file(&now, &sm->file);
+    *skipped = !want && !force && stat(sm->cfg->path, &now) == 0 &&
+               same_file(&now, &sm->file);
     if (*skipped)
         return 0;
-    server_loaded *l = load_instance(s, i, ctx, &now, "reloaded", err, errlen);
+    server_loaded *l = load_instance(s, i, want ? want : sm->cfg, ctx, &now, "reloaded", err,
+                                     errlen);
     metrics_model_reload(s->metrics, i, l != NULL);
     if (!l)
         return -1;
+    if (want) {
+        config_model *m = &s->cfg.models[i];
+        snprintf(m->path, sizeof m->path, "%s", want->path);
+        m->batching = want->batching;
+    }
     pthread_mutex_lock(&sm->mu);
     server_loaded *old = sm->cur;
     sm->cur = l;
@@ -286,13 +295,14 @@ static int read_config(int argc, char **argv, config *c, char *err, size_t errle
     return 0;
 }
 
-/* SIGHUP's look at the configuration (read as at start-up): a served model whose path or
- * batching and sequence settings changed takes the new ones, and force[i] is set so that
- * it is reloaded with them. Models added or removed, and the other keys, wait for a
- * restart: the log says which. A configuration that does not read leaves everything as it
- * is. Main thread only: the requests read a model's settings from its instance, never from
- * s->cfg, and only this thread reads the paths. */
-static void reread_config(server *s, int argc, char **argv, int *force)
+/* SIGHUP's look at the configuration (read as at start-up): for a served model whose path
+ * or batching and sequence settings changed, want[i] receives the new ones and changed[i]
+ * is set, so that it is reloaded with them (which become the model's only if that load
+ * succeeds). Models added or removed, and the other keys, wait for a restart: the log says
+ * which. A configuration that does not read leaves everything as it is. Main thread only:
+ * the requests read a model's settings from its instance, never from s->cfg, and only this
+ * thread reads the paths. */
+static void reread_config(server *s, int argc, char **argv, config_model *want, int *changed)
 {
     static config nc; /* large */
     char err[2048];
@@ -336,20 +346,21 @@ static void reread_config(server *s, int argc, char **argv, int *force)
                 "max_sequences %d, sequence_idle_ms %d\n",
                 m->name, n->path, b->max_batch_size, b->max_queue_delay_us, b->queue_capacity,
                 b->request_timeout_ms, b->max_sequences, b->sequence_idle_ms);
-        snprintf(m->path, sizeof m->path, "%s", n->path);
-        m->batching = n->batching;
-        force[i] = 1;
+        want[i] = *n;
+        changed[i] = 1;
     }
 }
 
-/* SIGHUP: every model whose file changed, or whose settings did (force[i]), is reloaded;
- * a failure leaves that model on what it served before. */
-static void reload_changed(server *s, step_ctx *ctx, const int *force)
+/* SIGHUP: every model whose file changed, or whose settings did (changed[i]: reloaded with
+ * want[i]), is reloaded; a failure leaves that model on what it served before. */
+static void reload_changed(server *s, step_ctx *ctx, const config_model *want,
+                           const int *changed)
 {
     for (int i = 0; i < s->nmodels; i++) {
         char err[1024];
         int skipped;
-        if (reload_model(s, i, &ctx[i], force[i], &skipped, err, sizeof err))
+        if (reload_model(s, i, &ctx[i], changed[i] ? &want[i] : NULL, 0, &skipped, err,
+                         sizeof err))
             fprintf(stderr, "balsa: SIGHUP: reload failed, still serving the previous %s: %s\n",
                     s->models[i].cfg->name, err);
         else if (skipped)
@@ -383,7 +394,7 @@ static void poll_files(server *s, step_ctx *ctx)
          * and compare it again. */
         char err[1024];
         int skipped;
-        if (reload_model(s, i, &ctx[i], 1, &skipped, err, sizeof err)) {
+        if (reload_model(s, i, &ctx[i], NULL, 1, &skipped, err, sizeof err)) {
             fprintf(stderr, "balsa: reload failed, still serving the previous %s: %s (not tried "
                             "again until the file changes)\n",
                     sm->cfg->name, err);
@@ -430,7 +441,7 @@ static void run_jobs(server *s, step_ctx *ctx)
         const char *name = s->models[j->model].cfg->name;
         char err[1024];
         int skipped;
-        if (reload_model(s, j->model, &ctx[j->model], 1, &skipped, err, sizeof err)) {
+        if (reload_model(s, j->model, &ctx[j->model], NULL, 1, &skipped, err, sizeof err)) {
             fprintf(stderr, "balsa: load request: reload failed, still serving the previous "
                             "%s: %s\n", name, err);
             j->code = 500;
@@ -684,9 +695,10 @@ int serve_main(int argc, char **argv)
         if (sig == SIGHUP) {
             fprintf(stderr, "balsa: got SIGHUP: re-reading the configuration, reloading the "
                             "models whose files or settings changed\n");
-            int force[CONFIG_MAX_MODELS] = {0};
-            reread_config(s, argc, argv, force);
-            reload_changed(s, ctx, force);
+            static config_model want[CONFIG_MAX_MODELS];
+            int changed[CONFIG_MAX_MODELS] = {0};
+            reread_config(s, argc, argv, want, changed);
+            reload_changed(s, ctx, want, changed);
         } else if (sig == SIGUSR1) {
             run_jobs(s, ctx);
         }

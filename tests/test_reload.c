@@ -235,6 +235,15 @@ TEST(sighup_rereads_the_configuration)
     write_config(file, path_b, 16, 1 << 21, 1);
     kill(sv.pid, SIGHUP);
     CHECK(wait_for(sv.port, 'b'));
+    /* new settings whose file fails to load: the model keeps serving, with its settings */
+    char missing[300];
+    snprintf(missing, sizeof missing, "%s.missing", path_live);
+    write_config(file, missing, 32, 1 << 21, 1);
+    kill(sv.pid, SIGHUP);
+    CHECK(log_has(&sv, "reload failed, still serving the previous m"));
+    models_batching(sv.port, &mb, &ms);
+    CHECK_MSG(mb == 16 && ms == 32, "max_batch_size %d, max_sequences %d", mb, ms);
+    CHECK(probe(sv.port) == 'b');
     /* a file that does not read: nothing changes */
     FILE *f = fopen(file, "w");
     REQUIRE(f);
