@@ -12,8 +12,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 SECS=${1:-20}
-make -s SANITIZE=address,undefined all >/dev/null || { echo "0 passed, 1 failed, 0 skipped"; exit 1; }
-BIN=$(ls -d build/*-address-undefined/balsa | head -n 1)
+# The build's first line names its object tree: "balsa build: ... -> build/DIR with ...".
+DIR=$(make -s SANITIZE=address,undefined all 2>&1 | sed -n 's/^balsa build: .* -> \(build\/[^ ]*\).*/\1/p') &&
+    [ -x "$DIR/balsa" ] || { echo "the sanitizer build failed"; echo "0 passed, 1 failed, 0 skipped"; exit 1; }
+BIN=$DIR/balsa
 TMP=$(mktemp -d /tmp/balsa_chaos.XXXXXX)
 PID=
 cleanup() {
