@@ -4,7 +4,7 @@
  * limit (503) and idle sequences dropped, on a clock the test drives. Through
  * `balsa serve`: a sequence sent in pieces (POST /infer, v2 infer) answers what the whole
  * sequence does at once; a generation continues from where the last one stopped; eight
- * clients run their sequences side by side; every refusal names the sequence and the rule;
+ * clients run their sequences side by side; a vector model's sequence in binary v2 tensors; every refusal names the sequence and the rule;
  * /metrics counts open sequences and refusals; a reload closes the open sequences; and
  * max_sequences 0 keeps none. (The request fields' parsing is in tests/test_state.c.) */
 #include <pthread.h>
@@ -469,6 +469,70 @@ TEST(serve_reload_closes_sequences)
               "%ld %s", code, msg);
 }
 
+/* A vector-input model (features in, as a streaming audio model takes them): a sequence
+ * of 9 frames sent as three v2 requests with binary FP32 tensors answers, piece by piece,
+ * what the whole sequence does at once ("all" outputs). */
+TEST(serve_vector_sequence)
+{
+    enum { F = 5, T = 9, OUTV = 6 };
+    char vpath[256], varg[300];
+    snprintf(vpath, sizeof vpath, "/tmp/balsa_test_seq_vec_%d.safetensors", (int)getpid());
+    snprintf(varg, sizeof varg, "v=%s", vpath);
+    model_spec spec = ref_token_spec("v", 0, F, 24, 2, OUTV);
+    spec.input_kind = MODEL_INPUT_VECTORS;
+    spec.head = MODEL_HEAD_NONE;
+    char err[256];
+    balsa_model *vm = NULL;
+    REQUIRE(ref_write_random_model(vpath, &spec, 8, 2, 0.5f, 7, err, sizeof err) == BALSA_OK);
+    REQUIRE(model_load(vpath, be, &vm, err, sizeof err) == BALSA_OK);
+    float frames[T * F], want[T * OUTV];
+    for (int i = 0; i < T * F; i++)
+        frames[i] = (float)((i * 37) % 23) / 11.0f - 1.0f;
+    engine_seq whole = {.features = frames, .len = T};
+    float *o[1] = {want};
+    REQUIRE(model_run(vm, &whole, 1, 1, o) == BALSA_OK);
+    const char *args[] = {"--model", varg, NULL};
+    su_server vs;
+    REQUIRE(su_start(&vs, args) == 0);
+    const int cut[4] = {0, 4, 5, T};
+    for (int k = 0; k < 3; k++) {
+        int n = cut[k + 1] - cut[k];
+        char hdr[512];
+        int hl = snprintf(hdr, sizeof hdr,
+                          "{\"parameters\": {\"sequence_id\": \"mic-1\", \"output\": \"all\"%s%s, "
+                          "\"binary_data_output\": true}, \"inputs\": [{\"name\": \"features\", "
+                          "\"datatype\": \"FP32\", \"shape\": [1, %d, %d], \"parameters\": "
+                          "{\"binary_data_size\": %zu}}]}",
+                          k == 0 ? ", \"sequence_start\": true" : "",
+                          k == 2 ? ", \"sequence_end\": true" : "", n, F,
+                          sizeof(float) * (size_t)n * F);
+        char body[1024];
+        memcpy(body, hdr, (size_t)hl);
+        memcpy(body + hl, frames + cut[k] * F, sizeof(float) * (size_t)n * F);
+        size_t blen = (size_t)hl + sizeof(float) * (size_t)n * F;
+        char hlh[64];
+        snprintf(hlh, sizeof hlh, "Inference-Header-Content-Length: %d", hl);
+        su_resp r;
+        su_request(vs.port, "POST", "/v2/models/v/infer", body, blen, hlh, &r);
+        CHECK_MSG(r.code == 200, "piece %d: %ld %.300s", k, r.code, r.body);
+        /* the output's raw floats follow the JSON header */
+        size_t jl = (size_t)atol(r.header_len);
+        int ok = r.code == 200 && jl > 0 && r.len == jl + sizeof(float) * (size_t)n * OUTV;
+        for (int i = 0; ok && i < n * OUTV; i++) {
+            float got;
+            memcpy(&got, r.body + jl + sizeof(float) * (size_t)i, sizeof got);
+            float w = want[cut[k] * OUTV + i];
+            ok = fabsf(got - w) <= 1e-5f * fmaxf(1.0f, fabsf(w));
+        }
+        CHECK_MSG(ok, "piece %d of the vector sequence against the whole (%zu bytes, header %zu)",
+                  k, r.len, jl);
+        free(r.body);
+    }
+    CHECK(su_stop(&vs, 20) == 0);
+    model_free(vm);
+    unlink(vpath);
+}
+
 /* max_sequences 0: sequence requests are refused, and the model says so. */
 TEST(serve_without_sequences)
 {
@@ -514,6 +578,7 @@ int main(void)
             RUN(serve_sequence_refusals);
             RUN(serve_reload_closes_sequences);
             RUN(serve_without_sequences);
+            RUN(serve_vector_sequence);
             /* Outside any test, so counted here: a leak (LeakSanitizer) or a crash at
              * shutdown shows as a non-zero exit status. */
             int rc = su_stop(&sv, 20);
