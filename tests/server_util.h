@@ -321,6 +321,17 @@ static inline int su_stop(su_server *sp, double timeout_s)
     return su_wait(sp, timeout_s);
 }
 
+/* Stops a server that outlives the tests (stopped after the last one, so no CHECK would
+ * count): 1, with its exit status and log said, when it did not exit 0 (a crash, or
+ * LeakSanitizer's report at shutdown), for the caller to add to the failures; else 0. */
+static inline int su_stop_failed(su_server *sp, double timeout_s)
+{
+    int rc = su_stop(sp, timeout_s);
+    if (rc != 0)
+        printf("  server exit status %d (log %s)\n", rc, sp->log);
+    return rc != 0;
+}
+
 /* The start of a test binary that runs servers beside models of its own: the handlers
  * that kill the children on a crash, libcurl, and a one-thread CPU backend in *be.
  * Returns 0, or -1 (said on stdout) when there is no backend. */
