@@ -364,6 +364,35 @@ TEST(spmm_batch_remainders)
     CHECK(cases >= 6);
 }
 
+/* Inputs wider than one L1-sized block of the transposed input (spmm_avx2.c cuts the
+ * banks into blocks and carries partial sums between them): K = 1500 in 4 blocks of 12
+ * banks of 32, 188 banks of 8 in 4 blocks, banks of 256 one per block, with 38 row groups
+ * (two full group blocks and a part), at 8, 16 and 24 columns, every kernel, 1 and 2
+ * threads, bias, accumulate and activations. */
+TEST(spmm_blocked_banks)
+{
+    static const int banks[] = {32, 8, 256};
+    static const int batches[] = {8, 16, 24};
+    int failures = 0, cases = 0;
+    for (int isa = CPU_ISA_SCALAR; isa <= CPU_ISA_AVX512; isa++) {
+        if (!cpu_isa_supported((cpu_isa)isa))
+            continue;
+        balsa_backend *be1, *be2;
+        REQUIRE(backend_pair_create((cpu_isa)isa, &be1, &be2));
+        for (int bi = 0; bi < 3; bi++)
+            for (int ni = 0; ni < 3; ni++) {
+                int i = bi * 3 + ni;
+                spmm_case c = {301, 1500, banks[bi], banks[bi] / 8, batches[ni], 1501, 303,
+                               i % 2, (i / 2) % 2, (balsa_act)(i % 4)};
+                failures += !run_one(c, 7654321u + (unsigned)i, be1, be2, (cpu_isa)isa);
+                cases++;
+            }
+        backend_pair_free(be1, be2);
+    }
+    CHECK_MSG(failures == 0, "%d of %d cases failed", failures, cases);
+    CHECK(cases >= 18);
+}
+
 /* A product big enough to be split across threads gives bit-identical results with 1 and
  * 2 threads (each row is computed by the same code either way), for every ISA here. */
 TEST(threads_split_identical)
@@ -666,6 +695,7 @@ int main(void)
     RUN(spmm_avx512_path);
     RUN(spmm_batch1_every_k);
     RUN(spmm_batch_remainders);
+    RUN(spmm_blocked_banks);
     RUN(threads_split_identical);
     RUN(lstm_scalar);
     RUN(lstm_avx2_path);
