@@ -677,9 +677,10 @@ static balsa_status step_lstm(model_stream *s, void **done, int *ndone)
     int n = s->nrows;
     if (n == 0 || st != BALSA_OK)
         return st;
-    /* A folded model's rows are table copies: on a backend whose memory is the host's they
-     * go straight into the gate buffer (the staging copy was 2% of a batched step). */
-    int direct = m->fold[0] && be->host_memory;
+    /* On a backend whose memory is the host's the rows go straight into the gate buffer
+     * (the staging copy was 2% of a batched step of a folded model, and about as much of
+     * the hidden-650 model's, whose rows come from each sequence's projection). */
+    int direct = be->host_memory;
     st = project_rows(s, direct ? s->g.p : s->hg.p);
     if (st == BALSA_OK && !direct)
         st = be->ops->to_device(be, s->g.p, s->hg.p, (size_t)n * 4 * H * sizeof(float));
