@@ -37,7 +37,7 @@ B := build/$(CONFIG)
 
 CFLAGS_BASE = -std=c11 -O2 -g -Wall -Wextra -Werror -D_GNU_SOURCE -pthread -MMD -MP \
               -I. -I/usr/include/cjson
-LDLIBS = -lmicrohttpd -lcjson -lopenblas -lz -lm -lpthread
+LDLIBS = -lmicrohttpd -lgnutls -lcjson -lopenblas -lz -lm -lpthread
 ifneq ($(SANITIZE),)
   CFLAGS_BASE += -fsanitize=$(SANITIZE) -fno-omit-frame-pointer -fno-sanitize-recover=all
   LDFLAGS += -fsanitize=$(SANITIZE)

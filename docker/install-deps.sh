@@ -22,10 +22,10 @@ pick() {
 
 case "${1:-}" in
 build)
-    pkgs="make gcc libc6-dev libmicrohttpd-dev libcjson-dev libopenblas-dev zlib1g-dev"
+    pkgs="make gcc libc6-dev libmicrohttpd-dev libgnutls28-dev libcjson-dev libopenblas-dev zlib1g-dev"
     ;;
 runtime)
-    pkgs="$(pick libmicrohttpd12t64 libmicrohttpd12) $(pick libcjson1)"
+    pkgs="$(pick libmicrohttpd12t64 libmicrohttpd12) $(pick libgnutls30t64 libgnutls30) $(pick libcjson1)"
     pkgs="$pkgs $(pick libopenblas0-pthread libopenblas0) $(pick zlib1g)"
     ;;
 *)

@@ -47,6 +47,10 @@ static const key_def keys[] = {
      "look at the model files this often and reload one that changed (0: never)"},
     {"api_key", K_STR, CFG(api_key), 0, 0, 129,
      "when set, requests need Authorization: Bearer KEY (health and /metrics excepted)"},
+    {"tls_cert", K_STR, CFG(tls_cert), 0, 0, CONFIG_PATH_MAX,
+     "PEM certificate (chain) file: serve HTTPS instead of HTTP (with tls_key)"},
+    {"tls_key", K_STR, CFG(tls_key), 0, 0, CONFIG_PATH_MAX,
+     "PEM private key file of tls_cert (unencrypted)"},
     {"max_request_steps", K_INT, CFG(max_request_steps), 0, 1, 1 << 30,
      "time steps summed over one request's sequences at most (else 400)"},
     {"max_output_values", K_LONG, CFG(max_output_values), 0, 1, 1L << 34,
@@ -69,6 +73,7 @@ static const key_def keys[] = {
      "an open sequence without a request for this long is dropped"},
 };
 #define NKEYS (sizeof keys / sizeof *keys)
+_Static_assert(NKEYS <= sizeof ((config *)0)->src, "config.src needs a byte per key");
 
 static void errf(char *err, size_t errlen, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -627,6 +632,11 @@ int config_finish(config *c, char *err, size_t errlen)
         snprintf(c->models[0].path, sizeof c->models[0].path,
                  "models/fortunes/fortunes-b90.safetensors");
         c->nmodels = 1;
+    }
+    if (!c->tls_cert[0] != !c->tls_key[0]) {
+        errf(err, errlen, "%s is set but %s is not: HTTPS needs both (or neither)",
+             c->tls_cert[0] ? "tls_cert" : "tls_key", c->tls_cert[0] ? "tls_key" : "tls_cert");
+        return -1;
     }
     for (int i = 0; i < c->nmodels; i++) {
         config_model *m = &c->models[i];

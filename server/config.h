@@ -46,6 +46,8 @@ typedef struct {
                                 * one reloaded once it stays the same for one period */
     char api_key[129];         /* "" or the bearer token every request but health and
                                 * /metrics must carry (else 401) */
+    char tls_cert[CONFIG_PATH_MAX]; /* "" (plain HTTP) or the PEM certificate file: HTTPS */
+    char tls_key[CONFIG_PATH_MAX];  /* its private key (PEM); both or neither are set */
     int max_request_steps;     /* time steps summed over one request's sequences */
     long max_output_values;    /* floats one response may carry */
     int drain_delay_ms;        /* after SIGTERM: keep serving (readyz 503) this long */

@@ -1199,20 +1199,33 @@ int http_start(server *s, char *err, size_t errlen)
     if (getrandom(&s->rid_base, sizeof s->rid_base, 0) != (ssize_t)sizeof s->rid_base)
         s->rid_base = queue_now_ns() ^ ((uint64_t)getpid() << 40);
     s->listen_fd = -1;
-    s->daemon = MHD_start_daemon(
-        flags, (uint16_t)s->cfg.port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, addr,
-        MHD_OPTION_THREAD_POOL_SIZE, (unsigned)s->cfg.http_threads,
-        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)s->cfg.connection_timeout_s,
-        MHD_OPTION_CONNECTION_LIMIT, (unsigned)s->cfg.connection_limit,
-        /* Each connection's memory pool (request headers, read and write buffers; bodies
-         * stream through it) is cleared for every request: at the default 32 KiB that
-         * memset was 3.4% of the server's CPU under wrk -c64 with a short /infer (perf),
-         * at 16 KiB 1.1%. Headers over about 16 KiB get the library's own 431. */
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)16384,
-        MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_END);
+    /* Each connection's memory pool (request headers, read and write buffers; bodies stream
+     * through it) is cleared for every request: at the default 32 KiB that memset was 3.4%
+     * of the server's CPU under wrk -c64 with a short /infer (perf), at 16 KiB 1.1%.
+     * Headers over about 16 KiB get the library's own 431. */
+    struct MHD_OptionItem opts[12] = {
+        {MHD_OPTION_SOCK_ADDR, 0, addr},
+        {MHD_OPTION_THREAD_POOL_SIZE, (intptr_t)s->cfg.http_threads, NULL},
+        {MHD_OPTION_CONNECTION_TIMEOUT, (intptr_t)s->cfg.connection_timeout_s, NULL},
+        {MHD_OPTION_CONNECTION_LIMIT, (intptr_t)s->cfg.connection_limit, NULL},
+        {MHD_OPTION_CONNECTION_MEMORY_LIMIT, (intptr_t)16384, NULL},
+        {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, s},
+    };
+    int nopt = 6;
+    if (s->tls.cert) {
+        flags |= MHD_USE_TLS;
+        opts[nopt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, s->tls.cert};
+        opts[nopt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, s->tls.key};
+        /* TLS 1.2 and 1.3 only, GnuTLS's usual ciphers within them. */
+        opts[nopt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0,
+                                               (void *)"NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"};
+    }
+    opts[nopt] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+    s->daemon = MHD_start_daemon(flags, (uint16_t)s->cfg.port, NULL, NULL, on_request, s,
+                                 MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
     if (!s->daemon) {
-        snprintf(err, errlen, "cannot listen on %s:%d (address in use, or not this host's?)",
-                 s->cfg.host, s->cfg.port);
+        snprintf(err, errlen, "cannot listen on %s:%d%s (address in use, or not this host's?)",
+                 s->cfg.host, s->cfg.port, s->tls.cert ? " with TLS" : "");
         return -1;
     }
     const union MHD_DaemonInfo *info = MHD_get_daemon_info(s->daemon, MHD_DAEMON_INFO_BIND_PORT);

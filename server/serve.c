@@ -315,6 +315,13 @@ static void reread_config(server *s, int argc, char **argv, config_model *want, 
     char keys[1024];
     if (config_diff_globals(&s->cfg, &nc, keys, sizeof keys))
         fprintf(stderr, "balsa: SIGHUP: %s changed: a restart applies that\n", keys);
+    /* The HTTP library keeps the certificate it started with; a renewed one on disk is
+     * served after a restart, and the log says so rather than leaving it unnoticed. */
+    if (s->tls.cert && strcmp(s->cfg.tls_cert, nc.tls_cert) == 0 &&
+        strcmp(s->cfg.tls_key, nc.tls_key) == 0 &&
+        tls_files_changed(&s->tls, nc.tls_cert, nc.tls_key))
+        fprintf(stderr, "balsa: SIGHUP: the TLS certificate or key file changed on disk: a "
+                        "restart serves the new one\n");
     for (int j = 0; j < nc.nmodels; j++) {
         int found = 0;
         for (int i = 0; i < s->nmodels; i++)
@@ -545,6 +552,7 @@ static void server_free(server *s)
     }
     metrics_free(s->metrics);
     v2_stats_free(s->v2stats);
+    tls_free(&s->tls);
 }
 
 /* The thread that takes the signals (serve_main's), for forward_signal. */
@@ -639,15 +647,27 @@ int serve_main(int argc, char **argv)
         fprintf(stderr, "balsa serve: out of memory\n");
         return 1;
     }
+    if (c->tls_cert[0] && tls_load(c->tls_cert, c->tls_key, &s->tls, err, sizeof err)) {
+        fprintf(stderr, "balsa serve: %s\n", err);
+        server_free(s);
+        return 1;
+    }
     if (http_start(s, err, sizeof err)) {
         fprintf(stderr, "balsa serve: %s\n", err);
         server_free(s);
         return 1;
     }
-    fprintf(stderr, "balsa %s serving on http://%s:%d (%d HTTP threads, body limit %ld bytes%s)\n"
+    fprintf(stderr, "balsa %s serving on %s://%s:%d (%d HTTP threads, body limit %ld bytes%s)\n"
                     "balsa: %s\n",
-            BALSA_VERSION, c->host, s->port, c->http_threads, c->body_limit,
-            c->api_key[0] ? ", API key required" : "", why);
+            BALSA_VERSION, s->tls.cert ? "https" : "http", c->host, s->port, c->http_threads,
+            c->body_limit, c->api_key[0] ? ", API key required" : "", why);
+    if (s->tls.cert) {
+        char warn[512];
+        fprintf(stderr, "balsa: TLS 1.2/1.3 with %s (%d certificate%s in %s)\n", s->tls.subject,
+                s->tls.chain, s->tls.chain == 1 ? "" : "s", c->tls_cert);
+        if (tls_validity_warning(&s->tls, time(NULL), warn, sizeof warn))
+            fprintf(stderr, "balsa: warning: %s\n", warn);
+    }
     for (int i = 0; i < c->nmodels; i++) {
         const config_batching *b = &c->models[i].batching;
         fprintf(stderr,

@@ -13,6 +13,7 @@
 #include "engine/engine.h"
 #include "engine/sched.h"
 #include "metrics.h"
+#include "tls.h"
 
 /* One loaded instance of a served model: its backend, the model, the model's scheduler
  * and its open sequences. A reload (serve.c) builds a new instance beside the one
@@ -80,6 +81,8 @@ typedef struct server {
     metrics *metrics;
     struct v2_stats *v2stats;    /* Triton-style statistics (v2_stats.h) */
     struct MHD_Daemon *daemon;
+    tls_files tls;               /* cert and key when cfg.tls_cert is set (serve.c loads
+                                  * them before http_start), else zeroed: plain HTTP */
     int listen_fd;               /* after http_quiesce, until http_stop */
     int port;                    /* the bound port */
     atomic_int stage;

@@ -32,6 +32,10 @@ typedef struct {
 static pid_t su_children[8];
 static int su_nchildren;
 
+/* NULL: requests go over plain HTTP. A PEM file: they go over HTTPS, trusting only the
+ * certificate(s) in it (a test of a server started with tls_cert sets it). */
+static const char *su_tls_ca;
+
 static inline double su_now(void)
 {
     struct timespec ts;
@@ -143,8 +147,10 @@ static inline void su_request_on(CURL *h, int port, const char *method, const ch
 {
     memset(r, 0, sizeof *r);
     char url[256];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    snprintf(url, sizeof url, "%s://127.0.0.1:%d%s", su_tls_ca ? "https" : "http", port, path);
     curl_easy_setopt(h, CURLOPT_URL, url);
+    if (su_tls_ca)
+        curl_easy_setopt(h, CURLOPT_CAINFO, su_tls_ca);
     curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, su_on_body);
     curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
     curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, su_on_header);

@@ -2,7 +2,7 @@
 # Installs the Debian packages balsa builds and tests with, when any is missing.
 # As root it runs apt-get; otherwise it prints the exact command and fails.
 set -euo pipefail
-pkgs=(build-essential pkg-config libmicrohttpd-dev libcjson-dev libcurl4-openssl-dev zlib1g-dev
+pkgs=(build-essential pkg-config libmicrohttpd-dev libgnutls28-dev openssl libcjson-dev libcurl4-openssl-dev zlib1g-dev
       libopenblas-dev python3-torch python3-numpy prometheus wrk fortunes gnuplot-nox)
 missing=()
 for p in "${pkgs[@]}"; do

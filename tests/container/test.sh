@@ -3,7 +3,8 @@
 # registry, build the CPU image with podman from a Debian base made by debootstrap, run
 # it, and check it as an operator would: readiness, real /infer answers, the health check,
 # a non-root process, a real Prometheus server scraping /metrics, a model mounted from the
-# host replaced and reloaded with SIGHUP, and a SIGTERM under load that exits 0 without
+# host replaced and reloaded with SIGHUP, HTTPS from a mounted certificate (and the
+# health check over it), and a SIGTERM under load that exits 0 without
 # losing an admitted request. Cleans up what it started.
 # Prints "N passed, N failed, N skipped" last and exits non-zero on any failure.
 set -uo pipefail
@@ -44,6 +45,7 @@ command -v runc >/dev/null || need+=(runc)
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
 if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
         echo "container-test: missing ${need[*]}; run: sudo apt-get install -y ${need[*]}" >&2
@@ -258,6 +260,34 @@ reload() {
     return $rc
 }
 check "SIGHUP reloads a model file replaced on a mounted volume" reload
+
+# --- HTTPS: certificate and key mounted read-only, named by BALSA_TLS_CERT/BALSA_TLS_KEY;
+# the image's health check follows them (a third container; config/README.md, "HTTPS")
+tls() {
+    local port url i rc
+    mkdir -p "$WORK/certs" && chmod 755 "$WORK/certs" &&
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+            -subj /CN=balsa-container-test -addext subjectAltName=IP:127.0.0.1 \
+            -keyout "$WORK/certs/tls.key" -out "$WORK/certs/tls.crt" >/dev/null 2>&1 &&
+        chmod 644 "$WORK/certs/tls.key" "$WORK/certs/tls.crt" || return 1
+    port=$(free_port)
+    url="https://127.0.0.1:$port"
+    "${PODMAN[@]}" run -d "${RUNC[@]}" --name "$NAME-tls" --network=host \
+        --ulimit "nofile=$hard:$hard" --ulimit nproc=32768:32768 -e BALSA_PORT="$port" -e BALSA_HOST=127.0.0.1 \
+        -v "$WORK/certs:/certs:ro" -e BALSA_TLS_CERT=/certs/tls.crt -e BALSA_TLS_KEY=/certs/tls.key \
+        "$IMAGE" >/dev/null || return 1
+    for i in $(seq 1 100); do curl -sf --cacert "$WORK/certs/tls.crt" "$url/readyz" >/dev/null && break; sleep 0.1; done
+    curl -sf --cacert "$WORK/certs/tls.crt" "$url/infer" -d '{"text": "And the", "generate": 5}' |
+        grep -q '"finish_reason"' &&
+        ! curl -sf -m 3 "http://127.0.0.1:$port/healthz" >/dev/null 2>&1 &&
+        "${PODMAN[@]}" healthcheck run "$NAME-tls" >/dev/null 2>&1 &&
+        [ "$("${PODMAN[@]}" inspect "$NAME-tls" --format '{{.State.Health.Status}}')" = healthy ]
+    rc=$?
+    [ $rc -eq 0 ] || "${PODMAN[@]}" logs "$NAME-tls" 2>&1 | tail -n 5
+    "${PODMAN[@]}" rm -f -t 0 "$NAME-tls" >/dev/null 2>&1
+    return $rc
+}
+check "HTTPS with a mounted certificate: /infer over TLS, plain HTTP refused, healthy" tls
 
 # --- SIGTERM under load: every request gets an answer, admitted ones 200, exit code 0
 drain() {
