@@ -87,9 +87,11 @@ static ssize_t exchange_tls(int fd, const char *req, size_t n, char *resp, size_
     if (rc >= 0) {
         gnutls_transport_set_int(ss, fd);
         gnutls_handshake_set_timeout(ss, 3000);
+        /* Only an interruption is retried: with the socket's 3 s timeouts a silent
+         * server shows as GNUTLS_E_AGAIN, which ends the check. */
         do
             rc = gnutls_handshake(ss);
-        while (rc < 0 && !gnutls_error_is_fatal(rc));
+        while (rc == GNUTLS_E_INTERRUPTED);
     }
     if (rc < 0) {
         fprintf(stderr, "balsa health: TLS handshake failed: %s\n", gnutls_strerror(rc));
@@ -101,7 +103,7 @@ static ssize_t exchange_tls(int fd, const char *req, size_t n, char *resp, size_
         /* The server closes after an HTTP/1.0 answer, with or without close_notify. */
         while (got < (ssize_t)cap - 1 &&
                ((r = gnutls_record_recv(ss, resp + got, cap - 1 - (size_t)got)) > 0 ||
-                r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED))
+                r == GNUTLS_E_INTERRUPTED))
             got += r > 0 ? r : 0;
     }
     gnutls_deinit(ss);
