@@ -663,6 +663,7 @@ int serve_main(int argc, char **argv)
             c->body_limit, c->api_key[0] ? ", API key required" : "", why);
     if (s->tls.cert) {
         char warn[512];
+        metrics_set_tls_expiry(s->metrics, (double)s->tls.not_after);
         fprintf(stderr, "balsa: TLS 1.2/1.3 with %s (%d certificate%s in %s)\n", s->tls.subject,
                 s->tls.chain, s->tls.chain == 1 ? "" : "s", c->tls_cert);
         if (tls_validity_warning(&s->tls, time(NULL), warn, sizeof warn))

@@ -224,6 +224,17 @@ TEST(https_serves_what_http_serves)
         free(b.body);
     }
     CHECK(su_metric(tls.port, "balsa_http_requests_total{handler=\"/infer\",code=\"200\"}") == 1);
+    /* The certificate's expiry is a gauge (for alerts), the one the files say; none
+     * without TLS. */
+    tls_files t = {0};
+    char err[256];
+    REQUIRE(tls_load(cert, key, &t, err, sizeof err) == 0);
+    CHECK(su_metric(tls.port, "balsa_tls_certificate_expiry_timestamp_seconds") ==
+          (double)t.not_after);
+    tls_free(&t);
+    su_tls_ca = NULL;
+    CHECK(su_metric(plain.port, "balsa_tls_certificate_expiry_timestamp_seconds") == -1);
+    su_tls_ca = cert;
 
     /* The certificate presented is the one given: trusting it verifies; trusting only the
      * system's authorities does not. */
