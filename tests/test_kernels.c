@@ -315,27 +315,42 @@ static int run_one(spmm_case c, unsigned seed, balsa_backend *be1, balsa_backend
     return ok;
 }
 
+/* Runs cases[0..n) (seeds seed, seed + 1, ...) on every ISA this CPU has, 1 and 2
+ * threads each (run_one); returns the failures and adds the runs to *runs. */
+static int run_every_isa(const spmm_case *cases, int n, unsigned seed, int *runs)
+{
+    int failures = 0;
+    for (int isa = CPU_ISA_SCALAR; isa <= CPU_ISA_AVX512; isa++) {
+        if (!cpu_isa_supported((cpu_isa)isa))
+            continue;
+        balsa_backend *be1, *be2;
+        if (!backend_pair_create((cpu_isa)isa, &be1, &be2)) {
+            printf("  no %s backends\n", cpu_isa_str((cpu_isa)isa));
+            return failures + 1;
+        }
+        for (int i = 0; i < n; i++) {
+            failures += !run_one(cases[i], seed + (unsigned)i, be1, be2, (cpu_isa)isa);
+            (*runs)++;
+        }
+        backend_pair_free(be1, be2);
+    }
+    return failures;
+}
+
 /* Batch 1 with every k of banks 32 and 64 from 1 to 12: the AVX2 kernel has a copy for
  * each common k (1, 2, 3, 4, 6, 8) and a loop for the rest, and each ends on a padded last
  * bank here (cols 333 and 205); every ISA, 1 and 2 threads. */
 TEST(spmm_batch1_every_k)
 {
-    int failures = 0, cases = 0;
-    for (int isa = CPU_ISA_SCALAR; isa <= CPU_ISA_AVX512; isa++) {
-        if (!cpu_isa_supported((cpu_isa)isa))
-            continue;
-        balsa_backend *be1, *be2;
-        REQUIRE(backend_pair_create((cpu_isa)isa, &be1, &be2));
-        for (int bank = 32; bank <= 64; bank *= 2)
-            for (int k = 1; k <= 12; k++) {
-                spmm_case c = {61, bank == 32 ? 333 : 205, bank, k, 1, 340, 64, k % 2, k % 3 == 0,
-                               (balsa_act)(k % 4)};
-                failures += !run_one(c, 777u + (unsigned)(k * bank), be1, be2, (cpu_isa)isa);
-                cases++;
-            }
-        backend_pair_free(be1, be2);
-    }
-    CHECK_MSG(failures == 0, "%d of %d cases failed", failures, cases);
+    spmm_case cases[24];
+    int n = 0, runs = 0;
+    for (int bank = 32; bank <= 64; bank *= 2)
+        for (int k = 1; k <= 12; k++)
+            cases[n++] = (spmm_case){61, bank == 32 ? 333 : 205, bank, k, 1, 340, 64, k % 2,
+                                     k % 3 == 0, (balsa_act)(k % 4)};
+    int failures = run_every_isa(cases, n, 777u, &runs);
+    CHECK_MSG(failures == 0, "%d of %d cases failed", failures, runs);
+    CHECK(runs >= n);
 }
 
 /* Batches past 16 that are not a multiple of it: the transposed kernels end on a
@@ -345,23 +360,13 @@ TEST(spmm_batch1_every_k)
 TEST(spmm_batch_remainders)
 {
     static const int batches[] = {17, 20, 24, 28, 33, 35, 40};
-    int failures = 0, cases = 0;
-    for (int isa = CPU_ISA_SCALAR; isa <= CPU_ISA_AVX512; isa++) {
-        if (!cpu_isa_supported((cpu_isa)isa))
-            continue;
-        balsa_backend *be1, *be2;
-        REQUIRE(backend_pair_create((cpu_isa)isa, &be1, &be2));
-        for (size_t bi = 0; bi < sizeof batches / sizeof *batches; bi++) {
-            int n = batches[bi];
-            spmm_case c = {203, 333, 32, 3, n, 335, 205, (int)bi % 2, 1,
-                           (balsa_act)(bi % 4)};
-            failures += !run_one(c, 1234567u + (unsigned)bi, be1, be2, (cpu_isa)isa);
-            cases++;
-        }
-        backend_pair_free(be1, be2);
-    }
-    CHECK_MSG(failures == 0, "%d of %d cases failed", failures, cases);
-    CHECK(cases >= 6);
+    spmm_case cases[7];
+    int runs = 0;
+    for (int i = 0; i < 7; i++)
+        cases[i] = (spmm_case){203, 333, 32, 3, batches[i], 335, 205, i % 2, 1, (balsa_act)(i % 4)};
+    int failures = run_every_isa(cases, 7, 1234567u, &runs);
+    CHECK_MSG(failures == 0, "%d of %d cases failed", failures, runs);
+    CHECK(runs >= 7);
 }
 
 /* Inputs wider than one L1-sized block of the transposed input (spmm_avx2.c cuts the
@@ -373,24 +378,14 @@ TEST(spmm_blocked_banks)
 {
     static const int banks[] = {32, 8, 256};
     static const int batches[] = {8, 16, 24};
-    int failures = 0, cases = 0;
-    for (int isa = CPU_ISA_SCALAR; isa <= CPU_ISA_AVX512; isa++) {
-        if (!cpu_isa_supported((cpu_isa)isa))
-            continue;
-        balsa_backend *be1, *be2;
-        REQUIRE(backend_pair_create((cpu_isa)isa, &be1, &be2));
-        for (int bi = 0; bi < 3; bi++)
-            for (int ni = 0; ni < 3; ni++) {
-                int i = bi * 3 + ni;
-                spmm_case c = {301, 1500, banks[bi], banks[bi] / 8, batches[ni], 1501, 303,
-                               i % 2, (i / 2) % 2, (balsa_act)(i % 4)};
-                failures += !run_one(c, 7654321u + (unsigned)i, be1, be2, (cpu_isa)isa);
-                cases++;
-            }
-        backend_pair_free(be1, be2);
-    }
-    CHECK_MSG(failures == 0, "%d of %d cases failed", failures, cases);
-    CHECK(cases >= 18);
+    spmm_case cases[9];
+    int runs = 0;
+    for (int i = 0; i < 9; i++)
+        cases[i] = (spmm_case){301, 1500, banks[i / 3], banks[i / 3] / 8, batches[i % 3], 1501,
+                               303, i % 2, (i / 2) % 2, (balsa_act)(i % 4)};
+    int failures = run_every_isa(cases, 9, 7654321u, &runs);
+    CHECK_MSG(failures == 0, "%d of %d cases failed", failures, runs);
+    CHECK(runs >= 9);
 }
 
 /* A product big enough to be split across threads gives bit-identical results with 1 and
