@@ -1213,9 +1213,11 @@ int http_start(server *s, char *err, size_t errlen)
     };
     int nopt = 6;
     if (s->tls.cert) {
+        /* The certificate comes from a callback rather than as text, so that a SIGHUP can
+         * replace it while the daemon runs (tls.h). */
         flags |= MHD_USE_TLS;
-        opts[nopt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, s->tls.cert};
-        opts[nopt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, s->tls.key};
+        opts[nopt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_CERT_CALLBACK, 0,
+                                               tls_serve_callback()};
         /* TLS 1.2 and 1.3 only, GnuTLS's usual ciphers within them. */
         opts[nopt++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_PRIORITIES, 0,
                                                (void *)"NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2"};

@@ -63,7 +63,8 @@ struct metrics {
     char version[32];
     char backend[32];
     double start_time; /* seconds since the epoch, from /proc */
-    double tls_not_after; /* the served certificate's expiry (Unix time); 0: no TLS */
+    _Atomic long long tls_not_after; /* the served certificate's expiry (Unix time); 0: no
+                                      * TLS. A SIGHUP may renew it while /metrics renders. */
 };
 
 static int code_index(int code)
@@ -210,9 +211,9 @@ void metrics_set_ready(metrics *m, int model, int ready)
     atomic_store(&m->models[model].ready, ready);
 }
 
-void metrics_set_tls_expiry(metrics *m, double not_after)
+void metrics_set_tls_expiry(metrics *m, long long not_after)
 {
-    m->tls_not_after = not_after;
+    atomic_store(&m->tls_not_after, not_after);
 }
 
 void metrics_inflight_add(metrics *m, int delta)
@@ -293,11 +294,11 @@ void metrics_render(metrics *m, const metrics_model_now *now, jsonw *w)
 {
     family(w, "balsa_build_info", "gauge", "Build information: version and compute backend.");
     jsonw_printf(w, "balsa_build_info{version=\"%s\",backend=\"%s\"} 1\n", m->version, m->backend);
-    if (m->tls_not_after > 0) {
+    long long expiry = atomic_load(&m->tls_not_after);
+    if (expiry > 0) {
         family(w, "balsa_tls_certificate_expiry_timestamp_seconds", "gauge",
                "When the TLS certificate served expires, in seconds since the epoch.");
-        jsonw_printf(w, "balsa_tls_certificate_expiry_timestamp_seconds %.0f\n",
-                     m->tls_not_after);
+        jsonw_printf(w, "balsa_tls_certificate_expiry_timestamp_seconds %lld\n", expiry);
     }
 
     family(w, "balsa_http_requests_total", "counter",

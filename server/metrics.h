@@ -60,8 +60,8 @@ void metrics_model_reload(metrics *m, int model, int ok);
 void metrics_set_ready(metrics *m, int model, int ready);
 /* Requests admitted to a queue and not yet answered. */
 /* The served TLS certificate's expiry (seconds since the epoch), exported as a gauge so
- * that an alert can warn before it lapses; set once at start-up, before any render. */
-void metrics_set_tls_expiry(metrics *m, double not_after);
+ * that an alert can warn before it lapses; set at start-up and when a SIGHUP renews it. */
+void metrics_set_tls_expiry(metrics *m, long long not_after);
 void metrics_inflight_add(metrics *m, int delta);
 
 /* A model's gauges read at scrape time. */

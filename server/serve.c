@@ -302,6 +302,39 @@ static int read_config(int argc, char **argv, config *c, char *err, size_t errle
  * which. A configuration that does not read leaves everything as it is. Main thread only:
  * the requests read a model's settings from its instance, never from s->cfg, and only this
  * thread reads the paths. */
+/* Says which certificate is served, warns when it is outside its dates, and gives its
+ * expiry to /metrics. */
+static void announce_tls(server *s, const char *what)
+{
+    char warn[512];
+    metrics_set_tls_expiry(s->metrics, (long long)s->tls.not_after);
+    fprintf(stderr, "balsa: %s%s (%d certificate%s in %s)\n", what, s->tls.subject, s->tls.chain,
+            s->tls.chain == 1 ? "" : "s", s->cfg.tls_cert);
+    if (tls_validity_warning(&s->tls, time(NULL), warn, sizeof warn))
+        fprintf(stderr, "balsa: warning: %s\n", warn);
+}
+
+/* SIGHUP with renewed TLS files: new handshakes get the new pair, connections already open
+ * keep theirs; files that do not check leave the previous pair serving. */
+static void reload_tls(server *s, const config *nc)
+{
+    tls_files t = {0};
+    char err[1024];
+    if (tls_load(nc->tls_cert, nc->tls_key, &t, err, sizeof err) ||
+        tls_serve_set(&t, err, sizeof err)) {
+        tls_free(&t);
+        fprintf(stderr, "balsa: SIGHUP: the TLS certificate was not reloaded (%s): still "
+                        "serving the previous one\n",
+                err);
+        return;
+    }
+    tls_free(&s->tls);
+    s->tls = t;
+    snprintf(s->cfg.tls_cert, sizeof s->cfg.tls_cert, "%s", nc->tls_cert);
+    snprintf(s->cfg.tls_key, sizeof s->cfg.tls_key, "%s", nc->tls_key);
+    announce_tls(s, "SIGHUP: TLS certificate reloaded: ");
+}
+
 static void reread_config(server *s, int argc, char **argv, config_model *want, int *changed)
 {
     static config nc; /* large */
@@ -312,16 +345,15 @@ static void reread_config(server *s, int argc, char **argv, config_model *want, 
                 err);
         return;
     }
+    /* Renewed TLS files (new contents, or other paths) first, so that paths taken are
+     * not listed below as waiting for a restart. Turning TLS on or off does wait. */
+    if (s->tls.cert && nc.tls_cert[0] &&
+        (strcmp(s->cfg.tls_cert, nc.tls_cert) != 0 || strcmp(s->cfg.tls_key, nc.tls_key) != 0 ||
+         tls_files_changed(&s->tls, nc.tls_cert, nc.tls_key)))
+        reload_tls(s, &nc);
     char keys[1024];
     if (config_diff_globals(&s->cfg, &nc, keys, sizeof keys))
         fprintf(stderr, "balsa: SIGHUP: %s changed: a restart applies that\n", keys);
-    /* The HTTP library keeps the certificate it started with; a renewed one on disk is
-     * served after a restart, and the log says so rather than leaving it unnoticed. */
-    if (s->tls.cert && strcmp(s->cfg.tls_cert, nc.tls_cert) == 0 &&
-        strcmp(s->cfg.tls_key, nc.tls_key) == 0 &&
-        tls_files_changed(&s->tls, nc.tls_cert, nc.tls_key))
-        fprintf(stderr, "balsa: SIGHUP: the TLS certificate or key file changed on disk: a "
-                        "restart serves the new one\n");
     for (int j = 0; j < nc.nmodels; j++) {
         int found = 0;
         for (int i = 0; i < s->nmodels; i++)
@@ -553,6 +585,7 @@ static void server_free(server *s)
     metrics_free(s->metrics);
     v2_stats_free(s->v2stats);
     tls_free(&s->tls);
+    tls_serve_free();
 }
 
 /* The thread that takes the signals (serve_main's), for forward_signal. */
@@ -647,7 +680,8 @@ int serve_main(int argc, char **argv)
         fprintf(stderr, "balsa serve: out of memory\n");
         return 1;
     }
-    if (c->tls_cert[0] && tls_load(c->tls_cert, c->tls_key, &s->tls, err, sizeof err)) {
+    if (c->tls_cert[0] && (tls_load(c->tls_cert, c->tls_key, &s->tls, err, sizeof err) ||
+                           tls_serve_set(&s->tls, err, sizeof err))) {
         fprintf(stderr, "balsa serve: %s\n", err);
         server_free(s);
         return 1;
@@ -661,14 +695,8 @@ int serve_main(int argc, char **argv)
                     "balsa: %s\n",
             BALSA_VERSION, s->tls.cert ? "https" : "http", c->host, s->port, c->http_threads,
             c->body_limit, c->api_key[0] ? ", API key required" : "", why);
-    if (s->tls.cert) {
-        char warn[512];
-        metrics_set_tls_expiry(s->metrics, (double)s->tls.not_after);
-        fprintf(stderr, "balsa: TLS 1.2/1.3 with %s (%d certificate%s in %s)\n", s->tls.subject,
-                s->tls.chain, s->tls.chain == 1 ? "" : "s", c->tls_cert);
-        if (tls_validity_warning(&s->tls, time(NULL), warn, sizeof warn))
-            fprintf(stderr, "balsa: warning: %s\n", warn);
-    }
+    if (s->tls.cert)
+        announce_tls(s, "TLS 1.2/1.3 with ");
     for (int i = 0; i < c->nmodels; i++) {
         const config_batching *b = &c->models[i].batching;
         fprintf(stderr,

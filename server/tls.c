@@ -3,13 +3,18 @@
 #include "tls.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include <gnutls/abstract.h>
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
+
+/* Certificates in a chain at most (the server's and its intermediates). */
+#define TLS_CHAIN_MAX 16
 
 /* Reads a whole file of at most TLS_FILE_MAX bytes, NUL-terminated; what names the
  * setting in messages. */
@@ -165,4 +170,89 @@ int tls_validity_warning(const tls_files *t, time_t now, char *out, size_t n)
     snprintf(out, n, "the TLS certificate (%s) %s %s: clients will refuse it", t->subject,
              now > t->not_after ? "expired on" : "is not valid before", date);
     return 1;
+}
+
+/* One installed pair, as GnuTLS hands it to a handshake. */
+typedef struct tls_creds {
+    gnutls_pcert_st pcerts[TLS_CHAIN_MAX];
+    unsigned n;
+    gnutls_privkey_t key;
+    struct tls_creds *older; /* the pairs installed before, kept until tls_serve_free */
+} tls_creds;
+
+/* The pair new handshakes get; written by tls_serve_set, read by the daemon's threads. */
+static _Atomic(tls_creds *) serving;
+
+static void creds_free(tls_creds *c)
+{
+    for (unsigned i = 0; i < c->n; i++)
+        gnutls_pcert_deinit(&c->pcerts[i]);
+    if (c->key)
+        gnutls_privkey_deinit(c->key);
+    free(c);
+}
+
+int tls_serve_set(const tls_files *t, char *err, size_t errlen)
+{
+    tls_creds *c = calloc(1, sizeof *c);
+    if (!c) {
+        snprintf(err, errlen, "tls: out of memory");
+        return -1;
+    }
+    gnutls_datum_t cd = {(unsigned char *)t->cert, (unsigned)t->cert_len};
+    gnutls_datum_t kd = {(unsigned char *)t->key, (unsigned)t->key_len};
+    unsigned n = TLS_CHAIN_MAX;
+    int rc = gnutls_pcert_list_import_x509_raw(c->pcerts, &n, &cd, GNUTLS_X509_FMT_PEM, 0);
+    if (rc >= 0)
+        c->n = n;
+    if (rc >= 0)
+        rc = gnutls_privkey_init(&c->key);
+    if (rc >= 0)
+        rc = gnutls_privkey_import_x509_raw(c->key, &kd, GNUTLS_X509_FMT_PEM, NULL, 0);
+    if (rc < 0) {
+        snprintf(err, errlen, "tls: %s", rc == GNUTLS_E_SHORT_MEMORY_BUFFER
+                                             ? "more than 16 certificates in tls_cert"
+                                             : gnutls_strerror(rc));
+        creds_free(c);
+        return -1;
+    }
+    c->older = atomic_load(&serving);
+    atomic_store(&serving, c);
+    return 0;
+}
+
+void tls_serve_free(void)
+{
+    tls_creds *c = atomic_exchange(&serving, NULL);
+    while (c) {
+        tls_creds *next = c->older;
+        creds_free(c);
+        c = next;
+    }
+}
+
+/* GnuTLS asks, in each handshake, for the certificate chain and key to present. */
+static int serve_cert(gnutls_session_t session, const gnutls_datum_t *req_ca_dn, int nreqs,
+                      const gnutls_pk_algorithm_t *pk_algos, int pk_algos_length,
+                      gnutls_pcert_st **pcert, unsigned int *pcert_length,
+                      gnutls_privkey_t *pkey)
+{
+    (void)session;
+    (void)req_ca_dn;
+    (void)nreqs;
+    (void)pk_algos;
+    (void)pk_algos_length;
+    tls_creds *c = atomic_load(&serving);
+    if (!c)
+        return -1;
+    *pcert = c->pcerts;
+    *pcert_length = c->n;
+    *pkey = c->key;
+    return 0;
+}
+
+void *tls_serve_callback(void)
+{
+    gnutls_certificate_retrieve_function2 *f = serve_cert;
+    return (void *)f;
 }

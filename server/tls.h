@@ -33,8 +33,21 @@ int tls_load(const char *cert_path, const char *key_path, tls_files *t, char *er
 void tls_free(tls_files *t);
 
 /* 1 when the files at cert_path and key_path no longer hold what t was loaded from
- * (rotated on disk: the daemon keeps what it started with), or cannot be read; else 0. */
+ * (renewed on disk), or cannot be read; else 0. */
 int tls_files_changed(const tls_files *t, const char *cert_path, const char *key_path);
+
+/* The certificate and key every TLS handshake gets, through libmicrohttpd's certificate
+ * callback (tls_serve_callback), so that a renewed pair can replace them while the server
+ * runs. One set per process. tls_serve_set installs the pair in t (checked by tls_load)
+ * as the one new handshakes get; -1 with err when GnuTLS cannot take it. Replaced pairs
+ * stay allocated until tls_serve_free (at exit): sessions may still refer to them, and
+ * renewals are rare. Call tls_serve_set and tls_serve_free from one thread. */
+int tls_serve_set(const tls_files *t, char *err, size_t errlen);
+void tls_serve_free(void);
+
+/* The function MHD_OPTION_HTTPS_CERT_CALLBACK takes (a gnutls_certificate_retrieve_function2),
+ * as a plain pointer so that this header needs no GnuTLS header. */
+void *tls_serve_callback(void);
 
 /* Writes into out a warning when now is outside the certificate's validity ("expired
  * on ...", "not valid before ..."); returns 1 then, else 0 with out empty. */

@@ -5,7 +5,8 @@
  * that certificate connects, one trusting the system's authorities does not), keeps
  * serving after plain-HTTP and garbage connections to its port; `balsa health` speaks
  * TLS with --tls or BALSA_TLS_CERT; a SIGHUP after the certificate was renewed on disk
- * says that a restart serves it. The certificates are made with the openssl command
+ * serves the new one to new connections (open ones go on), and a broken renewal leaves
+ * the previous one serving. The certificates are made with the openssl command
  * (the tests are skipped without it). */
 #include <stdarg.h>
 #include <sys/socket.h>
@@ -34,13 +35,14 @@ static int sh(const char *fmt, ...)
     return system(quiet) == 0;
 }
 
-/* A self-signed P-256 certificate for 127.0.0.1 and localhost, with its key. */
-static int make_cert(const char *crt, const char *k)
+/* A self-signed P-256 certificate for 127.0.0.1 and localhost, valid for days, with its
+ * key. */
+static int make_cert(const char *crt, const char *k, int days)
 {
     return sh("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
-              "-days 2 -subj /CN=balsa-tls-test -addext "
+              "-days %d -subj /CN=balsa-tls-test -addext "
               "subjectAltName=IP:127.0.0.1,DNS:localhost -keyout %s -out %s",
-              k, crt);
+              days, k, crt);
 }
 
 static int file_has(const char *path, const char *needle)
@@ -304,7 +306,25 @@ TEST(balsa_health_speaks_tls)
     CHECK(su_stop(&sv, 20) == 0);
 }
 
-TEST(sighup_says_a_renewed_certificate_needs_a_restart)
+/* Waits up to 10 s for the server's log to hold needle. */
+static int log_shows(const su_server *sv, const char *needle)
+{
+    double t0 = su_now();
+    while (su_now() - t0 < 10 && !file_has(sv->log, needle))
+        usleep(20000);
+    return file_has(sv->log, needle);
+}
+
+/* CURLE_OK when a request on h (kept alive across calls) to /healthz succeeds. */
+static CURLcode kept_alive_get(CURL *h, int port)
+{
+    su_resp r;
+    su_request_on(h, port, "GET", "/healthz", NULL, 0, NULL, NULL, &r);
+    free(r.body);
+    return r.cc == CURLE_OK && r.code == 200 ? CURLE_OK : (r.cc ? r.cc : CURLE_HTTP_RETURNED_ERROR);
+}
+
+TEST(sighup_serves_a_renewed_certificate)
 {
     if (!have_openssl)
         SKIP("no openssl command to make certificates");
@@ -317,23 +337,50 @@ TEST(sighup_says_a_renewed_certificate_needs_a_restart)
     su_server sv;
     su_tls_ca = cert;
     REQUIRE(su_start(&sv, args) == 0);
-    const char *said = "the TLS certificate or key file changed on disk";
-    kill(sv.pid, SIGHUP); /* unchanged files: nothing to say */
-    double t0 = su_now();
-    while (su_now() - t0 < 10 && !file_has(sv.log, "got SIGHUP"))
-        usleep(20000);
+    tls_files one = {0}, two = {0};
+    char err[256];
+    REQUIRE(tls_load(cert, key, &one, err, sizeof err) == 0);
+    REQUIRE(tls_load(cert2, key2, &two, err, sizeof err) == 0);
+    CHECK(one.not_after != two.not_after);
+    CHECK(su_metric(sv.port, "balsa_tls_certificate_expiry_timestamp_seconds") ==
+          (double)one.not_after);
+    /* A connection made before the renewal, kept alive across it. */
+    CURL *kept = curl_easy_init();
+    CHECK(kept_alive_get(kept, sv.port) == CURLE_OK);
+
+    /* Unchanged files: nothing reloaded. */
+    kill(sv.pid, SIGHUP);
+    CHECK(log_shows(&sv, "got SIGHUP"));
     usleep(200000);
-    CHECK(!file_has(sv.log, said));
+    CHECK(!file_has(sv.log, "TLS certificate reloaded"));
+
+    /* Renewed files: new handshakes get the new certificate; the open connection goes on. */
     copy_file(cert2, live_c);
     copy_file(key2, live_k);
     kill(sv.pid, SIGHUP);
-    t0 = su_now();
-    while (su_now() - t0 < 10 && !file_has(sv.log, said))
-        usleep(20000);
-    CHECK(file_has(sv.log, said));
-    /* Still serving the certificate it started with. */
+    CHECK(log_shows(&sv, "SIGHUP: TLS certificate reloaded: CN=balsa-tls-test"));
     long code;
-    CHECK(https_get(sv.port, cert, "/readyz", &code) == CURLE_OK && code == 200);
+    CURLcode cc = https_get(sv.port, cert2, "/readyz", &code);
+    CHECK_MSG(cc == CURLE_OK && code == 200, "trusting the new certificate: curl %d", (int)cc);
+    cc = https_get(sv.port, cert, "/readyz", &code);
+    CHECK_MSG(cc == CURLE_PEER_FAILED_VERIFICATION, "trusting only the old one: curl %d", (int)cc);
+    CHECK(kept_alive_get(kept, sv.port) == CURLE_OK);
+    su_tls_ca = cert2;
+    CHECK(su_metric(sv.port, "balsa_tls_certificate_expiry_timestamp_seconds") ==
+          (double)two.not_after);
+
+    /* A broken renewal leaves the last good pair serving, and says why. */
+    FILE *f = fopen(live_c, "w");
+    REQUIRE(f);
+    fputs("not a certificate\n", f);
+    fclose(f);
+    kill(sv.pid, SIGHUP);
+    CHECK(log_shows(&sv, "the TLS certificate was not reloaded (tls_cert: "));
+    cc = https_get(sv.port, cert2, "/readyz", &code);
+    CHECK_MSG(cc == CURLE_OK && code == 200, "after a broken renewal: curl %d", (int)cc);
+    curl_easy_cleanup(kept);
+    tls_free(&one);
+    tls_free(&two);
     CHECK(su_stop(&sv, 20) == 0);
     su_tls_ca = NULL;
 }
@@ -349,8 +396,8 @@ int main(void)
     snprintf(enc_key, sizeof enc_key, "%s/enc.pem", dir);
     snprintf(cert2, sizeof cert2, "%s/cert2.pem", dir);
     snprintf(key2, sizeof key2, "%s/key2.pem", dir);
-    have_openssl = sh("mkdir -p %s && command -v openssl", dir) && make_cert(cert, key) &&
-                   make_cert(cert2, key2) &&
+    have_openssl = sh("mkdir -p %s && command -v openssl", dir) && make_cert(cert, key, 2) &&
+                   make_cert(cert2, key2, 3) &&
                    sh("openssl genpkey -algorithm ec -pkeyopt ec_paramgen_curve:prime256v1 "
                       "-out %s",
                       other_key) &&
@@ -360,7 +407,7 @@ int main(void)
     RUN(bad_tls_settings_stop_the_start);
     RUN(https_serves_what_http_serves);
     RUN(balsa_health_speaks_tls);
-    RUN(sighup_says_a_renewed_certificate_needs_a_restart);
+    RUN(sighup_serves_a_renewed_certificate);
     su_kill_children();
     sh("rm -rf %s", dir);
     curl_global_cleanup();
