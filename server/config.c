@@ -47,6 +47,8 @@ static const key_def keys[] = {
      "look at the model files this often and reload one that changed (0: never)"},
     {"api_key", K_STR, CFG(api_key), 0, 0, 129,
      "when set, requests need Authorization: Bearer KEY (health and /metrics excepted)"},
+    {"api_key_file", K_STR, CFG(api_key_file), 0, 0, CONFIG_PATH_MAX,
+     "a file of API keys, one a line (# comments), each accepted as api_key is"},
     {"tls_cert", K_STR, CFG(tls_cert), 0, 0, CONFIG_PATH_MAX,
      "PEM certificate (chain) file: serve HTTPS instead of HTTP (with tls_key)"},
     {"tls_key", K_STR, CFG(tls_key), 0, 0, CONFIG_PATH_MAX,
@@ -115,6 +117,14 @@ static void *key_ptr(config *c, config_batching *b, const key_def *k)
     return k->batching ? (char *)b + k->off : (char *)c + k->off;
 }
 
+int config_api_key_ok(const char *v, size_t n)
+{
+    int ok = n >= 16 && n <= 128;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = v[i] > 0x20 && v[i] < 0x7f;
+    return ok;
+}
+
 /* Checks and stores a string value for key k (the name is used in messages). */
 static int set_str(void *p, const key_def *k, const char *v, const char *where, char *err,
                    size_t errlen)
@@ -134,11 +144,7 @@ static int set_str(void *p, const key_def *k, const char *v, const char *where, 
         return -1;
     }
     if (strcmp(k->name, "api_key") == 0 && *v) {
-        size_t n = strlen(v);
-        int ok = n >= 16;
-        for (size_t i = 0; ok && i < n; i++)
-            ok = v[i] > 0x20 && v[i] < 0x7f;
-        if (!ok) {
+        if (!config_api_key_ok(v, strlen(v))) {
             errf(err, errlen, "%s: must be empty (no key) or 16 to 128 visible ASCII characters",
                  where);
             return -1;

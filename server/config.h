@@ -46,6 +46,7 @@ typedef struct {
                                 * one reloaded once it stays the same for one period */
     char api_key[129];         /* "" or the bearer token every request but health and
                                 * /metrics must carry (else 401) */
+    char api_key_file[CONFIG_PATH_MAX]; /* "" or a file of more such keys, one a line */
     char tls_cert[CONFIG_PATH_MAX]; /* "" (plain HTTP) or the PEM certificate file: HTTPS */
     char tls_key[CONFIG_PATH_MAX];  /* its private key (PEM); both or neither are set */
     int max_request_steps;     /* time steps summed over one request's sequences */
@@ -60,6 +61,9 @@ typedef struct {
     unsigned char src[32];
     int models_src;
 } config;
+
+/* 1 when v[0..n) may be an API key: 16 to 128 visible ASCII characters (no space). */
+int config_api_key_ok(const char *v, size_t n);
 
 /* Fills c with the built-in defaults (no models yet: config_finish adds the demo model
  * when none was given). */

@@ -141,22 +141,6 @@ static void request_id(server *s, const char *given, char *out, size_t n)
              (unsigned long long)atomic_fetch_add(&s->rid_next, 1));
 }
 
-/* 1 when auth is "Bearer <key>" with key equal to want, compared in constant time so that
- * the time taken does not tell how much of a guess was right. */
-static int bearer_ok(const char *want, const char *auth)
-{
-    if (!auth || strncasecmp(auth, "Bearer ", 7) != 0)
-        return 0;
-    const char *got = auth + 7;
-    while (*got == ' ')
-        got++;
-    size_t n = strlen(want), m = strnlen(got, n + 1);
-    unsigned diff = n != m;
-    for (size_t i = 0; i < n; i++)
-        diff |= (unsigned)((unsigned char)want[i] ^ (unsigned char)(i < m ? got[i] : 0));
-    return diff == 0;
-}
-
 /* Paths open without the API key: liveness, readiness (probes) and /metrics (scrapes). */
 static int open_path(const char *url)
 {
@@ -1014,9 +998,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_ENCODING));
         x->gzip_ok = enc_accepts_gzip(
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT_ENCODING));
-        if (s->cfg.api_key[0] && !open_path(url) &&
-            !bearer_ok(s->cfg.api_key, MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
-                                                                    MHD_HTTP_HEADER_AUTHORIZATION)))
+        const auth_keys *keys = atomic_load(&s->auth);
+        if (keys->n && !open_path(url) &&
+            !auth_keys_accept(keys, MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                                MHD_HTTP_HEADER_AUTHORIZATION)))
             x->unauthorized = 1;
         *con_cls = x;
         return MHD_YES;

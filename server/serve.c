@@ -335,6 +335,33 @@ static void reload_tls(server *s, const config *nc)
     announce_tls(s, "SIGHUP: TLS certificate reloaded: ");
 }
 
+/* SIGHUP: the API keys again (api_key and the lines of api_key_file), so that a key can
+ * be rotated without a restart; a set that does not read leaves the previous one in force.
+ * Requests checked after the swap see the new set. */
+static void reload_keys(server *s, const config *nc)
+{
+    char err[1024];
+    auth_keys *keys = calloc(1, sizeof *keys);
+    if (!keys || auth_keys_read(nc->api_key, nc->api_key_file, keys, err, sizeof err)) {
+        fprintf(stderr, "balsa: SIGHUP: the API keys were not re-read (%s): the previous ones "
+                        "stay in force\n",
+                keys ? err : "out of memory");
+        free(keys);
+        return;
+    }
+    snprintf(s->cfg.api_key, sizeof s->cfg.api_key, "%s", nc->api_key);
+    snprintf(s->cfg.api_key_file, sizeof s->cfg.api_key_file, "%s", nc->api_key_file);
+    auth_keys *cur = atomic_load(&s->auth);
+    if (auth_keys_same(cur, keys)) {
+        free(keys);
+        return;
+    }
+    keys->older = cur;
+    atomic_store(&s->auth, keys);
+    fprintf(stderr, "balsa: SIGHUP: API keys reloaded: %d accepted%s\n", keys->n,
+            keys->n ? "" : " (none: requests need no key now)");
+}
+
 static void reread_config(server *s, int argc, char **argv, config_model *want, int *changed)
 {
     static config nc; /* large */
@@ -345,8 +372,9 @@ static void reread_config(server *s, int argc, char **argv, config_model *want, 
                 err);
         return;
     }
-    /* Renewed TLS files (new contents, or other paths) first, so that paths taken are
-     * not listed below as waiting for a restart. Turning TLS on or off does wait. */
+    /* Keys and renewed TLS files (new contents, or other paths) first, so that what is
+     * taken is not listed below as waiting for a restart. Turning TLS on or off does wait. */
+    reload_keys(s, &nc);
     if (s->tls.cert && nc.tls_cert[0] &&
         (strcmp(s->cfg.tls_cert, nc.tls_cert) != 0 || strcmp(s->cfg.tls_key, nc.tls_key) != 0 ||
          tls_files_changed(&s->tls, nc.tls_cert, nc.tls_key)))
@@ -586,6 +614,7 @@ static void server_free(server *s)
     v2_stats_free(s->v2stats);
     tls_free(&s->tls);
     tls_serve_free();
+    auth_keys_free(atomic_exchange(&s->auth, NULL));
 }
 
 /* The thread that takes the signals (serve_main's), for forward_signal. */
@@ -680,6 +709,14 @@ int serve_main(int argc, char **argv)
         fprintf(stderr, "balsa serve: out of memory\n");
         return 1;
     }
+    auth_keys *keys = calloc(1, sizeof *keys);
+    if (!keys || auth_keys_read(c->api_key, c->api_key_file, keys, err, sizeof err)) {
+        fprintf(stderr, "balsa serve: %s\n", keys ? err : "out of memory");
+        free(keys);
+        server_free(s);
+        return 1;
+    }
+    atomic_store(&s->auth, keys);
     if (c->tls_cert[0] && (tls_load(c->tls_cert, c->tls_key, &s->tls, err, sizeof err) ||
                            tls_serve_set(&s->tls, err, sizeof err))) {
         fprintf(stderr, "balsa serve: %s\n", err);
@@ -694,7 +731,7 @@ int serve_main(int argc, char **argv)
     fprintf(stderr, "balsa %s serving on %s://%s:%d (%d HTTP threads, body limit %ld bytes%s)\n"
                     "balsa: %s\n",
             BALSA_VERSION, s->tls.cert ? "https" : "http", c->host, s->port, c->http_threads,
-            c->body_limit, c->api_key[0] ? ", API key required" : "", why);
+            c->body_limit, keys->n ? ", API key required" : "", why);
     if (s->tls.cert)
         announce_tls(s, "TLS 1.2/1.3 with ");
     for (int i = 0; i < c->nmodels; i++) {

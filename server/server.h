@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <sys/stat.h>
 
+#include "auth.h"
 #include "config.h"
 #include "engine/engine.h"
 #include "engine/sched.h"
@@ -81,6 +82,8 @@ typedef struct server {
     metrics *metrics;
     struct v2_stats *v2stats;    /* Triton-style statistics (v2_stats.h) */
     struct MHD_Daemon *daemon;
+    _Atomic(auth_keys *) auth;   /* the API keys requests must carry (n 0: none); a SIGHUP
+                                  * swaps in a new set, the old kept until exit (auth.h) */
     tls_files tls;               /* cert and key when cfg.tls_cert is set (serve.c loads
                                   * them before http_start), else zeroed: plain HTTP */
     int listen_fd;               /* after http_quiesce, until http_stop */

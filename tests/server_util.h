@@ -230,6 +230,26 @@ static inline double su_metric(int port, const char *series)
     return v;
 }
 
+/* 1 when the server's log (its stderr and stdout, first 64 KiB) holds text, looking again
+ * for up to wait_s seconds (the log is written as things happen; 0: look once). */
+static inline int su_log_has(const su_server *sv, const char *text, double wait_s)
+{
+    static char buf[65536];
+    double t0 = su_now();
+    for (;;) {
+        FILE *f = fopen(sv->log, "r");
+        size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+        if (f)
+            fclose(f);
+        buf[n] = 0;
+        if (strstr(buf, text))
+            return 1;
+        if (su_now() - t0 >= wait_s)
+            return 0;
+        usleep(20000);
+    }
+}
+
 /* Stops tracking pid: it has been waited for. */
 static inline void su_forget_child(pid_t pid)
 {

@@ -2,8 +2,10 @@
  * error messages (line numbers for syntax, key paths for values), the environment and
  * flag layers and their precedence, and per-model batching settings. */
 #include <string.h>
+#include <unistd.h>
 
 #include "harness.h"
+#include "server/auth.h"
 #include "server/config.h"
 
 static const char *env_names[8], *env_values[8];
@@ -221,6 +223,75 @@ TEST(bad_flags_and_env)
     env_n = 0;
 }
 
+/* Writes text to a temporary file; returns its path (static). */
+static const char *key_file(const char *text)
+{
+    static char path[64];
+    snprintf(path, sizeof path, "/tmp/balsa_keys_%d.txt", (int)getpid());
+    FILE *f = fopen(path, "w");
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+    }
+    return path;
+}
+
+/* api_key plus api_key_file: comments, blank lines, spaces and CRs skipped, repeats counted
+ * once; each bad line named by its number, never by its content; the Bearer check takes
+ * every key and nothing else. */
+TEST(api_key_file_reads_and_checks)
+{
+    auth_keys k;
+    char err[512];
+    const char *f = key_file("# rotation: new key first\nnew-key-0123456789abcdef\n\n"
+                             "  old-key-0123456789abcdef \r\nnew-key-0123456789abcdef\n");
+    REQUIRE(auth_keys_read("cfg-key-0123456789abcdef", f, &k, err, sizeof err) == 0);
+    CHECK(k.n == 3);
+    CHECK(auth_keys_accept(&k, "Bearer new-key-0123456789abcdef"));
+    CHECK(auth_keys_accept(&k, "bearer   old-key-0123456789abcdef"));
+    CHECK(auth_keys_accept(&k, "Bearer cfg-key-0123456789abcdef"));
+    CHECK(!auth_keys_accept(&k, "Bearer old-key-0123456789abcde"));
+    CHECK(!auth_keys_accept(&k, "Bearer old-key-0123456789abcdefX"));
+    CHECK(!auth_keys_accept(&k, "Basic old-key-0123456789abcdef"));
+    CHECK(!auth_keys_accept(&k, NULL));
+    auth_keys same;
+    REQUIRE(auth_keys_read("", key_file("old-key-0123456789abcdef\ncfg-key-0123456789abcdef\n"
+                                        "new-key-0123456789abcdef\n"),
+                           &same, err, sizeof err) == 0);
+    CHECK(auth_keys_same(&k, &same));
+    same.n--;
+    CHECK(!auth_keys_same(&k, &same));
+    REQUIRE(auth_keys_read("", "", &k, err, sizeof err) == 0);
+    CHECK(k.n == 0 && !auth_keys_accept(&k, "Bearer anything-at-all-here"));
+
+    static char many[4096];
+    many[0] = 0;
+    for (int i = 0; i < AUTH_MAX_KEYS + 1; i++)
+        snprintf(many + strlen(many), sizeof many - strlen(many), "key-number-%02d-0123456789\n", i);
+    struct {
+        const char *text, *want;
+    } bad[] = {
+        {"good-key-0123456789abc\nshort\n", ":2: a key must be 16 to 128"},
+        {"# c\n\nhas a space in it 0123456789\n", ":3: a key must be 16 to 128"},
+        {many, ":17: more than 16 keys"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        err[0] = 0;
+        f = key_file(bad[i].text);
+        CHECK_MSG(auth_keys_read("", f, &k, err, sizeof err) == -1 && strstr(err, bad[i].want) &&
+                      strstr(err, f) && !strstr(err, "short") && k.n == 0,
+                  "case %zu: %s", i, err);
+    }
+    static char longline[2100];
+    memset(longline, 'a', 2000);
+    longline[2000] = '\n';
+    CHECK(auth_keys_read("", key_file(longline), &k, err, sizeof err) == -1 &&
+          strstr(err, ":1: "));
+    unlink(f);
+    CHECK(auth_keys_read("", "/nonexistent/keys", &k, err, sizeof err) == -1 &&
+          strstr(err, "api_key_file: cannot open /nonexistent/keys"));
+}
+
 int main(void)
 {
     RUN(defaults_and_demo_model);
@@ -231,5 +302,6 @@ int main(void)
     RUN(precedence_flags_env_file);
     RUN(model_flags_and_env);
     RUN(bad_flags_and_env);
+    RUN(api_key_file_reads_and_checks);
     HARNESS_END();
 }

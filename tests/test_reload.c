@@ -118,24 +118,6 @@ static int wait_for(int port, int want)
     return 0;
 }
 
-/* 1 when the server's log holds text (within 5 s: the log is written as it happens). */
-static int log_has(const su_server *sv, const char *text)
-{
-    double t0 = su_now();
-    while (su_now() - t0 < 5) {
-        FILE *f = fopen(sv->log, "r");
-        char buf[16384];
-        size_t n = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
-        if (f)
-            fclose(f);
-        buf[n] = 0;
-        if (strstr(buf, text))
-            return 1;
-        usleep(20000);
-    }
-    return 0;
-}
-
 /* Starts a server on model A with model_control set as given and, when poll_ms is not
  * NULL, model_poll_ms. */
 static int start_polling(su_server *sv, const char *model_control, const char *poll_ms)
@@ -163,12 +145,12 @@ TEST(sighup_reloads_a_changed_file_only)
     REQUIRE(install(path_b) == 0);
     kill(sv.pid, SIGHUP);
     CHECK(wait_for(sv.port, 'b'));
-    CHECK(log_has(&sv, "balsa: model m reloaded in"));
+    CHECK(su_log_has(&sv, "balsa: model m reloaded in", 5));
     CHECK(su_metric(sv.port, "balsa_model_last_load_timestamp_seconds{model=\"m\"}") > t_start);
     CHECK(su_metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"ok\"}") == 1);
     /* the same file again: left alone */
     kill(sv.pid, SIGHUP);
-    CHECK(log_has(&sv, "unchanged, not reloaded"));
+    CHECK(su_log_has(&sv, "unchanged, not reloaded", 5));
     CHECK(su_metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"ok\"}") == 1);
     CHECK(probe(sv.port) == 'b');
     CHECK(su_stop(&sv, 10) == 0);
@@ -221,9 +203,9 @@ TEST(sighup_rereads_the_configuration)
     CHECK(mb == 4 && ms == 8);
     write_config(file, path_live, 16, 1 << 21, 1);
     kill(sv.pid, SIGHUP);
-    CHECK(log_has(&sv, "balsa: SIGHUP: model m: new settings"));
-    CHECK(log_has(&sv, "balsa: SIGHUP: body_limit changed: a restart applies that"));
-    CHECK(log_has(&sv, "balsa: SIGHUP: model other is new in the configuration"));
+    CHECK(su_log_has(&sv, "balsa: SIGHUP: model m: new settings", 5));
+    CHECK(su_log_has(&sv, "balsa: SIGHUP: body_limit changed: a restart applies that", 5));
+    CHECK(su_log_has(&sv, "balsa: SIGHUP: model other is new in the configuration", 5));
     double t0 = su_now();
     do
         models_batching(sv.port, &mb, &ms);
@@ -240,7 +222,7 @@ TEST(sighup_rereads_the_configuration)
     snprintf(missing, sizeof missing, "%s.missing", path_live);
     write_config(file, missing, 32, 1 << 21, 1);
     kill(sv.pid, SIGHUP);
-    CHECK(log_has(&sv, "reload failed, still serving the previous m"));
+    CHECK(su_log_has(&sv, "reload failed, still serving the previous m", 5));
     models_batching(sv.port, &mb, &ms);
     CHECK_MSG(mb == 16 && ms == 32, "max_batch_size %d, max_sequences %d", mb, ms);
     CHECK(probe(sv.port) == 'b');
@@ -250,7 +232,7 @@ TEST(sighup_rereads_the_configuration)
     fputs("{\"models\": [", f);
     fclose(f);
     kill(sv.pid, SIGHUP);
-    CHECK(log_has(&sv, "the configuration was not re-read (config error:"));
+    CHECK(su_log_has(&sv, "the configuration was not re-read (config error:", 5));
     CHECK(probe(sv.port) == 'b');
     models_batching(sv.port, &mb, &ms);
     CHECK(mb == 16);
@@ -274,7 +256,7 @@ TEST(a_bad_file_leaves_the_old_model_serving)
     fclose(out);
     REQUIRE(rename(cut, path_live) == 0);
     kill(sv.pid, SIGHUP);
-    CHECK(log_has(&sv, "reload failed, still serving the previous m"));
+    CHECK(su_log_has(&sv, "reload failed, still serving the previous m", 5));
     CHECK(su_metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"error\"}") == 1);
     CHECK(probe(sv.port) == 'a');
     /* a missing file: the same */
@@ -315,7 +297,7 @@ TEST(polling_reloads_a_changed_file)
     REQUIRE(start_polling(&sv, "false", "100") == 0);
     REQUIRE(install(path_b) == 0);
     CHECK(wait_for(sv.port, 'b'));
-    CHECK(log_has(&sv, "changed on disk: reloading"));
+    CHECK(su_log_has(&sv, "changed on disk: reloading", 5));
     /* a file cut short: one failed attempt, the old model serving, no retry while it stays */
     REQUIRE(write_partial(path_a, 1000) == 0);
     double t0 = su_now();
@@ -324,7 +306,7 @@ TEST(polling_reloads_a_changed_file)
         usleep(20000);
     usleep(600000); /* six more looks */
     CHECK(su_metric(sv.port, "balsa_model_reloads_total{model=\"m\",result=\"error\"}") == 1);
-    CHECK(log_has(&sv, "not tried again until the file changes"));
+    CHECK(su_log_has(&sv, "not tried again until the file changes", 5));
     CHECK(probe(sv.port) == 'b');
     /* the whole file at last */
     REQUIRE(install(path_a) == 0);

@@ -1032,6 +1032,76 @@ TEST(api_key)
     CHECK(su_stop(&sp, 10) == 0);
 }
 
+/* Writes text over path (a new file renamed over the old, as a secret mount updates). */
+static void write_keys(const char *path, const char *text)
+{
+    char tmp[256];
+    snprintf(tmp, sizeof tmp, "%s.new", path);
+    FILE *f = fopen(tmp, "w");
+    if (f) {
+        fputs(text, f);
+        fclose(f);
+        rename(tmp, path);
+    }
+}
+
+/* /models with key (or none): the status. */
+static long with_key(int port, const char *key)
+{
+    char hdr[200];
+    snprintf(hdr, sizeof hdr, "Authorization: Bearer %s", key);
+    su_resp r;
+    su_request(port, "GET", "/models", NULL, 0, key ? hdr : NULL, &r);
+    free(r.body);
+    return r.code;
+}
+
+/* Key rotation without a restart: api_key_file's keys are all accepted; after a SIGHUP the
+ * file's new contents are (the new key added, then the old one removed); a file that does
+ * not read leaves the keys in force and the log names the line but not the key. */
+TEST(api_keys_rotate_on_sighup)
+{
+    char path[128];
+    snprintf(path, sizeof path, "/tmp/balsa_test_keys_%d.txt", (int)getpid());
+    const char *old_key = "old-key-0123456789abcdef", *new_key = "new-key-0123456789abcdef";
+    write_keys(path, "# the clients' key\nold-key-0123456789abcdef\n");
+    su_server sp;
+    const char *extra[] = {"--model", model_arg, "--api-key-file", path, NULL};
+    REQUIRE(su_start(&sp, extra) == 0);
+    CHECK(su_log_has(&sp, "API key required", 0));
+    CHECK(with_key(sp.port, old_key) == 200);
+    CHECK(with_key(sp.port, new_key) == 401);
+    CHECK(with_key(sp.port, NULL) == 401);
+
+    write_keys(path, "old-key-0123456789abcdef\nnew-key-0123456789abcdef\n");
+    kill(sp.pid, SIGHUP);
+    CHECK(su_log_has(&sp, "SIGHUP: API keys reloaded: 2 accepted", 5));
+    CHECK(with_key(sp.port, old_key) == 200);
+    CHECK(with_key(sp.port, new_key) == 200);
+
+    write_keys(path, "new-key-0123456789abcdef\n");
+    kill(sp.pid, SIGHUP);
+    CHECK(su_log_has(&sp, "SIGHUP: API keys reloaded: 1 accepted", 5));
+    CHECK(with_key(sp.port, old_key) == 401);
+    CHECK(with_key(sp.port, new_key) == 200);
+
+    write_keys(path, "new-key-0123456789abcdef\nshort-secret\n");
+    kill(sp.pid, SIGHUP);
+    CHECK(su_log_has(&sp, ":2: a key must be 16 to 128 visible ASCII characters", 5));
+    CHECK(su_log_has(&sp, "the previous ones stay in force", 0));
+    CHECK(!su_log_has(&sp, "short-secret", 0) && !su_log_has(&sp, new_key, 0));
+    CHECK(with_key(sp.port, new_key) == 200);
+    CHECK(with_key(sp.port, old_key) == 401);
+    CHECK(su_stop(&sp, 10) == 0);
+
+    /* A file that does not read stops the start, naming the line. */
+    const char *bad[] = {"--model", model_arg, "--api-key-file", path, NULL};
+    CHECK(su_start(&sp, bad) == -1 &&
+          su_log_has(&sp, "api_key_file: /tmp/balsa_test_keys_", 0) &&
+          su_log_has(&sp, ":2: a key must be", 0));
+    unlink(path);
+}
+
 TEST(run_command_matches_infer)
 {
     unsigned long long rng = 99;
@@ -1090,6 +1160,7 @@ int main(void)
     RUN(run_command_matches_infer);
     RUN(request_ids);
     RUN(api_key);
+    RUN(api_keys_rotate_on_sighup);
     RUN(access_log_formats);
     RUN(compressed_bodies);
     int stop_failed = su_stop_failed(&main_srv, 20);

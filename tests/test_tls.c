@@ -45,18 +45,6 @@ static int make_cert(const char *crt, const char *k, int days)
               days, k, crt);
 }
 
-static int file_has(const char *path, const char *needle)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return 0;
-    static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    buf[n] = 0;
-    return strstr(buf, needle) != NULL;
-}
-
 static void copy_file(const char *from, const char *to)
 {
     sh("cp %s %s", from, to);
@@ -139,7 +127,7 @@ static int start_fails(const char *const *extra, const char *want)
         printf("  started with settings it should refuse\n");
         return 0;
     }
-    int ok = file_has(sv.log, want);
+    int ok = su_log_has(&sv, want, 0);
     if (!ok)
         printf("  log %s lacks \"%s\"\n", sv.log, want);
     return ok;
@@ -195,8 +183,8 @@ TEST(https_serves_what_http_serves)
         su_stop(&plain, 10);
         REQUIRE(!"the TLS server started");
     }
-    CHECK(file_has(tls.log, "serving on https://127.0.0.1:"));
-    CHECK(file_has(tls.log, "TLS 1.2/1.3 with CN=balsa-tls-test (1 certificate in"));
+    CHECK(su_log_has(&tls, "serving on https://127.0.0.1:", 0));
+    CHECK(su_log_has(&tls, "TLS 1.2/1.3 with CN=balsa-tls-test (1 certificate in", 0));
 
     /* The same answers, byte for byte, on every kind of endpoint. */
     const struct {
@@ -306,15 +294,6 @@ TEST(balsa_health_speaks_tls)
     CHECK(su_stop(&sv, 20) == 0);
 }
 
-/* Waits up to 10 s for the server's log to hold needle. */
-static int log_shows(const su_server *sv, const char *needle)
-{
-    double t0 = su_now();
-    while (su_now() - t0 < 10 && !file_has(sv->log, needle))
-        usleep(20000);
-    return file_has(sv->log, needle);
-}
-
 /* CURLE_OK when a request on h (kept alive across calls) to /healthz succeeds. */
 static CURLcode kept_alive_get(CURL *h, int port)
 {
@@ -350,15 +329,15 @@ TEST(sighup_serves_a_renewed_certificate)
 
     /* Unchanged files: nothing reloaded. */
     kill(sv.pid, SIGHUP);
-    CHECK(log_shows(&sv, "got SIGHUP"));
+    CHECK(su_log_has(&sv, "got SIGHUP", 10));
     usleep(200000);
-    CHECK(!file_has(sv.log, "TLS certificate reloaded"));
+    CHECK(!su_log_has(&sv, "TLS certificate reloaded", 0));
 
     /* Renewed files: new handshakes get the new certificate; the open connection goes on. */
     copy_file(cert2, live_c);
     copy_file(key2, live_k);
     kill(sv.pid, SIGHUP);
-    CHECK(log_shows(&sv, "SIGHUP: TLS certificate reloaded: CN=balsa-tls-test"));
+    CHECK(su_log_has(&sv, "SIGHUP: TLS certificate reloaded: CN=balsa-tls-test", 10));
     long code;
     CURLcode cc = https_get(sv.port, cert2, "/readyz", &code);
     CHECK_MSG(cc == CURLE_OK && code == 200, "trusting the new certificate: curl %d", (int)cc);
@@ -375,7 +354,7 @@ TEST(sighup_serves_a_renewed_certificate)
     fputs("not a certificate\n", f);
     fclose(f);
     kill(sv.pid, SIGHUP);
-    CHECK(log_shows(&sv, "the TLS certificate was not reloaded (tls_cert: "));
+    CHECK(su_log_has(&sv, "the TLS certificate was not reloaded (tls_cert: ", 10));
     cc = https_get(sv.port, cert2, "/readyz", &code);
     CHECK_MSG(cc == CURLE_OK && code == 200, "after a broken renewal: curl %d", (int)cc);
     curl_easy_cleanup(kept);
