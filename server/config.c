@@ -49,6 +49,8 @@ static const key_def keys[] = {
      "when set, requests need Authorization: Bearer KEY (health and /metrics excepted)"},
     {"api_key_file", K_STR, CFG(api_key_file), 0, 0, CONFIG_PATH_MAX,
      "a file of API keys, one a line (# comments), each accepted as api_key is"},
+    {"cors_origins", K_STR, CFG(cors_origins), 0, 0, 1024,
+     "web origins whose pages may call balsa (CORS): * or https://a.example,http://b:8000"},
     {"tls_cert", K_STR, CFG(tls_cert), 0, 0, CONFIG_PATH_MAX,
      "PEM certificate (chain) file: serve HTTPS instead of HTTP (with tls_key)"},
     {"tls_key", K_STR, CFG(tls_key), 0, 0, CONFIG_PATH_MAX,
@@ -148,6 +150,24 @@ static int set_str(void *p, const key_def *k, const char *v, const char *where, 
             errf(err, errlen, "%s: must be empty (no key) or 16 to 128 visible ASCII characters",
                  where);
             return -1;
+        }
+    }
+    if (strcmp(k->name, "cors_origins") == 0 && *v && strcmp(v, "*") != 0) {
+        /* Each item an origin as browsers send it: scheme://host[:port], no path. */
+        for (const char *p = v; *p;) {
+            size_t n = strcspn(p, ",");
+            const char *host = !strncmp(p, "http://", 7) ? p + 7 : !strncmp(p, "https://", 8) ? p + 8 : NULL;
+            int ok = host && host < p + n;
+            for (const char *q = host; ok && q < p + n; q++)
+                ok = *q > 0x20 && *q < 0x7f && *q != '/' && *q != '*';
+            if (!ok) {
+                errf(err, errlen,
+                     "%s: \"%.*s\" is not an origin (scheme://host[:port], no path); the "
+                     "value is \"*\" or origins separated by commas",
+                     where, (int)n, p);
+                return -1;
+            }
+            p += n + (p[n] == ',');
         }
     }
     if (strcmp(k->name, "host") == 0) {

@@ -47,6 +47,7 @@ typedef struct {
     char api_key[129];         /* "" or the bearer token every request but health and
                                 * /metrics must carry (else 401) */
     char api_key_file[CONFIG_PATH_MAX]; /* "" or a file of more such keys, one a line */
+    char cors_origins[1024];   /* "" (no CORS), "*", or origins separated by commas */
     char tls_cert[CONFIG_PATH_MAX]; /* "" (plain HTTP) or the PEM certificate file: HTTPS */
     char tls_key[CONFIG_PATH_MAX];  /* its private key (PEM); both or neither are set */
     int max_request_steps;     /* time steps summed over one request's sequences */

@@ -70,6 +70,10 @@ typedef struct {
     size_t len, cap;
     int too_big;
     int unauthorized;  /* api_key is set and the request did not carry it: answered 401 */
+    int preflight;     /* a CORS preflight (OPTIONS with Origin and
+                        * Access-Control-Request-Method): answered before the key check */
+    char cors[200];    /* Access-Control-Allow-Origin of the answer: the request's Origin
+                        * when cors_origins allows it, "*" for any; "" none */
     int coding;        /* the body's Content-Encoding (encoding.h); ENC_UNKNOWN: 415 */
     int gzip_ok;       /* Accept-Encoding takes gzip: answers of 1 KiB and more are gzipped */
     int phase;
@@ -141,6 +145,42 @@ static void request_id(server *s, const char *given, char *out, size_t n)
              (unsigned long long)atomic_fetch_add(&s->rid_next, 1));
 }
 
+/* What Access-Control-Allow-Origin answers a request from origin (NULL: none) with,
+ * written into out: "*" when cors_origins is "*", the origin itself when it is one of the
+ * list, else "" (no CORS headers: the browser keeps the answer from the page). */
+static void cors_allow(const char *list, const char *origin, char *out, size_t n)
+{
+    out[0] = 0;
+    if (!list[0] || !origin)
+        return;
+    if (!strcmp(list, "*")) {
+        snprintf(out, n, "*");
+        return;
+    }
+    size_t len = strlen(origin);
+    for (const char *p = list; *p;) {
+        size_t k = strcspn(p, ",");
+        if (k == len && !strncmp(p, origin, k) && len < n) {
+            memcpy(out, origin, len + 1);
+            return;
+        }
+        p += k + (p[k] == ',');
+    }
+}
+
+/* The CORS headers of an answer to a page of an allowed origin: who may read it, and
+ * which of its headers a script may see. */
+static void cors_headers(const http_req *x, struct MHD_Response *r)
+{
+    if (!x->cors[0])
+        return;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_ACCESS_CONTROL_ALLOW_ORIGIN, x->cors);
+    if (strcmp(x->cors, "*") != 0)
+        MHD_add_response_header(r, MHD_HTTP_HEADER_VARY, "Origin");
+    MHD_add_response_header(r, "Access-Control-Expose-Headers",
+                            "X-Request-Id, Retry-After, Inference-Header-Content-Length");
+}
+
 /* Paths open without the API key: liveness, readiness (probes) and /metrics (scrapes). */
 static int open_path(const char *url)
 {
@@ -189,6 +229,7 @@ static enum MHD_Result send_response(http_req *x, int code, char *body, size_t l
     if (code == 405 && x->allow)
         MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, x->allow);
     MHD_add_response_header(r, "X-Request-Id", x->rid);
+    cors_headers(x, r);
     if (x->infer_header_len) {
         char hl[24];
         snprintf(hl, sizeof hl, "%zu", x->infer_header_len);
@@ -543,6 +584,7 @@ static enum MHD_Result queue_stream(http_req *x)
     MHD_add_response_header(r, MHD_HTTP_HEADER_CONTENT_TYPE, "text/event-stream");
     MHD_add_response_header(r, MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache");
     MHD_add_response_header(r, "X-Request-Id", x->rid);
+    cors_headers(x, r);
     if (atomic_load(&x->srv->stage) != SERVER_SERVING)
         MHD_add_response_header(r, MHD_HTTP_HEADER_CONNECTION, "close");
     x->code = 200;
@@ -874,9 +916,38 @@ static enum MHD_Result route_v2(http_req *x, const char *method)
     return submit_infer(x);
 }
 
+/* A CORS preflight: before a page's cross-origin POST (or a request with Authorization),
+ * the browser asks, without credentials, whether it may send it. An allowed origin gets
+ * 204 with what it may send, cached for 10 minutes; another gets 403 naming it. */
+static enum MHD_Result answer_preflight(http_req *x)
+{
+    if (!x->cors[0]) {
+        char msg[320];
+        snprintf(msg, sizeof msg, "origin: %.200s is not one of cors_origins",
+                 MHD_lookup_connection_value(x->conn, MHD_HEADER_KIND, "Origin"));
+        return send_error(x, 403, msg);
+    }
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (!r)
+        return MHD_NO;
+    cors_headers(x, r);
+    MHD_add_response_header(r, "Access-Control-Allow-Methods", "GET, POST, HEAD");
+    MHD_add_response_header(r, "Access-Control-Allow-Headers",
+                            "Authorization, Content-Type, Content-Encoding, X-Request-Id, "
+                            "Inference-Header-Content-Length");
+    MHD_add_response_header(r, "Access-Control-Max-Age", "600");
+    MHD_add_response_header(r, "X-Request-Id", x->rid);
+    x->code = 204;
+    enum MHD_Result ret = MHD_queue_response(x->conn, 204, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
 static enum MHD_Result route(http_req *x, const char *method)
 {
     server *s = x->srv;
+    if (x->preflight)
+        return answer_preflight(x);
     if (x->unauthorized) {
         metrics_reject(s->metrics, METRICS_R_UNAUTHORIZED);
         return send_error(x, 401,
@@ -998,8 +1069,14 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
                 conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_ENCODING));
         x->gzip_ok = enc_accepts_gzip(
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT_ENCODING));
+        cors_allow(s->cfg.cors_origins, MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin"),
+                   x->cors, sizeof x->cors);
+        x->preflight = s->cfg.cors_origins[0] && !strcmp(method, "OPTIONS") &&
+                       MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Origin") &&
+                       MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
+                                                   "Access-Control-Request-Method");
         const auth_keys *keys = atomic_load(&s->auth);
-        if (keys->n && !open_path(url) &&
+        if (keys->n && !open_path(url) && !x->preflight &&
             !auth_keys_accept(keys, MHD_lookup_connection_value(conn, MHD_HEADER_KIND,
                                                                 MHD_HTTP_HEADER_AUTHORIZATION)))
             x->unauthorized = 1;

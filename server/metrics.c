@@ -14,7 +14,7 @@
 
 /* Status codes the server answers with; any other code is counted as 500. */
 /* 499: the client went away before an answer was queued (nginx's code for it). */
-static const int codes[] = {200, 400, 401, 403, 404, 405, 409, 413, 415, 499, 500, 503, 504};
+static const int codes[] = {200, 204, 400, 401, 403, 404, 405, 409, 413, 415, 499, 500, 503, 504};
 #define NCODES (int)(sizeof codes / sizeof *codes)
 
 static const char *handler_names[METRICS_NHANDLERS] = {"/infer",  "/models", "/metrics",

@@ -92,6 +92,7 @@ typedef struct {
     size_t len;
     char ctype[96], allow[64], retry_after[16], header_len[24], request_id[80];
     char www_authenticate[64];
+    char headers[2048]; /* every header line as received (the first 2 KiB), for the rest */
 } su_resp;
 
 static inline size_t su_on_body(char *p, size_t sz, size_t n, void *u)
@@ -125,6 +126,8 @@ static inline void su_header_value(const char *line, size_t n, const char *name,
 static inline size_t su_on_header(char *p, size_t sz, size_t n, void *u)
 {
     su_resp *r = u;
+    size_t used = strlen(r->headers);
+    snprintf(r->headers + used, sizeof r->headers - used, "%.*s", (int)(sz * n), p);
     su_header_value(p, sz * n, "Content-Type", r->ctype, sizeof r->ctype);
     su_header_value(p, sz * n, "Allow", r->allow, sizeof r->allow);
     su_header_value(p, sz * n, "Retry-After", r->retry_after, sizeof r->retry_after);

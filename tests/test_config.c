@@ -119,6 +119,11 @@ TEST(semantic_errors_name_key)
         {"{\"models\": [{\"name\": \"a b\", \"path\": \"p\"}]}", "models[0].name: model name \"a b\""},
         {"[1]", "test.json: the top level must be a JSON object"},
         {"{\"api_key\": \"too-short\"}", "test.json: api_key: must be empty (no key) or 16 to 128"},
+        {"{\"cors_origins\": \"app.example\"}", "test.json: cors_origins: \"app.example\" is not an origin"},
+        {"{\"cors_origins\": \"https://a.example,https://b.example/path\"}",
+         "test.json: cors_origins: \"https://b.example/path\" is not an origin"},
+        {"{\"cors_origins\": \"https://a.example,,https://b.example\"}",
+         "test.json: cors_origins: \"\" is not an origin"},
         {"{\"api_key\": \"sixteen chars and spaces\"}", "test.json: api_key: must be empty"},
         /* found by tests/fuzz (fuzz_config): a nameless model whose file name is not a
          * model name was blamed on a --model flag the file never gave */
@@ -134,6 +139,12 @@ TEST(semantic_errors_name_key)
     config_defaults(&c);
     REQUIRE(load(&c, "{\"api_key\": \"0123456789abcdef\"}", err, sizeof err) == 0);
     CHECK(!strcmp(c.api_key, "0123456789abcdef"));
+    config_defaults(&c);
+    REQUIRE(load(&c, "{\"cors_origins\": \"https://a.example:8443,http://localhost:3000\"}", err,
+                 sizeof err) == 0);
+    CHECK(!strcmp(c.cors_origins, "https://a.example:8443,http://localhost:3000"));
+    config_defaults(&c);
+    REQUIRE(load(&c, "{\"cors_origins\": \"*\"}", err, sizeof err) == 0);
     config_defaults(&c);
     REQUIRE(load(&c, "{\"models\": [{\"name\": \"a\", \"path\": \"p\"}, {\"name\": \"a\", \"path\": \"q\"}]}",
                  err, sizeof err) == 0);

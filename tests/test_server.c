@@ -1102,6 +1102,120 @@ TEST(api_keys_rotate_on_sighup)
     unlink(path);
 }
 
+/* One request with the NULL-ended header lines hdrs (and body, or NULL), headers and all
+ * captured in r. */
+static void request_with(int port, const char *method, const char *path, const char *body,
+                         const char *const *hdrs, su_resp *r)
+{
+    memset(r, 0, sizeof *r);
+    char url[256];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    CURL *h = curl_easy_init();
+    struct curl_slist *list = curl_slist_append(NULL, "Expect:");
+    for (int i = 0; hdrs[i]; i++)
+        list = curl_slist_append(list, hdrs[i]);
+    curl_easy_setopt(h, CURLOPT_URL, url);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, list);
+    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+    if (body)
+        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, su_on_body);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, su_on_header);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
+    curl_easy_setopt(h, CURLOPT_TIMEOUT, 30L);
+    r->cc = curl_easy_perform(h);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->code);
+    curl_slist_free_all(list);
+    curl_easy_cleanup(h);
+    if (!r->body)
+        r->body = calloc(1, 1);
+}
+
+/* Whether the answer's headers hold the line "name: value". */
+static int has_header(const su_resp *r, const char *line)
+{
+    char want[300];
+    snprintf(want, sizeof want, "%s\r\n", line);
+    return strstr(r->headers, want) != NULL;
+}
+
+/* CORS (cors_origins): a preflight from an allowed origin gets 204 with what the page may
+ * send, without the API key; another origin 403 naming it; answers to an allowed origin
+ * (also errors and streams) say it may read them, to another origin they do not; "*"
+ * allows any; with cors_origins unset nothing changes. */
+TEST(cors)
+{
+    su_server sp;
+    const char *extra[] = {"--model", model_arg, "--api-key", "k3y-0123456789abcdef",
+                           "--cors-origins", "https://app.example,http://localhost:3000", NULL};
+    REQUIRE(su_start(&sp, extra) == 0);
+    su_resp r;
+    const char *pre[] = {"Origin: http://localhost:3000", "Access-Control-Request-Method: POST",
+                         "Access-Control-Request-Headers: authorization, content-type", NULL};
+    request_with(sp.port, "OPTIONS", "/infer", NULL, pre, &r);
+    CHECK_MSG(r.code == 204 && has_header(&r, "Access-Control-Allow-Origin: http://localhost:3000") &&
+                  has_header(&r, "Vary: Origin") &&
+                  strstr(r.headers, "Access-Control-Allow-Headers: Authorization, Content-Type") &&
+                  has_header(&r, "Access-Control-Allow-Methods: GET, POST, HEAD") &&
+                  has_header(&r, "Access-Control-Max-Age: 600") && r.len == 0,
+              "%ld\n%s", r.code, r.headers);
+    free(r.body);
+    const char *pre_other[] = {"Origin: https://evil.example", "Access-Control-Request-Method: POST",
+                               NULL};
+    request_with(sp.port, "OPTIONS", "/v2/models/test/infer", NULL, pre_other, &r);
+    CHECK_MSG(r.code == 403 && error_is(&r, "origin: https://evil.example is not one of cors_origins") &&
+                  !strstr(r.headers, "Access-Control-Allow-Origin"),
+              "%ld %s", r.code, r.body);
+    free(r.body);
+
+    const char *body = "{\"inputs\": [[1, 2, 3]]}";
+    const char *ok[] = {"Origin: https://app.example", "Authorization: Bearer k3y-0123456789abcdef",
+                        "Content-Type: application/json", NULL};
+    request_with(sp.port, "POST", "/infer", body, ok, &r);
+    CHECK_MSG(r.code == 200 && has_header(&r, "Access-Control-Allow-Origin: https://app.example") &&
+                  has_header(&r, "Access-Control-Expose-Headers: X-Request-Id, Retry-After, "
+                                 "Inference-Header-Content-Length"),
+              "%ld\n%s", r.code, r.headers);
+    free(r.body);
+    const char *nokey[] = {"Origin: https://app.example", NULL};
+    request_with(sp.port, "POST", "/infer", body, nokey, &r);
+    CHECK(r.code == 401 && has_header(&r, "Access-Control-Allow-Origin: https://app.example"));
+    free(r.body);
+    const char *stream[] = {"Origin: https://app.example", "Authorization: Bearer k3y-0123456789abcdef",
+                            NULL};
+    request_with(sp.port, "POST", "/infer",
+                 "{\"inputs\": [[1, 2]], \"generate\": 3, \"stream\": true}", stream, &r);
+    CHECK_MSG(r.code == 200 && strstr(r.ctype, "text/event-stream") &&
+                  has_header(&r, "Access-Control-Allow-Origin: https://app.example"),
+              "%ld %s", r.code, r.body);
+    free(r.body);
+    const char *other[] = {"Origin: https://app.example.evil", "Authorization: Bearer k3y-0123456789abcdef",
+                           NULL};
+    request_with(sp.port, "POST", "/infer", body, other, &r);
+    CHECK(r.code == 200 && !strstr(r.headers, "Access-Control-"));
+    free(r.body);
+    CHECK(su_metric(sp.port, "balsa_http_requests_total{handler=\"/infer\",code=\"204\"}") == 1);
+    CHECK(su_stop(&sp, 10) == 0);
+
+    const char *any[] = {"--model", model_arg, "--cors-origins", "*", NULL};
+    REQUIRE(su_start(&sp, any) == 0);
+    const char *from[] = {"Origin: https://anything.example", NULL};
+    request_with(sp.port, "GET", "/models", NULL, from, &r);
+    CHECK(r.code == 200 && has_header(&r, "Access-Control-Allow-Origin: *") &&
+          !has_header(&r, "Vary: Origin"));
+    free(r.body);
+    CHECK(su_stop(&sp, 10) == 0);
+
+    /* Off (the default, as on the main server): no preflight, no CORS headers. */
+    request_with(main_srv.port, "OPTIONS", "/infer", NULL, pre, &r);
+    CHECK(r.code == 405 && !strstr(r.headers, "Access-Control-"));
+    free(r.body);
+    request_with(main_srv.port, "GET", "/models", NULL, from, &r);
+    CHECK(r.code == 200 && !strstr(r.headers, "Access-Control-"));
+    free(r.body);
+}
+
 TEST(run_command_matches_infer)
 {
     unsigned long long rng = 99;
@@ -1161,6 +1275,7 @@ int main(void)
     RUN(request_ids);
     RUN(api_key);
     RUN(api_keys_rotate_on_sighup);
+    RUN(cors);
     RUN(access_log_formats);
     RUN(compressed_bodies);
     int stop_failed = su_stop_failed(&main_srv, 20);
