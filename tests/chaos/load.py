@@ -6,14 +6,20 @@ over HTTP, scrapes of /metrics and /models, compressed bodies, and raw sockets t
 mid-request or close while a stream is being sent. Bounded: CLIENTS threads for SECONDS seconds, loopback
 only. Prints the count of each outcome and exits 1 when the server answered any status
 but 200, 400, 401, 404, 409, 413, 415 and 503 (a 500 or a dropped connection is a defect).
-With KEY, requests carry `Authorization: Bearer KEY` (all but a few, which get 401).
+With KEY, requests carry `Authorization: Bearer KEY` (all but a few, which get 401). Some
+requests come from a web page's origin (CORS), with their preflights, from an allowed
+origin or not. With CHAOS_TLS_CA set (a PEM file of the certificates to trust), everything
+goes over HTTPS, and raw sockets also send plain HTTP to the TLS port or leave half-way
+through a handshake.
 Usage: python3 tests/chaos/load.py PORT CLIENTS SECONDS [KEY]"""
 import collections
 import gzip
 import http.client
 import json
+import os
 import random
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -24,7 +30,15 @@ stop = time.time() + seconds
 counts = collections.Counter()
 bad = []
 lock = threading.Lock()
-ALLOWED = {200, 400, 401, 404, 409, 413, 415, 503}
+ALLOWED = {200, 204, 400, 401, 403, 404, 409, 413, 415, 503}
+TLS_CA = os.environ.get("CHAOS_TLS_CA")
+tls = ssl.create_default_context(cafile=TLS_CA) if TLS_CA else None
+
+
+def connect(timeout):
+    """A socket to the server: TLS (handshake done) when CHAOS_TLS_CA is set."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    return tls.wrap_socket(s, server_hostname="127.0.0.1") if tls else s
 
 BODIES = [
     lambda r: {"text": "And the", "top_k": 3},
@@ -46,7 +60,20 @@ BODIES = [
 
 def raw_client(r):
     """A client that misbehaves at the socket level; returns its outcome's name."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    if tls and r.random() < 0.3:
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        try:
+            if r.random() < 0.5:  # plain HTTP to the TLS port
+                s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                s.recv(100)
+            else:  # the first bytes of a ClientHello, then gone
+                s.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + bytes(r.randrange(40)))
+        except OSError:
+            pass
+        finally:
+            s.close()
+        return "TLS-level client left"
+    s = connect(30)
     try:
         kind = r.randrange(4)
         if kind == 0:  # leaves while its stream is being sent
@@ -96,6 +123,12 @@ def client(cid):
                         "max_tokens": r.randrange(1, 100), "sequence_id": r.randrange(1, 6),
                         "sequence_start": r.random() < 0.5}})
                 headers = {"Content-Type": "application/json"}
+                if r.random() < 0.1:  # a page of an allowed origin, or of another
+                    headers["Origin"] = r.choice(["https://app.example", "https://evil.example"])
+                    if r.random() < 0.5:  # its preflight (no key, no body)
+                        method, body = "OPTIONS", None
+                        headers = {"Origin": headers["Origin"],
+                                   "Access-Control-Request-Method": "POST"}
                 if key and r.random() < 0.97:
                     headers["Authorization"] = "Bearer " + key
                 if r.random() < 0.2:
@@ -107,7 +140,8 @@ def client(cid):
                     body = "[" * 70000  # over the body limit
                 elif r.random() < 0.02:
                     headers["Content-Type"] = "text/csv"
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+                conn = (http.client.HTTPSConnection("127.0.0.1", port, timeout=60, context=tls)
+                        if tls else http.client.HTTPConnection("127.0.0.1", port, timeout=60))
                 conn.request(method, path, body, headers)
                 resp = conn.getresponse()
                 resp.read()
@@ -116,7 +150,7 @@ def client(cid):
                 if outcome not in ALLOWED:
                     with lock:
                         bad.append(f"{outcome} for {method} {path} {str(body)[:120]}")
-        except (ConnectionError, socket.timeout, http.client.HTTPException) as e:
+        except (ConnectionError, socket.timeout, http.client.HTTPException, ssl.SSLError) as e:
             outcome = type(e).__name__
             with lock:
                 bad.append(f"{outcome}: {e}")
