@@ -29,7 +29,9 @@ typedef struct {
     char log[256];
 } su_server;
 
-static pid_t su_children[8];
+/* The servers running now (0: a free slot), killed if the test dies. */
+#define SU_MAX_CHILDREN 8
+static pid_t su_children[SU_MAX_CHILDREN];
 static int su_nchildren;
 
 /* NULL: requests go over plain HTTP. A PEM file: they go over HTTPS, trusting only the
@@ -279,6 +281,14 @@ static inline int su_start(su_server *sp, const char *const *extra)
     for (int i = 0; extra && extra[i] && argc < 38; i++)
         argv[argc++] = extra[i];
     argv[argc] = NULL;
+    /* A slot freed by a server that has exited, else a new one. */
+    int slot = 0;
+    while (slot < su_nchildren && su_children[slot] != 0)
+        slot++;
+    if (slot == SU_MAX_CHILDREN) {
+        printf("  more than %d servers at once\n", SU_MAX_CHILDREN);
+        return -1;
+    }
     fflush(stdout);
     pid_t pid = fork();
     if (pid < 0)
@@ -295,7 +305,9 @@ static inline int su_start(su_server *sp, const char *const *extra)
         _exit(127);
     }
     sp->pid = pid;
-    su_children[su_nchildren++] = pid;
+    su_children[slot] = pid;
+    if (slot == su_nchildren)
+        su_nchildren++;
     double t0 = su_now();
     while (su_now() - t0 < 30) {
         int st;
