@@ -143,12 +143,12 @@ static inline size_t su_on_header(char *p, size_t sz, size_t n, void *u)
 
 /* One request on handle h, which the caller owns and may reuse for the next request (a
  * kept-alive connection). body (blen bytes, may hold NUL bytes) or NULL: none. ctype: the
- * Content-Type sent, or NULL: none (curl's default for a body is removed). extra_header:
- * one more "Name: value" line, or NULL. HEAD asks for no body. The caller frees r->body,
- * which is never NULL. */
-static inline void su_request_on(CURL *h, int port, const char *method, const char *path,
-                                 const char *body, size_t blen, const char *ctype,
-                                 const char *extra_header, su_resp *r)
+ * Content-Type sent, or NULL: none (curl's default for a body is removed). extra: more
+ * "Name: value" lines, NULL-ended, or NULL. HEAD asks for no body. The caller frees
+ * r->body, which is never NULL. */
+static inline void su_request_hdrs(CURL *h, int port, const char *method, const char *path,
+                                   const char *body, size_t blen, const char *ctype,
+                                   const char *const *extra, su_resp *r)
 {
     memset(r, 0, sizeof *r);
     char url[256];
@@ -170,8 +170,8 @@ static inline void su_request_on(CURL *h, int port, const char *method, const ch
     } else if (body) {
         hdrs = curl_slist_append(hdrs, "Content-Type:");
     }
-    if (extra_header)
-        hdrs = curl_slist_append(hdrs, extra_header);
+    for (int i = 0; extra && extra[i]; i++)
+        hdrs = curl_slist_append(hdrs, extra[i]);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdrs);
     if (body) {
         curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
@@ -190,6 +190,15 @@ static inline void su_request_on(CURL *h, int port, const char *method, const ch
     curl_slist_free_all(hdrs);
     if (!r->body)
         r->body = calloc(1, 1);
+}
+
+/* su_request_hdrs with one extra header line, extra_header, or NULL: none. */
+static inline void su_request_on(CURL *h, int port, const char *method, const char *path,
+                                 const char *body, size_t blen, const char *ctype,
+                                 const char *extra_header, su_resp *r)
+{
+    const char *one[] = {extra_header, NULL};
+    su_request_hdrs(h, port, method, path, body, blen, ctype, one, r);
 }
 
 /* One request on a fresh connection (closed afterwards) with Content-Type:

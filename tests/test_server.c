@@ -1102,34 +1102,14 @@ TEST(api_keys_rotate_on_sighup)
     unlink(path);
 }
 
-/* One request with the NULL-ended header lines hdrs (and body, or NULL), headers and all
- * captured in r. */
+/* One request on a fresh connection with the NULL-ended header lines hdrs (a body is sent
+ * with no Content-Type unless hdrs has one). */
 static void request_with(int port, const char *method, const char *path, const char *body,
                          const char *const *hdrs, su_resp *r)
 {
-    memset(r, 0, sizeof *r);
-    char url[256];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
     CURL *h = curl_easy_init();
-    struct curl_slist *list = curl_slist_append(NULL, "Expect:");
-    for (int i = 0; hdrs[i]; i++)
-        list = curl_slist_append(list, hdrs[i]);
-    curl_easy_setopt(h, CURLOPT_URL, url);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, list);
-    curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-    if (body)
-        curl_easy_setopt(h, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, su_on_body);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, r);
-    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, su_on_header);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, r);
-    curl_easy_setopt(h, CURLOPT_TIMEOUT, 30L);
-    r->cc = curl_easy_perform(h);
-    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &r->code);
-    curl_slist_free_all(list);
+    su_request_hdrs(h, port, method, path, body, body ? strlen(body) : 0, NULL, hdrs, r);
     curl_easy_cleanup(h);
-    if (!r->body)
-        r->body = calloc(1, 1);
 }
 
 /* Whether the answer's headers hold the line "name: value". */
