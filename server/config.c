@@ -660,8 +660,8 @@ int config_finish(config *c, char *err, size_t errlen)
         c->nmodels = 1;
     }
     if (!c->tls_cert[0] != !c->tls_key[0]) {
-        errf(err, errlen, "%s is set but %s is not: HTTPS needs both (or neither)",
-             c->tls_cert[0] ? "tls_cert" : "tls_key", c->tls_cert[0] ? "tls_key" : "tls_cert");
+        errf(err, errlen, "%s: not set, but %s is: HTTPS needs both (or neither)",
+             c->tls_cert[0] ? "tls_key" : "tls_cert", c->tls_cert[0] ? "tls_cert" : "tls_key");
         return -1;
     }
     for (int i = 0; i < c->nmodels; i++) {

@@ -145,6 +145,13 @@ TEST(semantic_errors_name_key)
     CHECK(!strcmp(c.cors_origins, "https://a.example:8443,http://localhost:3000"));
     config_defaults(&c);
     REQUIRE(load(&c, "{\"cors_origins\": \"*\"}", err, sizeof err) == 0);
+    /* Certificate and key: both or neither, whichever layers set them. */
+    config_defaults(&c);
+    REQUIRE(load(&c, "{\"tls_cert\": \"/c.pem\"}", err, sizeof err) == 0);
+    CHECK(config_finish(&c, err, sizeof err) == -1 &&
+          !strcmp(err, "tls_key: not set, but tls_cert is: HTTPS needs both (or neither)"));
+    REQUIRE(load(&c, "{\"tls_key\": \"/k.pem\"}", err, sizeof err) == 0);
+    CHECK(config_finish(&c, err, sizeof err) == 0);
     config_defaults(&c);
     REQUIRE(load(&c, "{\"models\": [{\"name\": \"a\", \"path\": \"p\"}, {\"name\": \"a\", \"path\": \"q\"}]}",
                  err, sizeof err) == 0);

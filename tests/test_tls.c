@@ -138,7 +138,7 @@ TEST(bad_tls_settings_stop_the_start)
     if (!have_openssl)
         SKIP("no openssl command to make certificates");
     const char *only_cert[] = {"--model", MODEL, "--tls-cert", cert, NULL};
-    CHECK(start_fails(only_cert, "tls_cert is set but tls_key is not"));
+    CHECK(start_fails(only_cert, "tls_key: not set, but tls_cert is: HTTPS needs both"));
     const char *mismatch[] = {"--model", MODEL, "--tls-cert", cert, "--tls-key", other_key, NULL};
     CHECK(start_fails(mismatch, "is not the private key of the certificate in"));
     const char *missing[] = {"--model", MODEL, "--tls-cert", "/nonexistent.pem", "--tls-key",
