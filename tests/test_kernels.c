@@ -388,6 +388,45 @@ TEST(spmm_blocked_banks)
     CHECK(runs >= 9);
 }
 
+/* The AVX2 transposed kernel finds x rows by 16-bit column indices (cpu.h, xoffs): a
+ * padded width of exactly 65536 still takes it, a wider one (65536 columns in banks of 48
+ * pad to 65568) is packed without them and runs one batch column at a time. Both against
+ * the reference at batch 5, every kernel. */
+TEST(spmm_widest_inputs)
+{
+    spmm_case cases[2] = {{9, 65536, 32, 3, 5, 65540, 11, 1, 1, BALSA_ACT_NONE},
+                          {9, 65536, 48, 6, 5, 65537, 9, 0, 1, BALSA_ACT_TANH}};
+    int runs = 0;
+    int failures = run_every_isa(cases, 2, 99u, &runs);
+    CHECK_MSG(failures == 0, "%d of %d cases failed", failures, runs);
+    CHECK(runs >= 2);
+    unsigned long long seed = 5;
+    for (int i = 0; i < 2; i++) {
+        bsmat w = {0};
+        cpu_packed p = {0};
+        REQUIRE(rand_bsmat(&w, cases[i].rows, cases[i].cols, cases[i].bank, cases[i].k, &seed));
+        REQUIRE(cpu_pack(&w, 8, &p) == BALSA_OK);
+        CHECK_MSG((p.xoffs != NULL) == (i == 0), "case %d: xoffs %s", i,
+                  p.xoffs ? "built" : "missing");
+        for (int g = 0; p.xoffs && g < p.ngroups; g++)
+            for (int b = 0; b < p.nbanks; b++)
+                for (int j = 0; j < p.k; j++)
+                    for (int l = 0; l < 8 && g * 8 + l < p.rows; l++) {
+                        size_t at = (((size_t)g * p.nbanks + b) * p.k + j) * 8 + l;
+                        if (p.xoffs[at] != b * p.bank + p.offsets[at]) {
+                            CHECK_MSG(0, "xoffs[%zu] = %d, not %d", at, p.xoffs[at],
+                                      b * p.bank + p.offsets[at]);
+                            g = p.ngroups;
+                            b = p.nbanks;
+                            j = p.k;
+                            break;
+                        }
+                    }
+        cpu_packed_free(&p);
+        bsmat_free(&w);
+    }
+}
+
 /* A product big enough to be split across threads gives bit-identical results with 1 and
  * 2 threads (each row is computed by the same code either way), for every ISA here. */
 TEST(threads_split_identical)
@@ -691,6 +730,7 @@ int main(void)
     RUN(spmm_batch1_every_k);
     RUN(spmm_batch_remainders);
     RUN(spmm_blocked_banks);
+    RUN(spmm_widest_inputs);
     RUN(threads_split_identical);
     RUN(lstm_scalar);
     RUN(lstm_avx2_path);

@@ -60,6 +60,12 @@ typedef struct {
     int group, ngroups;
     float *values;    /* 64-byte aligned */
     uint8_t *offsets; /* 64-byte aligned */
+    /* For groups of 8 (the AVX2 transposed kernel): each slot's column index in the
+     * whole row, bank * bank width + offset, same shape as offsets, followed by 8 unused
+     * entries that the kernel's read-ahead may touch. NULL for groups of 16, and where
+     * the padded width (nbanks * bank) passes 65536: such products then run one batch
+     * column at a time. */
+    uint16_t *xoffs;
 } cpu_packed;
 
 /* Packs a canonical matrix into groups of `group` rows (8 or 16). *out must be zeroed or

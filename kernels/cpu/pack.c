@@ -93,6 +93,17 @@ balsa_status cpu_pack(const bsmat *w, int group, cpu_packed *out)
     }
     memset(v, 0, vbytes);
     memset(o, 0, obytes);
+    uint16_t *xo = NULL;
+    if (group == 8 && (size_t)w->nbanks * w->bank <= 65536) {
+        size_t xbytes = ((n + 8) * sizeof *xo + 63) / 64 * 64;
+        xo = aligned_alloc(64, xbytes);
+        if (!xo) {
+            free(v);
+            free(o);
+            return BALSA_ERR_OOM;
+        }
+        memset(xo, 0, xbytes);
+    }
     for (int r = 0; r < w->rows; r++) {
         int g = r / group, lane = r % group;
         for (int b = 0; b < w->nbanks; b++) {
@@ -102,10 +113,12 @@ balsa_status cpu_pack(const bsmat *w, int group, cpu_packed *out)
             for (int j = 0; j < w->k; j++) {
                 v[dst + (size_t)j * group] = sv[j];
                 o[dst + (size_t)j * group] = so[j];
+                if (xo)
+                    xo[dst + (size_t)j * group] = (uint16_t)(b * w->bank + so[j]);
             }
         }
     }
-    *out = (cpu_packed){w->rows, w->cols, w->bank, w->k, w->nbanks, group, ngroups, v, o};
+    *out = (cpu_packed){w->rows, w->cols, w->bank, w->k, w->nbanks, group, ngroups, v, o, xo};
     return BALSA_OK;
 }
 
@@ -113,6 +126,7 @@ void cpu_packed_free(cpu_packed *p)
 {
     free(p->values);
     free(p->offsets);
+    free(p->xoffs);
     memset(p, 0, sizeof *p);
 }
 
