@@ -484,33 +484,6 @@ balsa_status model_check_seq(const balsa_model *m, const engine_seq *s, char *er
 
 /* ---------------------------------------------------------------- FC layers and head */
 
-static void apply_head(model_head head, float *v, int n)
-{
-    if (head == MODEL_HEAD_NONE)
-        return;
-    float mx = v[0];
-    for (int i = 1; i < n; i++)
-        if (v[i] > mx)
-            mx = v[i];
-    /* expf of the shifted value (at most 0, so it cannot overflow), summed in double:
-     * twice as fast as double exp, and far inside the 1e-4 the parity tests hold. */
-    double sum = 0;
-    if (head == MODEL_HEAD_SOFTMAX) {
-        for (int i = 0; i < n; i++) {
-            v[i] = expf(v[i] - mx);
-            sum += v[i];
-        }
-        for (int i = 0; i < n; i++)
-            v[i] = (float)(v[i] / sum);
-    } else {
-        for (int i = 0; i < n; i++)
-            sum += expf(v[i] - mx);
-        double lse = mx + log(sum);
-        for (int i = 0; i < n; i++)
-            v[i] = (float)(v[i] - lse);
-    }
-}
-
 balsa_status model_fc_head(balsa_model *m, const float *in, int ld, int n, dev_buf *fa,
                            dev_buf *fb, float *out)
 {
@@ -520,6 +493,7 @@ balsa_status model_fc_head(balsa_model *m, const float *in, int ld, int n, dev_b
     if (n == 0)
         return BALSA_OK;
     const float *cur = in;
+    float *last = NULL; /* the last FC layer's output */
     int ldc = ld;
     balsa_status st = BALSA_OK;
     for (int i = 0; i < s->n_fc && st == BALSA_OK; i++) {
@@ -528,21 +502,24 @@ balsa_status model_fc_head(balsa_model *m, const float *in, int ld, int n, dev_b
         if (st == BALSA_OK)
             st = be->ops->matmul(be, m->fc_w[i], cur, ldc, n, m->fc_b[i], 0, s->fc[i].act,
                                  dst->p, s->fc[i].out);
-        cur = dst->p;
+        cur = last = dst->p;
         ldc = s->fc[i].out;
     }
     if (st != BALSA_OK)
         return st;
-    /* With no FC layer the input is the LSTM output itself, whose stride is O. */
+    /* With no FC layer the input is the LSTM output itself, whose stride is O; the head
+     * then writes into fa, since the input is the caller's (the LSTM state). */
     BALSA_ASSERT(s->n_fc > 0 || ldc == O);
-    st = be->ops->to_host(be, out, cur, (size_t)n * O * sizeof(float));
+    if (s->head != MODEL_HEAD_NONE) {
+        if (!last && (st = dev_buf_reserve(be, fa, (size_t)n * O)) == BALSA_OK)
+            last = fa->p;
+        if (st == BALSA_OK)
+            st = be->ops->softmax(be, cur, O, n, O, s->head == MODEL_HEAD_LOG_SOFTMAX, last, O);
+        cur = last;
+    }
     if (st == BALSA_OK)
-        st = be->ops->synchronize(be);
-    if (st != BALSA_OK)
-        return st;
-    for (int r = 0; r < n; r++)
-        apply_head(s->head, out + (size_t)r * O, O);
-    return BALSA_OK;
+        st = be->ops->to_host(be, out, cur, (size_t)n * O * sizeof(float));
+    return st == BALSA_OK ? be->ops->synchronize(be) : st;
 }
 
 /* ---------------------------------------------------------------- model_run */

@@ -62,6 +62,14 @@ typedef struct {
     balsa_status (*lstm_cell)(balsa_backend *be, const float *gates, int ldg, float *c,
                               float *h, int ldh, int n, int hidden);
 
+    /* The output head of n rows of cols values, x (stride ldx) in, y (stride ldy) out; y
+     * may be x itself (then ldy must equal ldx). With m the row's largest value and s the
+     * sum of e^(x - m) over the row: take_log 0 gives softmax, y = e^(x - m) / s; 1 gives
+     * log-softmax, y = x - m - ln s. A value whose softmax is below the smallest normal
+     * float may come out as 0. */
+    balsa_status (*softmax)(balsa_backend *be, const float *x, int ldx, int n, int cols,
+                            int take_log, float *y, int ldy);
+
     /* Waits for all queued work; returns the first device error since the last call. */
     balsa_status (*synchronize)(balsa_backend *be);
 

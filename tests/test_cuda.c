@@ -354,6 +354,68 @@ static void check_lstm_cells(balsa_backend *be)
             check_lstm_cell(be, ns[a], hs[b], 31 + 3 * a + b);
 }
 
+/* The softmax head against softmax_ref for n rows of cols values with strides, both
+ * heads, out of place (sentinels around y) and in place. The inputs span about 200, so
+ * some values fall below e^-87, where the head may write 0. Softmax is held to 1e-6
+ * relative plus 1e-37 absolute, log-softmax to 1e-6 of 1 + |value|. */
+static void check_softmax(balsa_backend *be, int n, int cols, int take_log,
+                          unsigned long long seed)
+{
+    int ldx = cols + 3, ldy = cols + 1;
+    float *x = rand_buf((size_t)n * ldx, 100.0f, &seed);
+    size_t ylen = (size_t)n * ldy + GUARD;
+    float *y = malloc(sizeof(float) * ylen), *want = malloc(sizeof(float) * (size_t)n * ldx);
+    size_t glen = ylen > (size_t)n * ldx ? ylen : (size_t)n * ldx;
+    float *got = malloc(sizeof(float) * glen);
+    for (size_t i = 0; i < ylen; i++)
+        y[i] = SENTINEL;
+    softmax_ref(x, ldx, n, cols, take_log, want, ldx);
+    float *dx = dev_copy(be, x, (size_t)n * ldx), *dy = dev_copy(be, y, ylen);
+    CHECK(dx && dy);
+    for (int inplace = 0; dx && dy && inplace < 2; inplace++) {
+        int ld = inplace ? ldx : ldy;
+        CHECK(be->ops->softmax(be, dx, ldx, n, cols, take_log, inplace ? dx : dy, ld) ==
+              BALSA_OK);
+        CHECK(be->ops->to_host(be, got, inplace ? dx : dy,
+                               sizeof(float) * (inplace ? (size_t)n * ldx : ylen)) == BALSA_OK);
+        CHECK(be->ops->synchronize(be) == BALSA_OK);
+        double worst = 0;
+        int guards_ok = 1;
+        for (int r = 0; r < n; r++)
+            for (int i = 0; i < ld; i++) {
+                float a = got[(size_t)r * ld + i], b = want[(size_t)r * ldx + i];
+                if (i >= cols) {
+                    guards_ok &= a == (inplace ? x[(size_t)r * ldx + i] : SENTINEL);
+                    continue;
+                }
+                double e = take_log ? fabs(a - b) / (1.0 + fabs(b))
+                                    : fmax(fabs(a - b) - 1e-37, 0.0) / fmax(fabs(b), 1e-30);
+                worst = fmax(worst, isnan(a) ? INFINITY : e);
+            }
+        for (size_t i = (size_t)n * ldy; !inplace && i < ylen; i++)
+            guards_ok &= got[i] == SENTINEL;
+        CHECK_MSG(worst < 1e-6, "%s %d x %d%s: error %g", take_log ? "log-softmax" : "softmax",
+                  n, cols, inplace ? " in place" : "", worst);
+        CHECK_MSG(guards_ok, "%d x %d: a value past the row was written", n, cols);
+    }
+    be->ops->free(be, dx);
+    be->ops->free(be, dy);
+    free(x);
+    free(y);
+    free(want);
+    free(got);
+}
+
+/* check_softmax over 1, 3 and 17 rows of 1, 9, 1000 and 10,000 values, both heads. */
+static void check_softmaxes(balsa_backend *be)
+{
+    int ns[] = {1, 3, 17}, cs[] = {1, 9, 1000, 10000};
+    for (int a = 0; a < 3; a++)
+        for (int b = 0; b < 4; b++)
+            for (int lg = 0; lg < 2; lg++)
+                check_softmax(be, ns[a], cs[b], lg, 71 + 8 * a + 2 * b + lg);
+}
+
 #ifndef BALSA_GPU_ONLY
 /* The checks the GPU tests make, run on the CPU backend: they must pass there, so a
  * failure on a GPU is the GPU's, not a slip in the checks (reference, tolerance,
@@ -369,6 +431,7 @@ TEST(checks_pass_on_cpu_backend)
         check_spmm_case(be, "cpu dense", 3e-5, &cases[i], 2000 + i, 1);
     }
     check_lstm_cells(be);
+    check_softmaxes(be);
     be->ops->destroy(be);
 }
 #endif
@@ -516,6 +579,16 @@ TEST(lstm_cell_matches_reference)
     if (!be)
         SKIP("no CUDA device: %s", why);
     check_lstm_cells(be);
+    be->ops->destroy(be);
+}
+
+TEST(softmax_matches_reference)
+{
+    char why[256];
+    balsa_backend *be = gpu_backend(BALSA_CUDA_F32, 2, why, sizeof why);
+    if (!be)
+        SKIP("no CUDA device: %s", why);
+    check_softmaxes(be);
     be->ops->destroy(be);
 }
 
@@ -724,6 +797,7 @@ int main(void)
     RUN(dense_cublas_fp32);
     RUN(spmm_deterministic);
     RUN(lstm_cell_matches_reference);
+    RUN(softmax_matches_reference);
     RUN(lstm_step_matches_reference);
     RUN(lstm_step_pdl_chain);
     RUN(invalid_arguments_refused);

@@ -604,6 +604,12 @@ static balsa_status fwd_lstm_cell(balsa_backend *b, const float *g, int ldg, flo
     (void)b;
     return be->ops->lstm_cell(be, g, ldg, c, h, ldh, n, hidden);
 }
+static balsa_status fwd_softmax(balsa_backend *b, const float *x, int ldx, int n, int cols,
+                                int take_log, float *y, int ldy)
+{
+    (void)b;
+    return be->ops->softmax(be, x, ldx, n, cols, take_log, y, ldy);
+}
 static balsa_status fwd_synchronize(balsa_backend *b)
 {
     (void)b;
@@ -621,6 +627,7 @@ static const balsa_backend_ops fwd_ops = {
     .mat_free = fwd_mat_free,
     .matmul = fwd_matmul,
     .lstm_cell = fwd_lstm_cell,
+    .softmax = fwd_softmax,
     .synchronize = fwd_synchronize,
 };
 

@@ -588,6 +588,55 @@ TEST(lstm_cell_threaded)
     }
 }
 
+/* The softmax head through the backend, every ISA, with 1, 2 and 7 threads: shapes large
+ * enough to be split by rows (16 x 10,000, 2 x 40,000) and not (3 x 5), both heads. Every
+ * thread count gives the same bits, and the result is within 1e-6 of softmax_ref (relative
+ * for softmax, of 1 + |value| for log-softmax). */
+TEST(softmax_threads_and_isas)
+{
+    static const int shapes[][2] = {{16, 10000}, {2, 40000}, {3, 5}};
+    unsigned long long s = 4242;
+    for (int isa = CPU_ISA_SCALAR; isa <= CPU_ISA_AVX512; isa++) {
+        if (!cpu_isa_supported((cpu_isa)isa))
+            continue;
+        balsa_backend *bes[3] = {NULL, NULL, NULL};
+        REQUIRE(backend_pair_create((cpu_isa)isa, &bes[0], &bes[1]));
+        REQUIRE(cpu_backend_create_isa(7, (cpu_isa)isa, &bes[2]) == BALSA_OK);
+        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+            for (int lg = 0; lg < 2; lg++) {
+                int n = shapes[si][0], cols = shapes[si][1];
+                size_t len = (size_t)n * cols;
+                float *x = malloc(sizeof(float) * len), *want = malloc(sizeof(float) * len);
+                float *y[3];
+                for (size_t i = 0; i < len; i++)
+                    x[i] = 30.0f * h_rand_f(&s);
+                softmax_ref(x, cols, n, cols, lg, want, cols);
+                for (int t = 0; t < 3; t++) {
+                    y[t] = malloc(sizeof(float) * len);
+                    CHECK(bes[t]->ops->softmax(bes[t], x, cols, n, cols, lg, y[t], cols) ==
+                          BALSA_OK);
+                }
+                double worst = 0;
+                for (size_t i = 0; i < len; i++) {
+                    double d = fabs(y[1][i] - want[i]);
+                    worst = fmax(worst, lg ? d / (1.0 + fabs(want[i])) : d / fabs(want[i]));
+                }
+                CHECK_MSG(worst < 1e-6, "%s %s %d x %d: error %g", cpu_isa_str((cpu_isa)isa),
+                          lg ? "log-softmax" : "softmax", n, cols, worst);
+                for (int t = 1; t < 3; t++)
+                    CHECK_MSG(memcmp(y[t], y[0], sizeof(float) * len) == 0,
+                              "%s %d x %d: %d threads differ from 1", cpu_isa_str((cpu_isa)isa),
+                              n, cols, t == 1 ? 2 : 7);
+                for (int t = 0; t < 3; t++)
+                    free(y[t]);
+                free(x);
+                free(want);
+            }
+        for (int t = 0; t < 3; t++)
+            bes[t]->ops->destroy(bes[t]);
+    }
+}
+
 /* The default backend (what engine/ gets) through its ops: sparse and dense matrices,
  * backend memory, invalid arguments refused. */
 TEST(backend_ops_default)
@@ -736,6 +785,7 @@ int main(void)
     RUN(lstm_avx2_path);
     RUN(lstm_avx512_path);
     RUN(lstm_cell_threaded);
+    RUN(softmax_threads_and_isas);
     RUN(backend_ops_default);
     RUN(isa_from_environment);
     RUN(threadpool_runs_each_task_once);

@@ -20,6 +20,11 @@ void spmm_ref(const bsmat *w, const float *x, int ldx, int n, const float *bias,
 void lstm_cell_ref(const float *gates, int ldg, float *c, float *h, int ldh, int n,
                    int hidden);
 
+/* Reference softmax head, same contract as balsa_backend_ops.softmax (libm expf, the sum
+ * in double). */
+void softmax_ref(const float *x, int ldx, int n, int cols, int take_log, float *y,
+                 int ldy);
+
 /* ---- Instruction sets ---------------------------------------------------------------- */
 
 typedef enum {
@@ -121,6 +126,11 @@ void lstm_cell_avx2(const float *gates, int ldg, float *c, float *h, int ldh, in
                     int hidden);
 void lstm_cell_avx512(const float *gates, int ldg, float *c, float *h, int ldh, int n,
                       int hidden);
+
+/* The softmax head with AVX2 (the exponential of exp_n_avx2, relative error about 2e-7,
+ * the sum in double); same contract as softmax_ref. Call only when the CPU has AVX2. */
+void softmax_avx2(const float *x, int ldx, int n, int cols, int take_log, float *y,
+                 int ldy);
 
 /* ---- The backend with a chosen ISA ------------------------------------------------------ */
 

@@ -59,3 +59,26 @@ void lstm_cell_ref(const float *gates, int ldg, float *c, float *h, int ldh, int
         }
     }
 }
+
+void softmax_ref(const float *x, int ldx, int n, int cols, int take_log, float *y, int ldy)
+{
+    for (int r = 0; r < n; r++) {
+        const float *xr = x + (size_t)r * ldx;
+        float *yr = y + (size_t)r * ldy;
+        float m = xr[0];
+        for (int i = 1; i < cols; i++)
+            if (xr[i] > m)
+                m = xr[i];
+        double s = 0;
+        for (int i = 0; i < cols; i++)
+            s += expf(xr[i] - m);
+        if (take_log) {
+            double lse = m + log(s);
+            for (int i = 0; i < cols; i++)
+                yr[i] = (float)(xr[i] - lse);
+        } else {
+            for (int i = 0; i < cols; i++)
+                yr[i] = (float)(expf(xr[i] - m) / s);
+        }
+    }
+}

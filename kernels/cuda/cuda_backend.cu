@@ -311,6 +311,17 @@ static balsa_status cuda_lstm_cell(balsa_backend *b, const float *gates, int ldg
     return BALSA_OK;
 }
 
+static balsa_status cuda_softmax(balsa_backend *b, const float *x, int ldx, int n, int cols,
+                                 int take_log, float *y, int ldy)
+{
+    cuda_backend *be = cb(b);
+    if (n < 0 || cols < 1 || ldx < cols || ldy < cols || (x == y && ldx != ldy))
+        return BALSA_ERR_INVALID;
+    HEALTHY_OR_FAIL(be);
+    CUDA_TRY(be, softmax_cuda(x, ldx, n, cols, take_log, y, ldy, be->stream));
+    return BALSA_OK;
+}
+
 /* Sparse w_hh with the fast kernel: one fused launch; otherwise (dense, kernel 1, or a
  * hidden size too large for the fused kernel's shared memory) the product then the cell. */
 static balsa_status cuda_lstm_step(balsa_backend *b, const balsa_mat *w, const float *h_prev,
@@ -368,6 +379,7 @@ static const balsa_backend_ops cuda_ops = {
     cuda_mat_free,
     cuda_matmul,
     cuda_lstm_cell,
+    cuda_softmax,
     cuda_synchronize,
     cuda_lstm_step,
 };

@@ -1,6 +1,6 @@
 /* The CUDA kernels' launchers, shared by the backend (cuda_backend.cu) and the GPU
  * benchmark: balanced-sparse SpMV/SpMM on the packed layout of bs_pack.h, the dense
- * epilogue and the fused LSTM cell. C++ (CUDA) only. Every launcher queues work on the
+ * epilogue, the fused LSTM cell and the softmax head. C++ (CUDA) only. Every launcher queues work on the
  * given stream, checks the launch and returns its cudaError_t; none synchronizes. */
 #ifndef BALSA_CUDA_KERNELS_H
 #define BALSA_CUDA_KERNELS_H
@@ -67,5 +67,9 @@ cudaError_t bias_act_cuda(float *y, int ldy, int n, int rows, const float *bias,
 /* The LSTM cell with the contract of balsa_backend_ops.lstm_cell. */
 cudaError_t lstm_cell_cuda(const float *gates, int ldg, float *c, float *h, int ldh, int n,
                            int hidden, cudaStream_t stream);
+
+/* The softmax head with the contract of balsa_backend_ops.softmax, one block per row. */
+cudaError_t softmax_cuda(const float *x, int ldx, int n, int cols, int take_log, float *y,
+                         int ldy, cudaStream_t stream);
 
 #endif
