@@ -521,6 +521,9 @@ group_xt_avx2(const cpu_packed *w, int g, const float *xt, int nv, int b0, int b
         const uint16_t *xo = w->xoffs + first;
         uint64_t next; /* the next slot's four column indices */
         memcpy(&next, xo, sizeof next);
+        /* two slots per pass: 3-8% faster at K = 650 and 1500, 2% at 128 (min of 40 runs,
+         * in turn with the loop as written) */
+#pragma GCC unroll 2
         for (size_t s = 0; s < nslots; s++, val += 8) {
             const uint64_t o = next;
             xo += 8;
