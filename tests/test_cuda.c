@@ -572,22 +572,14 @@ TEST(spmm_deterministic)
     free(x);
 }
 
-TEST(lstm_cell_matches_reference)
+/* The row-wise ops: the LSTM cell and the softmax head. */
+TEST(cell_and_softmax_match_reference)
 {
     char why[256];
     balsa_backend *be = gpu_backend(BALSA_CUDA_F32, 2, why, sizeof why);
     if (!be)
         SKIP("no CUDA device: %s", why);
     check_lstm_cells(be);
-    be->ops->destroy(be);
-}
-
-TEST(softmax_matches_reference)
-{
-    char why[256];
-    balsa_backend *be = gpu_backend(BALSA_CUDA_F32, 2, why, sizeof why);
-    if (!be)
-        SKIP("no CUDA device: %s", why);
     check_softmaxes(be);
     be->ops->destroy(be);
 }
@@ -796,8 +788,7 @@ int main(void)
     RUN(spmm_kernel2_bf16);
     RUN(dense_cublas_fp32);
     RUN(spmm_deterministic);
-    RUN(lstm_cell_matches_reference);
-    RUN(softmax_matches_reference);
+    RUN(cell_and_softmax_match_reference);
     RUN(lstm_step_matches_reference);
     RUN(lstm_step_pdl_chain);
     RUN(invalid_arguments_refused);

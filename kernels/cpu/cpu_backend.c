@@ -211,6 +211,40 @@ static balsa_status cpu_matmul(balsa_backend *be, const balsa_mat *w, const floa
     return BALSA_OK;
 }
 
+/* Row-wise work (the LSTM cell, the softmax head) split across the pool: task t of ntasks
+ * takes rows [n t / ntasks, n (t+1) / ntasks). Rows are independent and each is computed
+ * by the same code whichever task has it, so the split changes nothing in the result. */
+typedef void (*rows_fn)(const void *job, int r0, int r1);
+
+typedef struct {
+    rows_fn fn;
+    const void *job;
+    int n;
+} rows_split;
+
+static void rows_task(void *arg, int task, int ntasks)
+{
+    const rows_split *s = arg;
+    s->fn(s->job, (int)((long long)s->n * task / ntasks),
+          (int)((long long)s->n * (task + 1) / ntasks));
+}
+
+/* Runs fn over rows [0, n) on the caller when there are fewer than min_values values
+ * (n x the row's width) or one row, else split across the pool. */
+static void split_rows(cpu_backend *cb, int n, double values, double min_values, rows_fn fn,
+                       const void *job)
+{
+    int tasks = threadpool_threads(cb->pool);
+    if (tasks > n)
+        tasks = n;
+    if (tasks < 2 || values < min_values) {
+        fn(job, 0, n);
+        return;
+    }
+    rows_split s = {fn, job, n};
+    threadpool_run(cb->pool, rows_task, &s, tasks);
+}
+
 /* From this many cells (rows x hidden) on, the LSTM cell is split by rows across the
  * pool. One cell costs about 5 ns with AVX2 on the development machine (four sigmoids or
  * tanhs and two divisions per 8 lanes), so 16k cells are about 80 us, several times a
@@ -226,8 +260,9 @@ typedef struct {
     int ldh, n, hidden;
 } cell_job;
 
-static void cell_rows(const cell_job *j, int r0, int r1)
+static void cell_rows(const void *job, int r0, int r1)
 {
+    const cell_job *j = job;
     const float *g = j->gates + (size_t)r0 * j->ldg;
     float *c = j->c + (size_t)r0 * j->hidden, *h = j->h + (size_t)r0 * j->ldh;
     if (j->isa == CPU_ISA_AVX512)
@@ -238,16 +273,6 @@ static void cell_rows(const cell_job *j, int r0, int r1)
         lstm_cell_ref(g, j->ldg, c, h, j->ldh, r1 - r0, j->hidden);
 }
 
-/* Task t of ntasks takes rows [n t / ntasks, n (t+1) / ntasks): rows are independent and
- * each is computed by the same code whichever task has it, so the split changes nothing
- * in the result. */
-static void cell_task(void *varg, int task, int ntasks)
-{
-    const cell_job *j = varg;
-    cell_rows(j, (int)((long long)j->n * task / ntasks),
-              (int)((long long)j->n * (task + 1) / ntasks));
-}
-
 static balsa_status cpu_lstm_cell(balsa_backend *be, const float *gates, int ldg, float *c,
                                   float *h, int ldh, int n, int hidden)
 {
@@ -255,13 +280,7 @@ static balsa_status cpu_lstm_cell(balsa_backend *be, const float *gates, int ldg
     if (n < 0 || hidden < 1 || ldg < 4 * hidden || ldh < hidden)
         return BALSA_ERR_INVALID;
     cell_job job = {cb->isa, gates, ldg, c, h, ldh, n, hidden};
-    int tasks = threadpool_threads(cb->pool);
-    if (tasks > n)
-        tasks = n;
-    if (tasks < 2 || (double)n * hidden < CELL_PARALLEL_MIN)
-        cell_rows(&job, 0, n);
-    else
-        threadpool_run(cb->pool, cell_task, &job, tasks);
+    split_rows(cb, n, (double)n * hidden, CELL_PARALLEL_MIN, cell_rows, &job);
     return BALSA_OK;
 }
 
@@ -279,21 +298,15 @@ typedef struct {
     int ldy;
 } softmax_job;
 
-static void softmax_rows(const softmax_job *j, int r0, int r1)
+static void softmax_rows(const void *job, int r0, int r1)
 {
+    const softmax_job *j = job;
     const float *x = j->x + (size_t)r0 * j->ldx;
     float *y = j->y + (size_t)r0 * j->ldy;
     if (j->isa == CPU_ISA_SCALAR)
         softmax_ref(x, j->ldx, r1 - r0, j->cols, j->take_log, y, j->ldy);
     else /* AVX-512 CPUs have AVX2 */
         softmax_avx2(x, j->ldx, r1 - r0, j->cols, j->take_log, y, j->ldy);
-}
-
-static void softmax_task(void *varg, int task, int ntasks)
-{
-    const softmax_job *j = varg;
-    softmax_rows(j, (int)((long long)j->n * task / ntasks),
-                 (int)((long long)j->n * (task + 1) / ntasks));
 }
 
 static balsa_status cpu_softmax(balsa_backend *be, const float *x, int ldx, int n, int cols,
@@ -303,13 +316,7 @@ static balsa_status cpu_softmax(balsa_backend *be, const float *x, int ldx, int 
     if (n < 0 || cols < 1 || ldx < cols || ldy < cols || (x == y && ldx != ldy))
         return BALSA_ERR_INVALID;
     softmax_job job = {cb->isa, x, ldx, n, cols, take_log, y, ldy};
-    int tasks = threadpool_threads(cb->pool);
-    if (tasks > n)
-        tasks = n;
-    if (tasks < 2 || (double)n * cols < SOFTMAX_PARALLEL_MIN)
-        softmax_rows(&job, 0, n);
-    else
-        threadpool_run(cb->pool, softmax_task, &job, tasks);
+    split_rows(cb, n, (double)n * cols, SOFTMAX_PARALLEL_MIN, softmax_rows, &job);
     return BALSA_OK;
 }
 
