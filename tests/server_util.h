@@ -244,6 +244,20 @@ static inline double su_metric(int port, const char *series)
     return v;
 }
 
+/* Writes text over path through a new file renamed over the old (as a secret or config
+ * mount updates), so that a server reading it never sees half of it; 1 when written. */
+static inline int su_write_file(const char *path, const char *text)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.new", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return 0;
+    int ok = fputs(text, f) >= 0;
+    ok = (fclose(f) == 0) && ok;
+    return ok && rename(tmp, path) == 0;
+}
+
 /* 1 when the server's log (its stderr and stdout, first 64 KiB) holds text, looking again
  * for up to wait_s seconds (the log is written as things happen; 0: look once). */
 static inline int su_log_has(const su_server *sv, const char *text, double wait_s)

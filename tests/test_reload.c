@@ -227,10 +227,7 @@ TEST(sighup_rereads_the_configuration)
     CHECK_MSG(mb == 16 && ms == 32, "max_batch_size %d, max_sequences %d", mb, ms);
     CHECK(probe(sv.port) == 'b');
     /* a file that does not read: nothing changes */
-    FILE *f = fopen(file, "w");
-    REQUIRE(f);
-    fputs("{\"models\": [", f);
-    fclose(f);
+    REQUIRE(su_write_file(file, "{\"models\": ["));
     kill(sv.pid, SIGHUP);
     CHECK(su_log_has(&sv, "the configuration was not re-read (config error:", 5));
     CHECK(probe(sv.port) == 'b');

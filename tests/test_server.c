@@ -1032,19 +1032,6 @@ TEST(api_key)
     CHECK(su_stop(&sp, 10) == 0);
 }
 
-/* Writes text over path (a new file renamed over the old, as a secret mount updates). */
-static void write_keys(const char *path, const char *text)
-{
-    char tmp[256];
-    snprintf(tmp, sizeof tmp, "%s.new", path);
-    FILE *f = fopen(tmp, "w");
-    if (f) {
-        fputs(text, f);
-        fclose(f);
-        rename(tmp, path);
-    }
-}
-
 /* /models with key (or none): the status. */
 static long with_key(int port, const char *key)
 {
@@ -1064,7 +1051,7 @@ TEST(api_keys_rotate_on_sighup)
     char path[128];
     snprintf(path, sizeof path, "/tmp/balsa_test_keys_%d.txt", (int)getpid());
     const char *old_key = "old-key-0123456789abcdef", *new_key = "new-key-0123456789abcdef";
-    write_keys(path, "# the clients' key\nold-key-0123456789abcdef\n");
+    REQUIRE(su_write_file(path, "# the clients' key\nold-key-0123456789abcdef\n"));
     su_server sp;
     const char *extra[] = {"--model", model_arg, "--api-key-file", path, NULL};
     REQUIRE(su_start(&sp, extra) == 0);
@@ -1073,19 +1060,19 @@ TEST(api_keys_rotate_on_sighup)
     CHECK(with_key(sp.port, new_key) == 401);
     CHECK(with_key(sp.port, NULL) == 401);
 
-    write_keys(path, "old-key-0123456789abcdef\nnew-key-0123456789abcdef\n");
+    REQUIRE(su_write_file(path, "old-key-0123456789abcdef\nnew-key-0123456789abcdef\n"));
     kill(sp.pid, SIGHUP);
     CHECK(su_log_has(&sp, "SIGHUP: API keys reloaded: 2 accepted", 5));
     CHECK(with_key(sp.port, old_key) == 200);
     CHECK(with_key(sp.port, new_key) == 200);
 
-    write_keys(path, "new-key-0123456789abcdef\n");
+    REQUIRE(su_write_file(path, "new-key-0123456789abcdef\n"));
     kill(sp.pid, SIGHUP);
     CHECK(su_log_has(&sp, "SIGHUP: API keys reloaded: 1 accepted", 5));
     CHECK(with_key(sp.port, old_key) == 401);
     CHECK(with_key(sp.port, new_key) == 200);
 
-    write_keys(path, "new-key-0123456789abcdef\nshort-secret\n");
+    REQUIRE(su_write_file(path, "new-key-0123456789abcdef\nshort-secret\n"));
     kill(sp.pid, SIGHUP);
     CHECK(su_log_has(&sp, ":2: a key must be 16 to 128 visible ASCII characters", 5));
     CHECK(su_log_has(&sp, "the previous ones stay in force", 0));

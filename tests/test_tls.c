@@ -112,9 +112,7 @@ TEST(tls_load_checks_the_files)
     }
     char empty[256];
     snprintf(empty, sizeof empty, "%s/empty.pem", dir);
-    FILE *f = fopen(empty, "w");
-    REQUIRE(f);
-    fclose(f);
+    REQUIRE(su_write_file(empty, ""));
     CHECK(load(empty, key, err, sizeof err) == -1 && strstr(err, "is empty"));
 }
 
@@ -349,10 +347,7 @@ TEST(sighup_serves_a_renewed_certificate)
           (double)two.not_after);
 
     /* A broken renewal leaves the last good pair serving, and says why. */
-    FILE *f = fopen(live_c, "w");
-    REQUIRE(f);
-    fputs("not a certificate\n", f);
-    fclose(f);
+    REQUIRE(su_write_file(live_c, "not a certificate\n"));
     kill(sv.pid, SIGHUP);
     CHECK(su_log_has(&sv, "the TLS certificate was not reloaded (tls_cert: ", 10));
     cc = https_get(sv.port, cert2, "/readyz", &code);
