@@ -13,19 +13,22 @@
 #include "cpu.h"
 #include "threadpool.h"
 
-/* A product runs on the caller alone when it would take less than PARALLEL_MIN_NS there:
- * a split saves at most half of it, and costs a worker's wake-up and moving the input and
- * output between the cores' caches. The time is estimated from the multiply-adds
- * (non-zeros x batch) at the AVX2 kernels' rates on the development machine (AMD EPYC,
- * Zen 1): about 0.5 ns each at batch 1 and 0.2 ns from batch 2 on, where each weight
- * serves several batch columns. The threshold was 100k multiply-adds whatever the batch
- * (50 us at batch 1, but 20 us at batch 32): the demo model's 512 x 128 products at batch
- * 32 (200k, about 34 us) were split, and under `balsa serve`, whose HTTP threads and
- * clients share the cores, the split cost more CPU than it saved (server CPU per request
- * 233 us with 2 backend threads against 184 us with 1). */
+/* A product runs on the caller alone when it would take less than PARALLEL_MIN_NS there
+ * (PARALLEL_MIN_NS_BATCHED from batch 2 on): a split saves at most half of it, and costs a
+ * worker's wake-up and moving the input and output between the cores' caches. The time
+ * is estimated from the multiply-adds (non-zeros x batch) at the AVX2 kernels' rates on
+ * the development machine (AMD EPYC, Zen 1): about 0.5 ns each at batch 1 and 0.13 ns from
+ * batch 2 on, where each weight serves several batch columns. A batched product's output
+ * is the gate rows that the caller's LSTM cell reads next, so a split also sends half of
+ * them across; and under `balsa serve` the other core runs the HTTP threads as well. The
+ * demo model's 512 x 128 products at batch 57 (about 50 us) were split at 50 us, and its
+ * batching server answered 9800-10000 requests/s against 10600-11200 with them on the
+ * caller (three runs each, in turn); the hidden-650 model's products (1.3 ms) split either
+ * way. Batch 1 keeps 50 us: hidden 650's 160k multiply-adds (80 us) split there. */
 #define PARALLEL_MIN_NS 50000.0
+#define PARALLEL_MIN_NS_BATCHED 100000.0
 #define NS_PER_MAC_BATCH1 0.5
-#define NS_PER_MAC_BATCHED 0.2
+#define NS_PER_MAC_BATCHED 0.13
 
 typedef struct {
     balsa_backend base; /* first, so that a balsa_backend * converts back */
@@ -183,7 +186,9 @@ static balsa_status sparse_matmul(cpu_backend *cb, const balsa_mat *w, const flo
     cpu_spmm_prepare(cb->isa, &args);
     double work = (double)w->sp.rows * w->sp.nbanks * w->sp.k * n;
     double est_ns = work * (n == 1 ? NS_PER_MAC_BATCH1 : NS_PER_MAC_BATCHED);
-    int tasks = est_ns < PARALLEL_MIN_NS ? 1 : threadpool_threads(cb->pool);
+    int tasks = est_ns < (n == 1 ? PARALLEL_MIN_NS : PARALLEL_MIN_NS_BATCHED)
+                    ? 1
+                    : threadpool_threads(cb->pool);
     if (tasks > w->sp.ngroups)
         tasks = w->sp.ngroups;
     spmm_job job = {.isa = cb->isa, .args = &args};
