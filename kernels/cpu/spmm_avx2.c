@@ -603,6 +603,38 @@ static void group_xt4_avx2(const cpu_packed *w, int g, const float *xt, float ou
     _mm_store_ps(&out[3][4], a7);
 }
 
+/* The epilogue of rows r0..r0+7 for batch columns i0..i1-1 from out[col][lane]. A full
+ * group without an activation (every product of an LSTM step) takes a loop without the
+ * per-column tests of epilogue_avx2, adding in the same order: 512 x 128 at batch 64
+ * 50 -> 42 us, 2600 x 650 870 -> 820 us (min of 100 runs, in turn). */
+static inline void epilogue_cols_avx2(const cpu_spmm_args *a, float out[16][8], int r0, int i0,
+                                      int i1)
+{
+    if (r0 + 8 > a->w->rows || a->act != BALSA_ACT_NONE) {
+        for (int i = i0; i < i1; i++)
+            epilogue_avx2(a, _mm256_load_ps(out[i - i0]), r0, a->y + (size_t)i * a->ldy);
+        return;
+    }
+    float *y = a->y + (size_t)i0 * a->ldy + r0;
+    const size_t ldy = (size_t)a->ldy;
+    if (a->bias) {
+        const __m256 b = _mm256_loadu_ps(a->bias + r0);
+        if (a->accumulate)
+            for (int i = i0; i < i1; i++, y += ldy)
+                _mm256_storeu_ps(y, _mm256_add_ps(_mm256_add_ps(_mm256_load_ps(out[i - i0]), b),
+                                                  _mm256_loadu_ps(y)));
+        else
+            for (int i = i0; i < i1; i++, y += ldy)
+                _mm256_storeu_ps(y, _mm256_add_ps(_mm256_load_ps(out[i - i0]), b));
+    } else if (a->accumulate) {
+        for (int i = i0; i < i1; i++, y += ldy)
+            _mm256_storeu_ps(y, _mm256_add_ps(_mm256_load_ps(out[i - i0]), _mm256_loadu_ps(y)));
+    } else {
+        for (int i = i0; i < i1; i++, y += ldy)
+            _mm256_storeu_ps(y, _mm256_load_ps(out[i - i0]));
+    }
+}
+
 /* Groups per block of the blocked loop below, and the bytes of transposed input one
  * block of banks may span. */
 #define XT_GROUP_BLOCK 16
@@ -641,10 +673,7 @@ static void spmm_xt_blocked_avx2(const cpu_spmm_args *a, int g0, int g1, const f
                     group_xt_avx2(w, g, xt, 1, b0, b1, part[g - gb], out);
                 if (b1 < w->nbanks)
                     continue;
-                for (int i = i0; i < i1; i++) {
-                    __m256 acc = _mm256_load_ps(out[i - i0]);
-                    epilogue_avx2(a, acc, g * 8, a->y + (size_t)i * a->ldy);
-                }
+                epilogue_cols_avx2(a, out, g * 8, i0, i1);
             }
         }
     }
