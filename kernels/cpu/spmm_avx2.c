@@ -693,10 +693,7 @@ static void spmm_xt_avx2(const cpu_spmm_args *a, int g0, int g1)
         }
         for (int g = g0; g < g1; g++) {
             group_xt4_avx2(a->w, g, xt, out);
-            for (int i = i0; i < i1; i++) {
-                __m256 acc = _mm256_load_ps(out[i - i0]);
-                epilogue_avx2(a, acc, g * 8, a->y + (size_t)i * a->ldy);
-            }
+            epilogue_cols_avx2(a, out, g * 8, i0, i1);
         }
     }
 }
