@@ -501,7 +501,12 @@ int bench_kernels_main(int argc, char **argv)
                         double bs, os;
                         time_pair(&c, dense, thr, &bs, &os);
                         double us = bs * 1e6, blas_us = os * 1e6;
-                        double bytes = (double)w.rows * w.nbanks * w.k * 5.0 +
+                        /* per weight: its value and its 8-bit offset, or on the AVX2
+                         * batched path its 16-bit column index (cpu.h, xoffs) */
+                        int xoffs = cpu_backend_isa(be[t]) == CPU_ISA_AVX2 && n >= 2 &&
+                                    (long)w.nbanks * w.bank <= 65536;
+                        double per = xoffs ? 6.0 : 5.0;
+                        double bytes = (double)w.rows * w.nbanks * w.k * per +
                                        (double)n * cols * sizeof(float);
                         double gbps = bytes / us / 1e3, pk = thr <= MAX_LIST ? peak[thr] : 0;
                         double speedup = blas_us / us;
