@@ -576,21 +576,23 @@ static balsa_status packing_init(packing *p, const engine_seq *seqs, int n)
 /* Packed row of sorted sequence i at forward position t. */
 static size_t prow(const packing *p, int i, int t) { return p->offs[t] + i; }
 
-/* One recurrent step for n rows: gates += W_hh h_prev (skipped when h_prev is NULL, a
- * zero state before the first step), then the cell writes c and h. A backend that fuses
+/* One recurrent step for n rows: gates (stride gate_row_stride(H)) += W_hh h_prev
+ * (skipped when h_prev is NULL, a zero state before the first step), then the cell writes
+ * c and h. A backend that fuses
  * both into one op (lstm_step, optional) gets them as one call; h_prev and h are always
  * different rows here, as lstm_step requires. */
 static balsa_status recurrent_step(balsa_backend *be, const balsa_mat *w_hh, const float *h_prev,
                                    int ldhp, float *gates, float *c, float *h, int ldh, int n,
                                    int H)
 {
+    const int ldg = gate_row_stride(H);
     if (h_prev && be->ops->lstm_step)
-        return be->ops->lstm_step(be, w_hh, h_prev, ldhp, gates, 4 * H, c, h, ldh, n, H);
+        return be->ops->lstm_step(be, w_hh, h_prev, ldhp, gates, ldg, c, h, ldh, n, H);
     balsa_status st = BALSA_OK;
     if (h_prev)
-        st = be->ops->matmul(be, w_hh, h_prev, ldhp, n, NULL, 1, BALSA_ACT_NONE, gates, 4 * H);
+        st = be->ops->matmul(be, w_hh, h_prev, ldhp, n, NULL, 1, BALSA_ACT_NONE, gates, ldg);
     if (st == BALSA_OK)
-        st = be->ops->lstm_cell(be, gates, 4 * H, c, h, ldh, n, H);
+        st = be->ops->lstm_cell(be, gates, ldg, c, h, ldh, n, H);
     return st;
 }
 
@@ -667,12 +669,12 @@ static balsa_status save_state(balsa_model *m, const packing *p, const engine_se
 static balsa_status fold_gates(balsa_model *m, const packing *p, const engine_seq *seqs, int d,
                                int rev)
 {
-    size_t G = (size_t)4 * m->spec.hidden_size;
+    size_t G = (size_t)gate_row_stride(m->spec.hidden_size), row = (size_t)4 * m->spec.hidden_size;
     for (int i = 0; i < p->n; i++) {
         const int32_t *tok = seqs[p->order[i]].tokens;
         for (int t = 0; t < p->len[i]; t++)
             memcpy(m->hg.p + prow(p, i, t) * G,
-                   model_fold_row(m, d, tok[rev ? p->len[i] - 1 - t : t]), sizeof(float) * G);
+                   model_fold_row(m, d, tok[rev ? p->len[i] - 1 - t : t]), sizeof(float) * row);
     }
     return m->be->ops->to_device(m->be, m->g.p, m->hg.p, p->offs[p->T] * G * sizeof(float));
 }
@@ -688,11 +690,12 @@ static balsa_status run_direction(balsa_model *m, const lstm_dir_w *w, const pac
     balsa_backend *be = m->be;
     int H = m->spec.hidden_size;
     size_t R = p->offs[p->T];
+    const size_t G = (size_t)gate_row_stride(H);
     balsa_status st = in ? be->ops->matmul(be, w->w_ih, in, ld_in, (int)R, w->bias, 0,
-                                           BALSA_ACT_NONE, m->g.p, 4 * H)
+                                           BALSA_ACT_NONE, m->g.p, (int)G)
                          : BALSA_OK;
     for (int t = 0; t < p->T && st == BALSA_OK; t++) {
-        float *gt = m->g.p + p->offs[t] * 4 * H;
+        float *gt = m->g.p + p->offs[t] * G;
         st = recurrent_step(be, w->w_hh, t > 0 ? out + p->offs[t - 1] * ld_out : h0,
                             t > 0 ? ld_out : H, gt, m->c.p, out + p->offs[t] * ld_out, ld_out,
                             p->bs[t], H);
@@ -745,11 +748,12 @@ static balsa_status run_reverse_aligned(balsa_model *m, const lstm_dir_w *w, con
     balsa_backend *be = m->be;
     int H = m->spec.hidden_size, ldy = 2 * H;
     size_t R = p->offs[p->T];
+    const size_t G = (size_t)gate_row_stride(H);
     balsa_status st = in ? be->ops->matmul(be, w->w_ih, in, ld_in, (int)R, w->bias, 0,
-                                           BALSA_ACT_NONE, m->g.p, 4 * H)
+                                           BALSA_ACT_NONE, m->g.p, (int)G)
                          : BALSA_OK;
     for (int t = p->T - 1; t >= 0 && st == BALSA_OK; t--) {
-        float *gt = m->g.p + p->offs[t] * 4 * H;
+        float *gt = m->g.p + p->offs[t] * G;
         int first = t == p->T - 1;
         st = recurrent_step(be, w->w_hh, first ? h0 : y + p->offs[t + 1] * ldy + H,
                             first ? H : ldy, gt, m->c.p, y + p->offs[t] * ldy + H, ldy, p->n, H);
@@ -767,7 +771,8 @@ static balsa_status reserve_run(balsa_model *m, const packing *p)
     int O = m->info.output_size;
     int aligned = p->len[0] == p->len[p->n - 1];
     /* A folded model's first layer reads the table (through hg), not the embedding rows. */
-    balsa_status st = m->fold[0] ? host_buf_reserve(&m->hg, R * 4 * H)
+    const size_t G = H > 0 ? (size_t)gate_row_stride(H) : 0;
+    balsa_status st = m->fold[0] ? host_buf_reserve(&m->hg, R * G)
                                  : host_buf_reserve(&m->hx, R * I);
     if (st == BALSA_OK)
         st = host_buf_reserve(&m->hout, R * O);
@@ -779,7 +784,7 @@ static balsa_status reserve_run(balsa_model *m, const packing *p)
         st = dev_buf_reserve(be, &m->lastv, n * (H * ndir > I ? H * ndir : I));
     if (H > 0) {
         if (st == BALSA_OK)
-            st = dev_buf_reserve(be, &m->g, R * 4 * H);
+            st = dev_buf_reserve(be, &m->g, R * G);
         if (st == BALSA_OK)
             st = dev_buf_reserve(be, &m->c, n * H);
         if (st == BALSA_OK)

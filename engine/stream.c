@@ -42,7 +42,8 @@ typedef struct {
     int32_t *tokens;      /* the caller's input, copied */
     float *features;
     size_t in_cap;        /* capacity of tokens or features, in elements */
-    float *proj;          /* host, STREAM_CHUNK x 4H: projection of steps proj_from.. */
+    float *proj;          /* host, STREAM_CHUNK rows at stride ldg: projection of steps
+                           * proj_from.. */
     int proj_from, proj_n;
     int gen_max;          /* tokens to generate; 0: not a generating sequence */
     int gen_count;
@@ -69,6 +70,7 @@ struct model_stream {
     int *pending;  /* slots added since the last step, in order */
     int npending;
     float *c[MODEL_MAX_LAYERS], *h[MODEL_MAX_LAYERS];
+    int ldg; /* row stride of every buffer of gate rows: g, hg, proj, hproj, slot proj */
     dev_buf g, xin, proj, fcin, fa, fb;
     host_buf hx, hg, hrow, hout, hproj;
     int *projrows; /* rows projected together this step (project_rows) */
@@ -179,6 +181,8 @@ balsa_status model_stream_create(balsa_model *m, int max_slots, model_stream **o
     balsa_backend *be = m->be;
     int H = m->spec.hidden_size, I = m->spec.input_size, O = m->info.output_size;
     size_t n = (size_t)max_slots;
+    s->ldg = s->whole ? 0 : gate_row_stride(H);
+    const size_t G = (size_t)s->ldg;
     for (int l = 0; !s->whole && l < m->spec.num_layers && st == BALSA_OK; l++) {
         s->c[l] = be->ops->alloc(be, n * H * sizeof(float));
         s->h[l] = be->ops->alloc(be, n * H * sizeof(float));
@@ -187,9 +191,9 @@ balsa_status model_stream_create(balsa_model *m, int max_slots, model_stream **o
     }
     if (!s->whole && st == BALSA_OK) {
         int fcw = m->max_fc_out > 0 ? m->max_fc_out : 1;
-        if (dev_buf_reserve(be, &s->g, n * 4 * H) || dev_buf_reserve(be, &s->fcin, n * H) ||
+        if (dev_buf_reserve(be, &s->g, n * G) || dev_buf_reserve(be, &s->fcin, n * H) ||
             dev_buf_reserve(be, &s->fa, n * fcw) || dev_buf_reserve(be, &s->fb, n * fcw) ||
-            host_buf_reserve(&s->hg, n * 4 * H) || host_buf_reserve(&s->hrow, n * H) ||
+            host_buf_reserve(&s->hg, n * G) || host_buf_reserve(&s->hrow, n * H) ||
             host_buf_reserve(&s->hout, n * O))
             st = BALSA_ERR_OOM;
     }
@@ -200,8 +204,8 @@ balsa_status model_stream_create(balsa_model *m, int max_slots, model_stream **o
          * row. */
         size_t chunk = STREAM_CHUNK > n ? STREAM_CHUNK : n;
         if ((!be->host_memory && (dev_buf_reserve(be, &s->xin, chunk * I) ||
-                                  dev_buf_reserve(be, &s->proj, chunk * 4 * H))) ||
-            host_buf_reserve(&s->hproj, n * 4 * H) || host_buf_reserve(&s->hx, chunk * I))
+                                  dev_buf_reserve(be, &s->proj, chunk * G))) ||
+            host_buf_reserve(&s->hproj, n * G) || host_buf_reserve(&s->hx, chunk * I))
             st = BALSA_ERR_OOM;
     }
     if (st != BALSA_OK) {
@@ -216,24 +220,24 @@ int model_stream_active(const model_stream *s) { return s->nrows + s->npending; 
 int model_stream_free_slots(const model_stream *s) { return s->max_slots - model_stream_active(s); }
 
 /* Projects the n input rows in s->hx through the first layer, W_ih x + (b_ih + b_hh), one
- * matmul, into dst (host, n x 4H). Where the backend's memory is the host's the product
+ * matmul, into dst (host, n rows of 4H at stride s->ldg). Where the backend's memory is the host's the product
  * reads hx and writes dst itself (the two copies were 1% of a batching server's CPU at
  * hidden 650). */
 static balsa_status project_hx(model_stream *s, int n, float *dst)
 {
     balsa_model *m = s->m;
     balsa_backend *be = m->be;
-    int I = m->spec.input_size, H = m->spec.hidden_size;
+    int I = m->spec.input_size;
     const lstm_dir_w *w = &m->lstm[0][0];
     if (be->host_memory)
         return be->ops->matmul(be, w->w_ih, s->hx.p, I, n, w->bias, 0, BALSA_ACT_NONE, dst,
-                               4 * H);
+                               s->ldg);
     balsa_status st = be->ops->to_device(be, s->xin.p, s->hx.p, (size_t)n * I * sizeof(float));
     if (st == BALSA_OK)
         st = be->ops->matmul(be, w->w_ih, s->xin.p, I, n, w->bias, 0, BALSA_ACT_NONE, s->proj.p,
-                             4 * H);
+                             s->ldg);
     if (st == BALSA_OK)
-        st = be->ops->to_host(be, dst, s->proj.p, (size_t)n * 4 * H * sizeof(float));
+        st = be->ops->to_host(be, dst, s->proj.p, (size_t)n * s->ldg * sizeof(float));
     if (st == BALSA_OK)
         st = be->ops->synchronize(be);
     return st;
@@ -312,7 +316,7 @@ static balsa_status stream_add(model_stream *s, const engine_seq *seq, int all_s
     sl->cn = seq->cn;
     if (!s->whole && !s->m->fold[0]) {
         if (!sl->proj)
-            sl->proj = malloc(sizeof(float) * STREAM_CHUNK * 4 * sp->hidden_size);
+            sl->proj = malloc(sizeof(float) * STREAM_CHUNK * s->ldg);
         balsa_status st = sl->proj ? slot_project(s, sl, 0) : BALSA_ERR_OOM;
         if (st != BALSA_OK) {
             slot_clear(sl);
@@ -635,13 +639,13 @@ static balsa_status step_outputs(model_stream *s)
 static balsa_status project_rows(model_stream *s, float *gates)
 {
     balsa_model *m = s->m;
-    int H = m->spec.hidden_size, I = m->spec.input_size, k = 0;
-    size_t row = (size_t)4 * H;
+    int I = m->spec.input_size, k = 0;
+    const size_t row = (size_t)4 * m->spec.hidden_size, ld = (size_t)s->ldg;
     balsa_status st = BALSA_OK;
     if (m->fold[0]) {
         for (int r = 0; r < s->nrows; r++) {
             const stream_slot *sl = &s->slots[s->row_slot[r]];
-            memcpy(gates + (size_t)r * row, model_fold_row(m, 0, sl->tokens[sl->pos]),
+            memcpy(gates + (size_t)r * ld, model_fold_row(m, 0, sl->tokens[sl->pos]),
                    sizeof(float) * row);
         }
         return BALSA_OK;
@@ -657,14 +661,14 @@ static balsa_status project_rows(model_stream *s, float *gates)
         if (sl->pos >= sl->proj_from + sl->proj_n)
             st = slot_project(s, sl, sl->pos);
         if (st == BALSA_OK)
-            memcpy(gates + (size_t)r * row, sl->proj + (size_t)(sl->pos - sl->proj_from) * row,
+            memcpy(gates + (size_t)r * ld, sl->proj + (size_t)(sl->pos - sl->proj_from) * ld,
                    sizeof(float) * row);
     }
     if (k == 0 || st != BALSA_OK)
         return st;
     st = project_hx(s, k, s->hproj.p);
     for (int i = 0; i < k && st == BALSA_OK; i++)
-        memcpy(gates + (size_t)s->projrows[i] * row, s->hproj.p + (size_t)i * row,
+        memcpy(gates + (size_t)s->projrows[i] * ld, s->hproj.p + (size_t)i * ld,
                sizeof(float) * row);
     return st;
 }
@@ -691,19 +695,19 @@ static balsa_status step_lstm(model_stream *s, void **done, int *ndone)
     int direct = be->host_memory;
     st = project_rows(s, direct ? s->g.p : s->hg.p);
     if (st == BALSA_OK && !direct)
-        st = be->ops->to_device(be, s->g.p, s->hg.p, (size_t)n * 4 * H * sizeof(float));
+        st = be->ops->to_device(be, s->g.p, s->hg.p, (size_t)n * s->ldg * sizeof(float));
     for (int l = 0; l < m->spec.num_layers && st == BALSA_OK; l++) {
         const lstm_dir_w *w = &m->lstm[l][0];
         if (l > 0)
             st = be->ops->matmul(be, w->w_ih, s->h[l - 1], H, n, w->bias, 0, BALSA_ACT_NONE,
-                                 s->g.p, 4 * H);
+                                 s->g.p, s->ldg);
         /* A row that just joined adds W_hh h0 (exactly nothing when h0 is zero, as in
          * model_run, which skips the term then). */
         if (st == BALSA_OK)
             st = be->ops->matmul(be, w->w_hh, s->h[l], H, n, NULL, 1, BALSA_ACT_NONE, s->g.p,
-                                 4 * H);
+                                 s->ldg);
         if (st == BALSA_OK)
-            st = be->ops->lstm_cell(be, s->g.p, 4 * H, s->c[l], s->h[l], H, n, H);
+            st = be->ops->lstm_cell(be, s->g.p, s->ldg, s->c[l], s->h[l], H, n, H);
     }
     if (st == BALSA_OK)
         st = step_outputs(s);

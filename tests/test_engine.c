@@ -136,6 +136,9 @@ static const net_case cases[] = {
     {MODEL_INPUT_TOKENS, 9, 21, 2, 1, 2, 2, BALSA_ACT_SIGMOID, MODEL_HEAD_NONE},
     {MODEL_INPUT_VECTORS, 5, 33, 3, 1, 1, 0, BALSA_ACT_NONE, MODEL_HEAD_NONE},
     {MODEL_INPUT_TOKENS, 12, 0, 0, 0, 2, 2, BALSA_ACT_RELU, MODEL_HEAD_SOFTMAX},
+    /* hidden 32: gate rows of 4H = 128 floats, which the engine pads (gate_row_stride) */
+    {MODEL_INPUT_VECTORS, 11, 32, 2, 0, 2, 1, BALSA_ACT_RELU, MODEL_HEAD_SOFTMAX},
+    {MODEL_INPUT_TOKENS, 6, 32, 1, 1, 3, 0, BALSA_ACT_NONE, MODEL_HEAD_LOG_SOFTMAX},
 };
 
 /* Runs a random batch through the engine and the reference; returns the worst error. */
@@ -468,6 +471,7 @@ TEST(stream_matches_run)
     check_stream(&cases[1], 1, 6, 13);   /* one slot at a time */
     check_stream(&cases[3], 4, 12, 14);  /* bidirectional: whole sequences */
     check_stream(&cases[5], 3, 9, 15);   /* no LSTM: whole sequences */
+    check_stream(&cases[6], 6, 24, 16);  /* padded gate rows, projected a chunk ahead */
 }
 
 /* A sequence longer than the projection chunk (64 steps) in the stream. */
