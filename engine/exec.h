@@ -36,7 +36,7 @@ struct balsa_model {
     balsa_mat *fc_w[MODEL_MAX_FC];
     float *fc_b[MODEL_MAX_FC]; /* backend memory, or NULL */
     int fc_in[MODEL_MAX_FC];
-    int max_fc_out;
+    int max_fc_out; /* the widest FC layer's row stride, padded_stride() of its width */
     model_vocab vocab; /* empty when the file names no tokens */
     /* model_run's scratch, kept between calls */
     dev_buf x, xr, g, ya, yb, hr, c, lastv, fa, fb;
@@ -53,19 +53,16 @@ void dev_buf_release(balsa_backend *be, dev_buf *b);
 balsa_status host_buf_reserve(host_buf *b, size_t n);
 void host_buf_release(host_buf *b);
 
-/* The row stride, in floats, of a buffer of gate rows (4H floats each) that the batched
- * products write or add into: 4H, or 4H + 16 when rows 4H floats apart would be a
+/* The row stride, in floats, of a buffer of rows of n floats that batched products write
+ * or add into (gate rows, FC outputs): n, or n + 16 when rows n floats apart would be a
  * multiple of 512 bytes apart. On x86 a load whose address matches an earlier store's in
  * bits 0-11 waits for that store to complete (4K aliasing), and the CPU kernel's epilogue
- * reads and writes Y a column of batch rows at a time: with rows 2 KiB apart (hidden 128)
- * every other one aliased, with 4 KiB (hidden 256) every one. Measured on AMD Zen 1,
- * batch 57, unpadded against padded: 512 x 128 40 -> 37.7 us, 1024 x 256 169 -> 124 us,
- * 4096 x 1024 2.28 -> 1.95 ms. 16 floats keep 64-byte rows 64-byte aligned. */
-static inline int gate_row_stride(int hidden)
-{
-    int g = 4 * hidden;
-    return g % 128 == 0 ? g + 16 : g;
-}
+ * reads and writes Y a column of batch rows at a time: with rows 2 KiB apart every other
+ * one aliased, with 4 KiB or more every one. Measured on AMD Zen 1 (a throwaway driver,
+ * unpadded against padded rows): at batch 57, 512 x 128 40 -> 37.7 us (hidden 128's gate
+ * rows), 1024 x 256 169 -> 124 us, 4096 x 1024 2.28 -> 1.95 ms; at batch 16 a 4096-word
+ * output layer 146 -> 77 us. 16 floats keep 64-byte rows 64-byte aligned. */
+static inline int padded_stride(int n) { return n % 128 == 0 ? n + 16 : n; }
 
 /* Sets n floats of backend memory to zero. */
 balsa_status dev_zero(balsa_backend *be, float *p, size_t n);
@@ -80,8 +77,8 @@ static inline const float *model_fold_row(const balsa_model *m, int d, int32_t t
 /* Writes the input_size floats of step pos of s (embedding row or feature row). */
 void model_input_row(const balsa_model *m, const engine_seq *s, int pos, float *dst);
 
-/* Runs the FC layers over n rows of backend memory (row stride ld) and the head on the
- * host, writing n x output_size floats to out (host). fa/fb are the caller's scratch. */
+/* Runs the FC layers and the head over n rows of backend memory (row stride ld), writing
+ * n x output_size floats to out (host). fa/fb are the caller's scratch. */
 balsa_status model_fc_head(balsa_model *m, const float *in, int ld, int n, dev_buf *fa,
                            dev_buf *fb, float *out);
 

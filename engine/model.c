@@ -388,8 +388,8 @@ balsa_status model_build(const model_spec *s, const model_host *h, balsa_backend
     for (int i = 0; i < s->n_fc; i++) {
         m->fc_in[i] = in;
         in = s->fc[i].out;
-        if (in > m->max_fc_out)
-            m->max_fc_out = in;
+        if (padded_stride(in) > m->max_fc_out)
+            m->max_fc_out = padded_stride(in);
     }
     model_info *info = &m->info;
     snprintf(info->name, sizeof info->name, "%s", s->name);
@@ -493,17 +493,20 @@ balsa_status model_fc_head(balsa_model *m, const float *in, int ld, int n, dev_b
     if (n == 0)
         return BALSA_OK;
     const float *cur = in;
-    float *last = NULL; /* the last FC layer's output */
     int ldc = ld;
     balsa_status st = BALSA_OK;
     for (int i = 0; i < s->n_fc && st == BALSA_OK; i++) {
         dev_buf *dst = i % 2 ? fb : fa;
+        /* The last layer's rows are the answer, copied out packed: padded only when the
+         * head follows, which reads them and writes packed rows into the other buffer. */
+        int out_ld = i < s->n_fc - 1 || s->head != MODEL_HEAD_NONE ? padded_stride(s->fc[i].out)
+                                                                   : s->fc[i].out;
         st = dev_buf_reserve(be, dst, (size_t)n * m->max_fc_out);
         if (st == BALSA_OK)
             st = be->ops->matmul(be, m->fc_w[i], cur, ldc, n, m->fc_b[i], 0, s->fc[i].act,
-                                 dst->p, s->fc[i].out);
-        cur = last = dst->p;
-        ldc = s->fc[i].out;
+                                 dst->p, out_ld);
+        cur = dst->p;
+        ldc = out_ld;
     }
     if (st != BALSA_OK)
         return st;
@@ -511,11 +514,12 @@ balsa_status model_fc_head(balsa_model *m, const float *in, int ld, int n, dev_b
      * then writes into fa, since the input is the caller's (the LSTM state). */
     BALSA_ASSERT(s->n_fc > 0 || ldc == O);
     if (s->head != MODEL_HEAD_NONE) {
-        if (!last && (st = dev_buf_reserve(be, fa, (size_t)n * O)) == BALSA_OK)
-            last = fa->p;
+        dev_buf *dst = s->n_fc % 2 ? fb : fa; /* the buffer cur is not in */
+        st = dev_buf_reserve(be, dst, (size_t)n * O);
         if (st == BALSA_OK)
-            st = be->ops->softmax(be, cur, O, n, O, s->head == MODEL_HEAD_LOG_SOFTMAX, last, O);
-        cur = last;
+            st = be->ops->softmax(be, cur, ldc, n, O, s->head == MODEL_HEAD_LOG_SOFTMAX, dst->p,
+                                  O);
+        cur = dst->p;
     }
     if (st == BALSA_OK)
         st = be->ops->to_host(be, out, cur, (size_t)n * O * sizeof(float));
@@ -576,7 +580,7 @@ static balsa_status packing_init(packing *p, const engine_seq *seqs, int n)
 /* Packed row of sorted sequence i at forward position t. */
 static size_t prow(const packing *p, int i, int t) { return p->offs[t] + i; }
 
-/* One recurrent step for n rows: gates (stride gate_row_stride(H)) += W_hh h_prev
+/* One recurrent step for n rows: gates (stride padded_stride(4 * H)) += W_hh h_prev
  * (skipped when h_prev is NULL, a zero state before the first step), then the cell writes
  * c and h. A backend that fuses
  * both into one op (lstm_step, optional) gets them as one call; h_prev and h are always
@@ -585,7 +589,7 @@ static balsa_status recurrent_step(balsa_backend *be, const balsa_mat *w_hh, con
                                    int ldhp, float *gates, float *c, float *h, int ldh, int n,
                                    int H)
 {
-    const int ldg = gate_row_stride(H);
+    const int ldg = padded_stride(4 * H);
     if (h_prev && be->ops->lstm_step)
         return be->ops->lstm_step(be, w_hh, h_prev, ldhp, gates, ldg, c, h, ldh, n, H);
     balsa_status st = BALSA_OK;
@@ -669,7 +673,7 @@ static balsa_status save_state(balsa_model *m, const packing *p, const engine_se
 static balsa_status fold_gates(balsa_model *m, const packing *p, const engine_seq *seqs, int d,
                                int rev)
 {
-    size_t G = (size_t)gate_row_stride(m->spec.hidden_size), row = (size_t)4 * m->spec.hidden_size;
+    size_t row = (size_t)4 * m->spec.hidden_size, G = (size_t)padded_stride((int)row);
     for (int i = 0; i < p->n; i++) {
         const int32_t *tok = seqs[p->order[i]].tokens;
         for (int t = 0; t < p->len[i]; t++)
@@ -690,7 +694,7 @@ static balsa_status run_direction(balsa_model *m, const lstm_dir_w *w, const pac
     balsa_backend *be = m->be;
     int H = m->spec.hidden_size;
     size_t R = p->offs[p->T];
-    const size_t G = (size_t)gate_row_stride(H);
+    const size_t G = (size_t)padded_stride(4 * H);
     balsa_status st = in ? be->ops->matmul(be, w->w_ih, in, ld_in, (int)R, w->bias, 0,
                                            BALSA_ACT_NONE, m->g.p, (int)G)
                          : BALSA_OK;
@@ -748,7 +752,7 @@ static balsa_status run_reverse_aligned(balsa_model *m, const lstm_dir_w *w, con
     balsa_backend *be = m->be;
     int H = m->spec.hidden_size, ldy = 2 * H;
     size_t R = p->offs[p->T];
-    const size_t G = (size_t)gate_row_stride(H);
+    const size_t G = (size_t)padded_stride(4 * H);
     balsa_status st = in ? be->ops->matmul(be, w->w_ih, in, ld_in, (int)R, w->bias, 0,
                                            BALSA_ACT_NONE, m->g.p, (int)G)
                          : BALSA_OK;
@@ -771,7 +775,7 @@ static balsa_status reserve_run(balsa_model *m, const packing *p)
     int O = m->info.output_size;
     int aligned = p->len[0] == p->len[p->n - 1];
     /* A folded model's first layer reads the table (through hg), not the embedding rows. */
-    const size_t G = H > 0 ? (size_t)gate_row_stride(H) : 0;
+    const size_t G = H > 0 ? (size_t)padded_stride(4 * H) : 0;
     balsa_status st = m->fold[0] ? host_buf_reserve(&m->hg, R * G)
                                  : host_buf_reserve(&m->hx, R * I);
     if (st == BALSA_OK)

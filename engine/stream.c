@@ -181,7 +181,7 @@ balsa_status model_stream_create(balsa_model *m, int max_slots, model_stream **o
     balsa_backend *be = m->be;
     int H = m->spec.hidden_size, I = m->spec.input_size, O = m->info.output_size;
     size_t n = (size_t)max_slots;
-    s->ldg = s->whole ? 0 : gate_row_stride(H);
+    s->ldg = s->whole ? 0 : padded_stride(4 * H);
     const size_t G = (size_t)s->ldg;
     for (int l = 0; !s->whole && l < m->spec.num_layers && st == BALSA_OK; l++) {
         s->c[l] = be->ops->alloc(be, n * H * sizeof(float));

@@ -98,6 +98,7 @@ typedef struct {
     int I, H, layers, bidir, k, nfc;
     balsa_act act0;
     model_head head;
+    int fc0_out; /* the first FC layer's width */
 } net_case;
 
 static model_spec spec_of(const net_case *c)
@@ -107,7 +108,7 @@ static model_spec spec_of(const net_case *c)
         s.lstm_bias = 0;
     s.n_fc = c->nfc;
     if (c->nfc > 0)
-        s.fc[0] = (model_fc_spec){13, c->act0, 1};
+        s.fc[0] = (model_fc_spec){c->fc0_out, c->act0, 1};
     if (c->nfc > 1)
         s.fc[1] = (model_fc_spec){7, BALSA_ACT_NONE, 0};
     s.head = c->head;
@@ -130,15 +131,17 @@ static balsa_model *random_model(const model_spec *s, model_host *h, int k,
 }
 
 static const net_case cases[] = {
-    {MODEL_INPUT_VECTORS, 19, 37, 1, 0, 0, 0, BALSA_ACT_NONE, MODEL_HEAD_NONE},
-    {MODEL_INPUT_VECTORS, 19, 37, 2, 0, 3, 1, BALSA_ACT_RELU, MODEL_HEAD_SOFTMAX},
-    {MODEL_INPUT_TOKENS, 8, 16, 1, 1, 0, 1, BALSA_ACT_TANH, MODEL_HEAD_LOG_SOFTMAX},
-    {MODEL_INPUT_TOKENS, 9, 21, 2, 1, 2, 2, BALSA_ACT_SIGMOID, MODEL_HEAD_NONE},
-    {MODEL_INPUT_VECTORS, 5, 33, 3, 1, 1, 0, BALSA_ACT_NONE, MODEL_HEAD_NONE},
-    {MODEL_INPUT_TOKENS, 12, 0, 0, 0, 2, 2, BALSA_ACT_RELU, MODEL_HEAD_SOFTMAX},
-    /* hidden 32: gate rows of 4H = 128 floats, which the engine pads (gate_row_stride) */
-    {MODEL_INPUT_VECTORS, 11, 32, 2, 0, 2, 1, BALSA_ACT_RELU, MODEL_HEAD_SOFTMAX},
-    {MODEL_INPUT_TOKENS, 6, 32, 1, 1, 3, 0, BALSA_ACT_NONE, MODEL_HEAD_LOG_SOFTMAX},
+    {MODEL_INPUT_VECTORS, 19, 37, 1, 0, 0, 0, BALSA_ACT_NONE, MODEL_HEAD_NONE, 13},
+    {MODEL_INPUT_VECTORS, 19, 37, 2, 0, 3, 1, BALSA_ACT_RELU, MODEL_HEAD_SOFTMAX, 13},
+    {MODEL_INPUT_TOKENS, 8, 16, 1, 1, 0, 1, BALSA_ACT_TANH, MODEL_HEAD_LOG_SOFTMAX, 13},
+    {MODEL_INPUT_TOKENS, 9, 21, 2, 1, 2, 2, BALSA_ACT_SIGMOID, MODEL_HEAD_NONE, 13},
+    /* an FC output of 128 wide with no head: the answer's rows, not padded */
+    {MODEL_INPUT_VECTORS, 5, 33, 3, 1, 1, 1, BALSA_ACT_NONE, MODEL_HEAD_NONE, 128},
+    {MODEL_INPUT_TOKENS, 12, 0, 0, 0, 2, 2, BALSA_ACT_RELU, MODEL_HEAD_SOFTMAX, 13},
+    /* hidden 32: gate rows of 4H = 128 floats, which the engine pads (padded_stride), as
+     * it does FC outputs of 128 and 256 that another layer or the head reads */
+    {MODEL_INPUT_VECTORS, 11, 32, 2, 0, 2, 2, BALSA_ACT_RELU, MODEL_HEAD_SOFTMAX, 128},
+    {MODEL_INPUT_TOKENS, 6, 32, 1, 1, 3, 1, BALSA_ACT_NONE, MODEL_HEAD_LOG_SOFTMAX, 256},
 };
 
 /* Runs a random batch through the engine and the reference; returns the worst error. */
