@@ -582,9 +582,8 @@ static size_t prow(const packing *p, int i, int t) { return p->offs[t] + i; }
 
 /* One recurrent step for n rows: gates (stride padded_stride(4 * H)) += W_hh h_prev
  * (skipped when h_prev is NULL, a zero state before the first step), then the cell writes
- * c and h. A backend that fuses
- * both into one op (lstm_step, optional) gets them as one call; h_prev and h are always
- * different rows here, as lstm_step requires. */
+ * c and h. A backend that fuses both into one op (lstm_step, optional) gets them as one
+ * call; h_prev and h are always different rows here, as lstm_step requires. */
 static balsa_status recurrent_step(balsa_backend *be, const balsa_mat *w_hh, const float *h_prev,
                                    int ldhp, float *gates, float *c, float *h, int ldh, int n,
                                    int H)
