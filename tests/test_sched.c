@@ -1,6 +1,9 @@
 /* Tests of the batching scheduler (engine/sched.c) driven directly, without HTTP: a
- * request runs and matches model_run, and an idle scheduler does not hold a request past
- * its deadline while it waits for company (max_queue_delay_us). */
+ * request runs and matches model_run, an idle scheduler does not hold a request past its
+ * deadline while it waits for company (max_queue_delay_us), and only an idle one waits:
+ * a request that comes within the delay after the last one finished starts at once. */
+
+#include <unistd.h>
 
 #include "engine/queue.h"
 #include "engine/sched.h"
@@ -68,11 +71,58 @@ TEST(deadline_cuts_the_batching_delay)
     ref_free_seq(&q);
 }
 
+/* Seconds request r spent queued (from sched_submit to its start). */
+static double queued_s(const sched_request *r)
+{
+    return (double)(r->started_ns - r->enqueued_ns) / 1e9;
+}
+
+/* A batching delay of 0.4 s: a request to a scheduler that has run nothing waits it out
+ * for company (max_batch_size 4, alone); the next one, sent as the first finishes, finds
+ * the model busy and starts at once; after a pause longer than the delay the model is
+ * idle again and the third waits. */
+TEST(only_an_idle_scheduler_waits_for_company)
+{
+    model_spec s;
+    model_host h;
+    balsa_model *m = small_model(&s, &h);
+    ref_seq q;
+    unsigned long long rng = 10;
+    ref_make_seq(&s, &q, 4, &rng);
+    sched_config cfg = {.max_batch_size = 4, .max_queue_delay_us = 400000, .queue_capacity = 8};
+    sched *sc;
+    REQUIRE(sched_create(m, &cfg, NULL, NULL, &sc) == BALSA_OK);
+    float out[20];
+    float *op[1] = {out};
+    sched_request r[3];
+    memset(r, 0, sizeof r);
+    for (int i = 0; i < 3; i++) {
+        r[i].seqs = &q.seq;
+        r[i].nseqs = 1;
+        r[i].outputs = op;
+        if (i == 2)
+            usleep(600000);
+        REQUIRE(su_sched_run(sc, &r[i]) == BALSA_OK);
+        CHECK_MSG(r[i].status == BALSA_OK, "request %d: %s", i, balsa_status_str(r[i].status));
+    }
+    CHECK_MSG(queued_s(&r[0]) >= 0.36, "first request queued %.3f s, not the 0.4 s delay",
+              queued_s(&r[0]));
+    CHECK_MSG(queued_s(&r[1]) < 0.2, "second request queued %.3f s: the busy model waited",
+              queued_s(&r[1]));
+    CHECK_MSG(queued_s(&r[2]) >= 0.36, "third request queued %.3f s after the model went idle",
+              queued_s(&r[2]));
+    sched_free(sc);
+    model_free(m);
+    model_host_free(&h);
+    ref_free_seq(&q);
+}
+
 int main(void)
 {
     if (balsa_backend_cpu_create(1, &be) != BALSA_OK)
         return 1;
     RUN(deadline_cuts_the_batching_delay);
+    RUN(only_an_idle_scheduler_waits_for_company);
     be->ops->destroy(be);
     HARNESS_END();
 }
