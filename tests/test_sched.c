@@ -32,32 +32,56 @@ static balsa_model *small_model(model_spec *s, model_host *h)
     return m;
 }
 
+/* A scheduler (max_batch_size 4, the given batching delay) over small_model, and one
+ * random token sequence of len steps for its requests. */
+typedef struct {
+    model_spec s;
+    model_host h;
+    balsa_model *m;
+    ref_seq q;
+    sched *sc;
+} fixture;
+
+static balsa_status fixture_init(fixture *f, int len, unsigned long long seed, int delay_us)
+{
+    f->m = small_model(&f->s, &f->h);
+    ref_make_seq(&f->s, &f->q, len, &seed);
+    sched_config cfg = {.max_batch_size = 4, .max_queue_delay_us = delay_us, .queue_capacity = 8};
+    return sched_create(f->m, &cfg, NULL, NULL, &f->sc);
+}
+
+static void fixture_free(fixture *f)
+{
+    sched_free(f->sc);
+    model_free(f->m);
+    model_host_free(&f->h);
+    ref_free_seq(&f->q);
+}
+
+/* A request for the fixture's sequence, its output into *op. */
+static sched_request fixture_request(fixture *f, float **op)
+{
+    sched_request r;
+    memset(&r, 0, sizeof r);
+    r.seqs = &f->q.seq;
+    r.nseqs = 1;
+    r.outputs = op;
+    return r;
+}
+
 /* A batching delay of 2 s and a request due in 0.3 s: the idle scheduler must start it
  * at once (status OK, well before the delay), not wait out the delay and answer 504. */
 TEST(deadline_cuts_the_batching_delay)
 {
-    model_spec s;
-    model_host h;
-    balsa_model *m = small_model(&s, &h);
-    ref_seq q;
-    unsigned long long rng = 9;
-    ref_make_seq(&s, &q, 5, &rng);
+    fixture f;
+    REQUIRE(fixture_init(&f, 5, 9, 2000000) == BALSA_OK);
     float out[20], want[20];
-    float *wp[1] = {want};
-    REQUIRE(model_run(m, &q.seq, 1, 0, wp) == BALSA_OK);
-
-    sched_config cfg = {.max_batch_size = 4, .max_queue_delay_us = 2000000, .queue_capacity = 8};
-    sched *sc;
-    REQUIRE(sched_create(m, &cfg, NULL, NULL, &sc) == BALSA_OK);
-    float *op[1] = {out};
-    sched_request r;
-    memset(&r, 0, sizeof r);
-    r.seqs = &q.seq;
-    r.nseqs = 1;
-    r.outputs = op;
+    float *wp[1] = {want}, *op[1] = {out};
+    REQUIRE(model_run(f.m, &f.q.seq, 1, 0, wp) == BALSA_OK);
+    sched_request r = fixture_request(&f, op);
     uint64_t t0 = queue_now_ns();
     r.deadline_ns = t0 + 300000000u;
-    REQUIRE(su_sched_run(sc, &r) == BALSA_OK);
+    REQUIRE(su_sched_run(f.sc, &r) == BALSA_OK);
     double waited_s = (double)(queue_now_ns() - t0) / 1e9;
     CHECK_MSG(r.status == BALSA_OK, "status %s", balsa_status_str(r.status));
     CHECK_MSG(waited_s < 1.5, "answered after %.3f s: it waited out the 2 s delay", waited_s);
@@ -65,10 +89,7 @@ TEST(deadline_cuts_the_batching_delay)
     for (int i = 0; i < 20; i++)
         err = fabs(out[i] - want[i]) > err ? fabs(out[i] - want[i]) : err;
     CHECK_MSG(r.status != BALSA_OK || err < 1e-6, "differs from model_run by %g", err);
-    sched_free(sc);
-    model_free(m);
-    model_host_free(&h);
-    ref_free_seq(&q);
+    fixture_free(&f);
 }
 
 /* Seconds request r spent queued (from sched_submit to its start). */
@@ -83,26 +104,16 @@ static double queued_s(const sched_request *r)
  * idle again and the third waits. */
 TEST(only_an_idle_scheduler_waits_for_company)
 {
-    model_spec s;
-    model_host h;
-    balsa_model *m = small_model(&s, &h);
-    ref_seq q;
-    unsigned long long rng = 10;
-    ref_make_seq(&s, &q, 4, &rng);
-    sched_config cfg = {.max_batch_size = 4, .max_queue_delay_us = 400000, .queue_capacity = 8};
-    sched *sc;
-    REQUIRE(sched_create(m, &cfg, NULL, NULL, &sc) == BALSA_OK);
+    fixture f;
+    REQUIRE(fixture_init(&f, 4, 10, 400000) == BALSA_OK);
     float out[20];
     float *op[1] = {out};
     sched_request r[3];
-    memset(r, 0, sizeof r);
     for (int i = 0; i < 3; i++) {
-        r[i].seqs = &q.seq;
-        r[i].nseqs = 1;
-        r[i].outputs = op;
+        r[i] = fixture_request(&f, op);
         if (i == 2)
             usleep(600000);
-        REQUIRE(su_sched_run(sc, &r[i]) == BALSA_OK);
+        REQUIRE(su_sched_run(f.sc, &r[i]) == BALSA_OK);
         CHECK_MSG(r[i].status == BALSA_OK, "request %d: %s", i, balsa_status_str(r[i].status));
     }
     CHECK_MSG(queued_s(&r[0]) >= 0.36, "first request queued %.3f s, not the 0.4 s delay",
@@ -111,10 +122,7 @@ TEST(only_an_idle_scheduler_waits_for_company)
               queued_s(&r[1]));
     CHECK_MSG(queued_s(&r[2]) >= 0.36, "third request queued %.3f s after the model went idle",
               queued_s(&r[2]));
-    sched_free(sc);
-    model_free(m);
-    model_host_free(&h);
-    ref_free_seq(&q);
+    fixture_free(&f);
 }
 
 int main(void)
