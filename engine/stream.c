@@ -220,9 +220,9 @@ int model_stream_active(const model_stream *s) { return s->nrows + s->npending; 
 int model_stream_free_slots(const model_stream *s) { return s->max_slots - model_stream_active(s); }
 
 /* Projects the n input rows in s->hx through the first layer, W_ih x + (b_ih + b_hh), one
- * matmul, into dst (host, n rows of 4H at stride s->ldg). Where the backend's memory is the host's the product
- * reads hx and writes dst itself (the two copies were 1% of a batching server's CPU at
- * hidden 650). */
+ * matmul, into dst (host, n rows of 4H at stride s->ldg). Where the backend's memory is
+ * the host's the product reads hx and writes dst itself (the two copies were 1% of a
+ * batching server's CPU at hidden 650). */
 static balsa_status project_hx(model_stream *s, int n, float *dst)
 {
     balsa_model *m = s->m;

@@ -28,12 +28,13 @@
  * relative error at most 1.2e-7 (2 ulp; every float in that range checked against double
  * precision): x = k ln2 + r with |r| <= ln2/2, e^r = 1 + r + r^2 q(r), 2^k added into the
  * exponent bits. q is of degree 4, fitted for the least largest relative error over r's
- * range (3e-9, well below float rounding; kernels/cpu/fit_exp.py); Cephes' q of degree 5, one FMA more, gave the
- * same largest error and a 5% slower LSTM cell. The n inputs go step by step together
- * (every step for all of them, then the next): one e^x is a chain of about a dozen
- * dependent operations, and the LSTM cell, which needs five per unit, ran latency-bound
- * with them one after the other (9.6 -> 7.9 ns per unit-step, the same results bit for
- * bit). k is rounded by adding 1.5 * 2^23, which leaves it in the low mantissa bits. */
+ * range (3e-9, well below float rounding; kernels/cpu/fit_exp.py); Cephes' q of degree 5,
+ * one FMA more, gave the same largest error and a 5% slower LSTM cell. The n inputs go
+ * step by step together (every step for all of them, then the next): one e^x is a chain
+ * of about a dozen dependent operations, and the LSTM cell, which needs five per unit, ran
+ * latency-bound with them one after the other (9.6 -> 7.9 ns per unit-step, the same
+ * results bit for bit). k is rounded by adding 1.5 * 2^23, which leaves it in the low
+ * mantissa bits. */
 static inline __attribute__((always_inline)) void exp_n_avx2(__m256 *x, int n)
 {
     const __m256 shifter = _mm256_set1_ps(12582912.0f);
