@@ -6,6 +6,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* A model counts as busy, and starts new requests at once instead of waiting for company,
+ * while its last step ended less than this (or max_queue_delay_us, if longer) ago: after a
+ * batch finishes, its clients' next requests come back over a millisecond or two (on the
+ * 2-core development machine the HTTP threads answered a batch of 64 and read the next
+ * requests in over 1 ms), and waiting for them all lined the batch up again (sched_main). */
+#define BUSY_NS 20000000u
+
 /* What a stream slot's tag points to: the request and which of its sequences. */
 typedef struct {
     sched_request *req;
@@ -148,19 +155,21 @@ static void *sched_main(void *arg)
             }
             /* Idle: give the batch a moment to fill, counted from the oldest arrival, but
              * never past a queued request's deadline: waiting for company must not turn a
-             * request that could run now into a 504. A model whose last sequences finished
-             * less than the delay ago is busy, not idle, and starts at once (the rest join
-             * between steps): under steady load the sequences of one batch often finish
-             * together, their clients send the next requests at once, and waiting for them
-             * all lined them up again, so that the batch ran, finished and waited as one
-             * while the HTTP threads answered it and read the next (the demo model's
-             * batching server at concurrency 64 fell from 14,000 to 10,000-12,000
-             * requests/s in 2 runs of 12, with 25-40% of the machine idle). */
+             * request that could run now into a 504. A model that ran a step lately
+             * (BUSY_NS) is busy, not idle, and starts at once (the rest join between
+             * steps): under steady load the sequences of one batch often finish together,
+             * their clients send the next requests at once, and waiting for them all lined
+             * them up again, so that the batch ran, finished and waited as one while the
+             * HTTP threads answered it and read the next (the demo model's batching server
+             * at concurrency 64: 10,000-12,000 instead of 14,000 requests/s in 2 runs of
+             * 12, with 25-40% of the machine idle; with a busy window of the delay alone,
+             * 1 run of 10; with this one, none of 12). */
             const uint64_t delay = (uint64_t)s->cfg.max_queue_delay_us * 1000u;
+            const uint64_t busy_ns = delay > BUSY_NS ? delay : BUSY_NS;
             uint64_t oldest = queue_oldest_ns(&s->q);
             uint64_t until = oldest + delay;
             uint64_t deadline = queue_min_deadline_ns(&s->q);
-            int busy = s->idle_since_ns && queue_now_ns() - s->idle_since_ns < delay;
+            int busy = s->idle_since_ns && queue_now_ns() - s->idle_since_ns < busy_ns;
             if (delay > 0 && oldest && !busy && !atomic_load(&s->abort) &&
                 (deadline == 0 || deadline > until))
                 queue_wait(&s->q, model_stream_free_slots(s->stream), until);

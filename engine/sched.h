@@ -1,12 +1,12 @@
 /* The batching scheduler: one thread per model that takes requests from the model's
  * bounded queue and runs them with step-level batching on a model_stream. An idle
- * scheduler (nothing ran in the last max_queue_delay_us) waits at most max_queue_delay_us
- * after the oldest request arrived for enough sequences to fill max_batch_size slots; a
- * busy one starts at once, lets new sequences join between steps and frees a finished
- * sequence's slot at the next step, so a short request does not wait for a long one. A
- * request of several sequences is spread over slots and completed when its last sequence
- * ends. Requests whose deadline passed before they started are completed with
- * BALSA_ERR_TIMEOUT without running. */
+ * scheduler (no step in the last 20 ms, or max_queue_delay_us if longer) waits at most
+ * max_queue_delay_us after the oldest request arrived for enough sequences to fill
+ * max_batch_size slots; a busy one starts at once, lets new sequences join between steps
+ * and frees a finished sequence's slot at the next step, so a short request does not wait
+ * for a long one. A request of several sequences is spread over slots and completed when
+ * its last sequence ends. Requests whose deadline passed before they started are
+ * completed with BALSA_ERR_TIMEOUT without running. */
 #ifndef BALSA_SCHED_H
 #define BALSA_SCHED_H
 
