@@ -22,6 +22,7 @@ balsa_status queue_init(request_queue *q, int capacity)
     q->capacity = capacity;
     q->head = q->count = 0;
     q->weight = 0;
+    q->deadline_floor_ns = 0;
     q->closed = 0;
     pthread_mutex_init(&q->mu, NULL);
     /* The condition variable waits on CLOCK_MONOTONIC, like every deadline here. */
@@ -58,6 +59,8 @@ balsa_status queue_push(request_queue *q, void *ptr, int weight, uint64_t deadli
         it->deadline_ns = deadline_ns;
         q->count++;
         q->weight += weight;
+        if (deadline_ns && (q->deadline_floor_ns == 0 || deadline_ns < q->deadline_floor_ns))
+            q->deadline_floor_ns = deadline_ns;
         pthread_cond_signal(&q->cv);
     }
     pthread_mutex_unlock(&q->mu);
@@ -97,7 +100,15 @@ long queue_wait(request_queue *q, long min_weight, uint64_t until_ns)
 int queue_take_expired(request_queue *q, uint64_t now_ns, queue_item *out, int max)
 {
     pthread_mutex_lock(&q->mu);
+    /* Without the floor, the unbatched demo server (max_batch_size 1, 64 clients, every
+     * request with the default 30 s deadline) spent 5% of its scheduler thread rewriting
+     * a queue of 63 items before each step (perf). */
+    if (q->deadline_floor_ns == 0 || now_ns < q->deadline_floor_ns) {
+        pthread_mutex_unlock(&q->mu);
+        return 0;
+    }
     int taken = 0, kept = 0;
+    uint64_t floor = 0;
     for (int i = 0; i < q->count; i++) {
         queue_item it = q->ring[(q->head + i) % q->capacity];
         if (taken < max && it.deadline_ns && it.deadline_ns <= now_ns) {
@@ -105,9 +116,12 @@ int queue_take_expired(request_queue *q, uint64_t now_ns, queue_item *out, int m
             q->weight -= it.weight;
         } else {
             q->ring[(q->head + kept++) % q->capacity] = it;
+            if (it.deadline_ns && (floor == 0 || it.deadline_ns < floor))
+                floor = it.deadline_ns;
         }
     }
     q->count = kept;
+    q->deadline_floor_ns = floor;
     pthread_mutex_unlock(&q->mu);
     return taken;
 }

@@ -24,6 +24,9 @@ typedef struct {
     queue_item *ring;
     int capacity, head, count;
     long weight; /* sum of the queued items' weights */
+    /* No queued deadline is earlier than this (0: no item has one). Pushes lower it, a
+     * scan of queue_take_expired makes it exact again; pops leave it, a bound still. */
+    uint64_t deadline_floor_ns;
     int closed;
 } request_queue;
 
@@ -47,7 +50,8 @@ int queue_pop(request_queue *q, queue_item *out);
 long queue_wait(request_queue *q, long min_weight, uint64_t until_ns);
 
 /* Removes up to max items whose deadline is <= now_ns into out (oldest first) and
- * returns how many; the others keep their order. */
+ * returns how many; the others keep their order. Called before every step, it returns at
+ * once while now_ns is before every queued deadline. */
 int queue_take_expired(request_queue *q, uint64_t now_ns, queue_item *out, int max);
 
 /* Enqueue time of the oldest item, 0 when empty. */

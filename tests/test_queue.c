@@ -90,6 +90,34 @@ TEST(min_deadline)
     queue_free(&q);
 }
 
+/* The early return of queue_take_expired must not hide an expired item: one pushed after a
+ * scan with an earlier deadline, or one left behind a popped item whose deadline the
+ * floor still remembers. Times are plain numbers: take_expired compares, never reads the
+ * clock. */
+TEST(expiry_after_pops_and_pushes)
+{
+    request_queue q;
+    REQUIRE(queue_init(&q, 4) == BALSA_OK);
+    int v[4];
+    queue_item out[4], it;
+    CHECK(queue_push(&q, &v[0], 1, 1000) == BALSA_OK);
+    CHECK(queue_push(&q, &v[1], 1, 2000) == BALSA_OK);
+    CHECK(queue_take_expired(&q, 500, out, 4) == 0);
+    REQUIRE(queue_pop(&q, &it) && it.ptr == &v[0]);
+    CHECK(queue_take_expired(&q, 1500, out, 4) == 0); /* past the popped one's deadline */
+    CHECK(queue_push(&q, &v[2], 1, 1200) == BALSA_OK);
+    CHECK(queue_push(&q, &v[3], 1, 0) == BALSA_OK);
+    REQUIRE(queue_take_expired(&q, 1500, out, 4) == 1);
+    CHECK(out[0].ptr == &v[2]);
+    CHECK(queue_take_expired(&q, 1999, out, 4) == 0);
+    REQUIRE(queue_take_expired(&q, 2000, out, 4) == 1);
+    CHECK(out[0].ptr == &v[1]);
+    CHECK(queue_take_expired(&q, (uint64_t)1 << 62, out, 4) == 0); /* no deadline left */
+    CHECK(queue_depth(&q) == 1);
+    REQUIRE(queue_pop(&q, &it) && it.ptr == &v[3]);
+    queue_free(&q);
+}
+
 TEST(wait_times_out)
 {
     request_queue q;
@@ -133,6 +161,7 @@ int main(void)
     RUN(close_refuses_but_drains);
     RUN(expiry_keeps_order);
     RUN(min_deadline);
+    RUN(expiry_after_pops_and_pushes);
     RUN(wait_times_out);
     RUN(wait_wakes_on_push);
     HARNESS_END();
