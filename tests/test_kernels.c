@@ -463,6 +463,8 @@ TEST(threads_split_identical)
     fixture_free(&f);
 }
 
+static double sigmoid_d(double v) { return 1.0 / (1.0 + exp(-v)); }
+
 static void lstm_isa_test(cpu_isa isa)
 {
     if (!cpu_isa_supported(isa))
@@ -484,6 +486,20 @@ static void lstm_isa_test(cpu_isa isa)
             c0[i] = c1[i] = h_rand_f(&s) * 3.0f;
         for (int i = 0; i < n * ldh; i++)
             h0[i] = h1[i] = SENTINEL;
+        /* The scale of each unit's terms, |f c_old| + |i tanh(g)|, in double: c's error is
+         * measured against it and h's against |h| + |o| times it. Relative to c itself,
+         * an error says nothing where the terms cancel: over two million random units
+         * the float reference itself is 2% off double precision there, and this test
+         * failed a kernel whose tanh became 3.3e-7 accurate instead of 1.9e-7 on one
+         * unit at 1.5e-5. Against the terms, the reference is 2.7e-7 off double
+         * precision at worst, the AVX2 cell 3.7e-7. */
+        double *scale = malloc(sizeof(double) * n * hid);
+        for (int r = 0; r < n; r++)
+            for (int j = 0; j < hid; j++) {
+                const float *q = g + r * ldg;
+                scale[r * hid + j] = fabs(sigmoid_d(q[hid + j]) * c0[r * hid + j]) +
+                                     fabs(sigmoid_d(q[j]) * tanh(q[2 * hid + j]));
+            }
         lstm_cell_ref(g, ldg, c0, h0, ldh, n, hid);
         REQUIRE(be->ops->lstm_cell(be, g, ldg, c1, h1, ldh, n, hid) == BALSA_OK);
         double worst = 0;
@@ -495,15 +511,17 @@ static void lstm_isa_test(cpu_isa isa)
                     gap_ok &= a == SENTINEL;
                     continue;
                 }
-                worst = fmax(worst, fabs(a - b) / fmax(fabs(b), 1e-30));
+                double o = sigmoid_d(g[r * ldg + 3 * hid + j]);
+                worst = fmax(worst, fabs(a - b) / (fabs(b) + o * scale[r * hid + j]));
             }
             for (int j = 0; j < hid; j++) {
                 float a = c1[r * hid + j], b = c0[r * hid + j];
-                worst = fmax(worst, fabs(a - b) / fmax(fabs(b), 1e-30));
+                worst = fmax(worst, fabs(a - b) / scale[r * hid + j]);
             }
         }
-        CHECK_MSG(worst < 1e-5, "%s hidden %d: relative error %.3g", cpu_isa_str(isa), hid,
-                  worst);
+        free(scale);
+        CHECK_MSG(worst < 2e-6, "%s hidden %d: error %.3g of the terms' scale", cpu_isa_str(isa),
+                  hid, worst);
         CHECK_MSG(gap_ok, "%s hidden %d wrote into h's stride gap", cpu_isa_str(isa), hid);
         free(g);
         free(c0);
