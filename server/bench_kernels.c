@@ -30,6 +30,8 @@ typedef struct {
     int batch[MAX_LIST], nbatch;
     int threads[MAX_LIST], nthreads;
     int bank[MAX_LIST], nbank;
+    int out_pad;    /* floats between output rows beyond the row's width */
+    int accumulate; /* Y += W X instead of Y = W X */
     int json;
 } bench_opts;
 
@@ -175,13 +177,22 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
             o->json = 1;
             continue;
         }
+        if (strcmp(a, "--accumulate") == 0) {
+            o->accumulate = 1;
+            continue;
+        }
         if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
             printf("usage: balsa bench kernels [--shape MxK,...] [--sparsity S,...] "
                    "[--batch N,...]\n"
-                   "                          [--threads T,...] [--bank B,...] [--json]\n"
+                   "                          [--threads T,...] [--bank B,...] [--out-pad P] "
+                   "[--accumulate] [--json]\n"
                    "Times the balanced-sparse kernel against OpenBLAS on the same matrix in\n"
                    "dense form. Defaults: shapes 2600x1300,6000x3000,4096x4096,16384x8192;\n"
                    "sparsity 0.5,0.75,0.875,0.9,0.95; batch 1,4,16,64; threads 1,2; bank 32.\n"
+                   "--out-pad P writes each batch row's output P floats past the last (both\n"
+                   "balsa and OpenBLAS), as the engine does where rows are a multiple of 128\n"
+                   "floats (16; engine/exec.h padded_stride); default 0. --accumulate adds\n"
+                   "the product to Y (OpenBLAS: beta 1), as an LSTM step's second product does.\n"
                    "BALSA_CPU_ISA=scalar|avx2|avx512 forces balsa's kernel; OPENBLAS_CORETYPE,\n"
                    "when set, is kept.\n");
             return 0;
@@ -194,6 +205,15 @@ static int parse_opts(int argc, char **argv, bench_opts *o)
         if (strcmp(a, "--batch") == 0) {
             if (!parse_ints(v, o->batch, &o->nbatch, a))
                 return -1;
+        } else if (strcmp(a, "--out-pad") == 0) {
+            char *end;
+            long p = strtol(v, &end, 10);
+            if (end == v || *end || p < 0 || p > 4096) {
+                fprintf(stderr, "balsa bench kernels: --out-pad wants a number of floats in "
+                                "0..4096, got \"%s\"\n", v);
+                return -1;
+            }
+            o->out_pad = (int)p;
         } else if (strcmp(a, "--threads") == 0) {
             if (!parse_ints(v, o->threads, &o->nthreads, a))
                 return -1;
@@ -280,23 +300,27 @@ typedef struct {
     const float *x;
     int n, cols, rows;
     float *y;
+    int ldy; /* rows, or more with --out-pad */
+    int accumulate;
 } balsa_call;
 
 static void run_balsa(const balsa_call *c)
 {
-    balsa_status st = c->be->ops->matmul(c->be, c->m, c->x, c->cols, c->n, NULL, 0,
-                                         BALSA_ACT_NONE, c->y, c->rows);
+    balsa_status st = c->be->ops->matmul(c->be, c->m, c->x, c->cols, c->n, NULL,
+                                         c->accumulate, BALSA_ACT_NONE, c->y, c->ldy);
     BALSA_ASSERT(st == BALSA_OK);
 }
 
-static void run_blas(const float *dense, int rows, int cols, const float *x, int n, float *y)
+static void run_blas(const float *dense, int rows, int cols, const float *x, int n, float *y,
+                     int ldy, int accumulate)
 {
+    const float beta = accumulate ? 1.0f : 0.0f;
     if (n == 1)
-        cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, cols, 1.0f, dense, cols, x, 1, 0.0f,
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, cols, 1.0f, dense, cols, x, 1, beta,
                     y, 1);
     else
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, rows, cols, 1.0f, x, cols,
-                    dense, cols, 0.0f, y, rows);
+                    dense, cols, beta, y, ldy);
 }
 
 /* Median seconds of one balsa call and one OpenBLAS call on the same product: one
@@ -309,14 +333,14 @@ static void time_pair(const balsa_call *c, const float *dense, int threads, doub
     double t0 = now_s();
     run_balsa(c);
     double t1 = now_s();
-    run_blas(dense, c->rows, c->cols, c->x, c->n, c->y);
+    run_blas(dense, c->rows, c->cols, c->x, c->n, c->y, c->ldy, c->accumulate);
     int reps = reps_for(now_s() - t0);
     double tb[64], to[64];
     for (int i = 0; i < reps; i++) {
         t0 = now_s();
         run_balsa(c);
         t1 = now_s();
-        run_blas(dense, c->rows, c->cols, c->x, c->n, c->y);
+        run_blas(dense, c->rows, c->cols, c->x, c->n, c->y, c->ldy, c->accumulate);
         tb[i] = t1 - t0;
         to[i] = now_s() - t1;
     }
@@ -455,6 +479,8 @@ int bench_kernels_main(int argc, char **argv)
         }
     fprintf(info, "# balsa: %s; OpenBLAS core: %s (OPENBLAS_CORETYPE=%s)\n", be[0]->describe,
             openblas_get_corename(), getenv("OPENBLAS_CORETYPE") ? getenv("OPENBLAS_CORETYPE") : "");
+    fprintf(info, "# output rows %d floats past their width (--out-pad); Y %s\n", o.out_pad,
+            o.accumulate ? "+= W X (--accumulate)" : "= W X");
     if (!o.json)
         printf("%-11s %4s %6s %5s %3s %11s %13s %8s %7s %7s\n", "shape", "bank", "sparse",
                "batch", "thr", "balsa_us", "openblas_us", "speedup", "GB/s", "of_peak");
@@ -467,7 +493,8 @@ int bench_kernels_main(int argc, char **argv)
         int rows = o.rows[s], cols = o.cols[s];
         float *dense = malloc(sizeof(float) * rows * cols);
         float *x = malloc(sizeof(float) * (size_t)maxn * cols);
-        float *y = malloc(sizeof(float) * (size_t)maxn * rows);
+        const int ldy = rows + o.out_pad;
+        float *y = calloc((size_t)maxn * ldy, sizeof(float)); /* read by --accumulate */
         if (!dense || !x || !y) {
             fprintf(stderr, "balsa bench kernels: out of memory for %dx%d\n", rows, cols);
             free(dense), free(x), free(y);
@@ -497,7 +524,7 @@ int bench_kernels_main(int argc, char **argv)
                 for (int b = 0; b < o.nbatch && !status; b++) {
                     for (int t = 0; t < o.nthreads; t++) {
                         int n = o.batch[b], thr = o.threads[t];
-                        balsa_call c = {be[t], m[t], x, n, cols, rows, y};
+                        balsa_call c = {be[t], m[t], x, n, cols, rows, y, ldy, o.accumulate};
                         double bs, os;
                         time_pair(&c, dense, thr, &bs, &os);
                         double us = bs * 1e6, blas_us = os * 1e6;
