@@ -20,6 +20,10 @@ typedef struct {
 
 typedef struct {
     balsa_mat *w_ih, *w_hh;
+    /* [W_ih | W_hh] (4H x 2H) where model_layer_joins says so and the backend's memory is
+     * the host's, else NULL. model_stream's step runs it over a row's [h below | h] in one
+     * product: one pass over the gate rows instead of two (stream.c, step_lstm). */
+    balsa_mat *w_cat;
     float *bias; /* backend memory, 4H: bias_ih + bias_hh, summed once at load */
 } lstm_dir_w;
 

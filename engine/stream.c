@@ -69,7 +69,11 @@ struct model_stream {
     int nrows;
     int *pending;  /* slots added since the last step, in order */
     int npending;
+    /* Each layer's c rows (n x H); the h rows of all layers side by side, row r of layer
+     * l at h[l] + r * ldh (ldh = layers x H): a joined product (lstm_dir_w.w_cat) reads
+     * [h below | h] of a row as one input row, in place. */
     float *c[MODEL_MAX_LAYERS], *h[MODEL_MAX_LAYERS];
+    int ldh;
     int ldg; /* row stride of every buffer of gate rows: g, hg, proj, hproj, slot proj */
     dev_buf g, xin, proj, fcin, fa, fb;
     host_buf hx, hg, hrow, hout, hproj;
@@ -138,9 +142,9 @@ void model_stream_free(model_stream *s)
     for (int l = 0; l < MODEL_MAX_LAYERS; l++) {
         if (s->c[l])
             be->ops->free(be, s->c[l]);
-        if (s->h[l])
-            be->ops->free(be, s->h[l]);
     }
+    if (s->h[0])
+        be->ops->free(be, s->h[0]);
     dev_buf *devs[] = {&s->g, &s->xin, &s->proj, &s->fcin, &s->fa, &s->fb};
     for (size_t i = 0; i < sizeof devs / sizeof *devs; i++)
         dev_buf_release(be, devs[i]);
@@ -183,10 +187,13 @@ balsa_status model_stream_create(balsa_model *m, int max_slots, model_stream **o
     size_t n = (size_t)max_slots;
     s->ldg = s->whole ? 0 : padded_stride(4 * H);
     const size_t G = (size_t)s->ldg;
+    s->ldh = s->whole ? 0 : m->spec.num_layers * H;
+    if (!s->whole && st == BALSA_OK && !(s->h[0] = be->ops->alloc(be, n * s->ldh * sizeof(float))))
+        st = BALSA_ERR_OOM;
     for (int l = 0; !s->whole && l < m->spec.num_layers && st == BALSA_OK; l++) {
         s->c[l] = be->ops->alloc(be, n * H * sizeof(float));
-        s->h[l] = be->ops->alloc(be, n * H * sizeof(float));
-        if (!s->c[l] || !s->h[l])
+        s->h[l] = s->h[0] + (size_t)l * H;
+        if (!s->c[l])
             st = BALSA_ERR_OOM;
     }
     if (!s->whole && st == BALSA_OK) {
@@ -540,12 +547,13 @@ static balsa_status move_row(model_stream *s, int from, int to)
     balsa_status st = BALSA_OK;
     for (int l = 0; l < s->m->spec.num_layers && st == BALSA_OK; l++) {
         float *bufs[2] = {s->c[l], s->h[l]};
+        const size_t ld[2] = {(size_t)H, (size_t)s->ldh};
         for (int b = 0; b < 2 && st == BALSA_OK; b++) {
-            st = be->ops->to_host(be, s->hrow.p, bufs[b] + (size_t)from * H, bytes);
+            st = be->ops->to_host(be, s->hrow.p, bufs[b] + (size_t)from * ld[b], bytes);
             if (st == BALSA_OK)
                 st = be->ops->synchronize(be);
             if (st == BALSA_OK)
-                st = be->ops->to_device(be, bufs[b] + (size_t)to * H, s->hrow.p, bytes);
+                st = be->ops->to_device(be, bufs[b] + (size_t)to * ld[b], s->hrow.p, bytes);
         }
     }
     return st;
@@ -557,7 +565,8 @@ static balsa_status row_init_state(model_stream *s, const stream_slot *sl, int r
 {
     balsa_backend *be = s->m->be;
     int H = s->m->spec.hidden_size;
-    size_t ns = model_state_floats(&s->m->spec), row = (size_t)r * H;
+    size_t ns = model_state_floats(&s->m->spec), row = (size_t)r * H,
+           hrow = (size_t)r * s->ldh;
     balsa_status st = BALSA_OK;
     for (int l = 0; l < s->m->spec.num_layers && st == BALSA_OK; l++) {
         size_t at = (size_t)l * H;
@@ -565,9 +574,9 @@ static balsa_status row_init_state(model_stream *s, const stream_slot *sl, int r
                                              H * sizeof(float))
                         : dev_zero(be, s->c[l] + row, H);
         if (st == BALSA_OK)
-            st = sl->has_h0 ? be->ops->to_device(be, s->h[l] + row, sl->state0 + at,
+            st = sl->has_h0 ? be->ops->to_device(be, s->h[l] + hrow, sl->state0 + at,
                                                  H * sizeof(float))
-                            : dev_zero(be, s->h[l] + row, H);
+                            : dev_zero(be, s->h[l] + hrow, H);
     }
     return st;
 }
@@ -577,12 +586,12 @@ static balsa_status row_save_state(model_stream *s, const stream_slot *sl, int r
 {
     balsa_backend *be = s->m->be;
     int H = s->m->spec.hidden_size;
-    size_t row = (size_t)r * H;
+    size_t row = (size_t)r * H, hrow = (size_t)r * s->ldh;
     balsa_status st = BALSA_OK;
     for (int l = 0; l < s->m->spec.num_layers && st == BALSA_OK; l++) {
         size_t at = (size_t)l * H;
         if (sl->hn)
-            st = be->ops->to_host(be, sl->hn + at, s->h[l] + row, H * sizeof(float));
+            st = be->ops->to_host(be, sl->hn + at, s->h[l] + hrow, H * sizeof(float));
         if (st == BALSA_OK && sl->cn)
             st = be->ops->to_host(be, sl->cn + at, s->c[l] + row, H * sizeof(float));
     }
@@ -605,19 +614,22 @@ static balsa_status step_outputs(model_stream *s)
     if (n == 0)
         return BALSA_OK;
     const float *in = s->h[top];
+    int ld = s->ldh;
     balsa_status st = BALSA_OK;
     if (n < s->nrows) { /* gather the rows that need output, through the host */
         for (int i = 0; i < n && st == BALSA_OK; i++)
             st = be->ops->to_host(be, s->hrow.p + (size_t)i * H,
-                                  s->h[top] + (size_t)s->outrows[i] * H, H * sizeof(float));
+                                  s->h[top] + (size_t)s->outrows[i] * s->ldh,
+                                  H * sizeof(float));
         if (st == BALSA_OK)
             st = be->ops->synchronize(be);
         if (st == BALSA_OK)
             st = be->ops->to_device(be, s->fcin.p, s->hrow.p, (size_t)n * H * sizeof(float));
         in = s->fcin.p;
+        ld = H;
     }
     if (st == BALSA_OK)
-        st = model_fc_head(m, in, H, n, &s->fa, &s->fb, s->hout.p);
+        st = model_fc_head(m, in, ld, n, &s->fa, &s->fb, s->hout.p);
     for (int i = 0; i < n && st == BALSA_OK; i++) {
         stream_slot *sl = &s->slots[s->row_slot[s->outrows[i]]];
         const float *v = s->hout.p + (size_t)i * O;
@@ -698,16 +710,22 @@ static balsa_status step_lstm(model_stream *s, void **done, int *ndone)
         st = be->ops->to_device(be, s->g.p, s->hg.p, (size_t)n * s->ldg * sizeof(float));
     for (int l = 0; l < m->spec.num_layers && st == BALSA_OK; l++) {
         const lstm_dir_w *w = &m->lstm[l][0];
-        if (l > 0)
-            st = be->ops->matmul(be, w->w_ih, s->h[l - 1], H, n, w->bias, 0, BALSA_ACT_NONE,
-                                 s->g.p, s->ldg);
-        /* A row that just joined adds W_hh h0 (exactly nothing when h0 is zero, as in
-         * model_run, which skips the term then). */
+        if (w->w_cat) {
+            /* W_ih h_below + W_hh h in one product: the row's [h_below | h] (ldh). */
+            st = be->ops->matmul(be, w->w_cat, s->h[l - 1], s->ldh, n, w->bias, 0,
+                                 BALSA_ACT_NONE, s->g.p, s->ldg);
+        } else {
+            if (l > 0)
+                st = be->ops->matmul(be, w->w_ih, s->h[l - 1], s->ldh, n, w->bias, 0,
+                                     BALSA_ACT_NONE, s->g.p, s->ldg);
+            /* A row that just joined adds W_hh h0 (exactly nothing when h0 is zero, as in
+             * model_run, which skips the term then). */
+            if (st == BALSA_OK)
+                st = be->ops->matmul(be, w->w_hh, s->h[l], s->ldh, n, NULL, 1, BALSA_ACT_NONE,
+                                     s->g.p, s->ldg);
+        }
         if (st == BALSA_OK)
-            st = be->ops->matmul(be, w->w_hh, s->h[l], H, n, NULL, 1, BALSA_ACT_NONE, s->g.p,
-                                 s->ldg);
-        if (st == BALSA_OK)
-            st = be->ops->lstm_cell(be, s->g.p, s->ldg, s->c[l], s->h[l], H, n, H);
+            st = be->ops->lstm_cell(be, s->g.p, s->ldg, s->c[l], s->h[l], s->ldh, n, H);
     }
     if (st == BALSA_OK)
         st = step_outputs(s);

@@ -40,6 +40,26 @@ void bsmat_free(bsmat *m)
     memset(m, 0, sizeof *m);
 }
 
+balsa_status bsmat_hcat(const bsmat *a, const bsmat *b, bsmat *out)
+{
+    memset(out, 0, sizeof *out);
+    if (a->rows != b->rows || a->bank != b->bank || a->k != b->k || a->cols % a->bank != 0)
+        return BALSA_ERR_INVALID;
+    balsa_status st = bsmat_init(out, a->rows, a->cols + b->cols, a->bank, a->k);
+    if (st != BALSA_OK)
+        return st;
+    const size_t ra = (size_t)a->nbanks * a->k, rb = (size_t)b->nbanks * b->k;
+    for (int r = 0; r < a->rows; r++) {
+        float *v = out->values + (size_t)r * (ra + rb);
+        uint8_t *o = out->offsets + (size_t)r * (ra + rb);
+        memcpy(v, a->values + r * ra, ra * sizeof *v);
+        memcpy(v + ra, b->values + r * rb, rb * sizeof *v);
+        memcpy(o, a->offsets + r * ra, ra);
+        memcpy(o + ra, b->offsets + r * rb, rb);
+    }
+    return BALSA_OK;
+}
+
 int bsmat_k_for_sparsity(int bank, double sparsity)
 {
     int k = (int)lround(bank * (1.0 - sparsity));

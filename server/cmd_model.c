@@ -214,6 +214,11 @@ int inspect_main(int argc, char **argv)
         printf("fold      embedding not folded: its table would be %zu bytes, over the %zu-byte "
                "cap\n",
                fold, MODEL_FOLD_MAX_BYTES);
+    for (int l = 1; l < s.num_layers; l++)
+        if (model_layer_joins(&s, &h, l))
+            printf("join      lstm layer %d: W_ih and W_hh joined at load on the CPU backend, "
+                   "one product per step: %zu more bytes\n",
+                   l, bsmat_bytes(&h.w_ih[l][0].sp) + bsmat_bytes(&h.w_hh[l][0].sp));
     for (int i = 0; i < s.n_fc; i++)
         printf("fc.%-6d %d outputs, %s%s\n", i, s.fc[i].out, balsa_act_str(s.fc[i].act),
                s.fc[i].bias ? "" : ", no bias");

@@ -72,6 +72,45 @@ TEST(prune_tie_rule)
     bsmat_free(&m);
 }
 
+/* [a | b] in dense form is a's dense rows followed by b's, and it is a valid matrix; the
+ * pairs it cannot join are refused. */
+TEST(hcat_joins_rows)
+{
+    const int rows = 5, ca = 16, cb = 13, B = 8, k = 3;
+    float da[rows * ca], db[rows * cb], back[rows * (ca + cb)];
+    unsigned long long s = 5;
+    for (int i = 0; i < rows * ca; i++)
+        da[i] = h_rand_f(&s);
+    for (int i = 0; i < rows * cb; i++)
+        db[i] = h_rand_f(&s);
+    bsmat a, b, c;
+    REQUIRE(bsmat_prune(da, rows, ca, ca, B, k, &a) == BALSA_OK);
+    REQUIRE(bsmat_prune(db, rows, cb, cb, B, k, &b) == BALSA_OK);
+    REQUIRE(bsmat_hcat(&a, &b, &c) == BALSA_OK);
+    CHECK(c.rows == rows && c.cols == ca + cb && c.nbanks == a.nbanks + b.nbanks);
+    char err[160];
+    CHECK_MSG(bsmat_validate(&c, err, sizeof err) == BALSA_OK, "%s", err);
+    float pa[rows * ca], pb[rows * cb];
+    bsmat_to_dense(&a, pa, ca);
+    bsmat_to_dense(&b, pb, cb);
+    bsmat_to_dense(&c, back, ca + cb);
+    int same = 1;
+    for (int r = 0; r < rows; r++)
+        same &= memcmp(back + r * (ca + cb), pa + r * ca, sizeof(float) * ca) == 0 &&
+                memcmp(back + r * (ca + cb) + ca, pb + r * cb, sizeof(float) * cb) == 0;
+    CHECK(same);
+    bsmat_free(&c);
+    /* b first: 13 columns leave 3 of its last bank empty, so a's banks would not start
+     * on a bank boundary */
+    CHECK(bsmat_hcat(&b, &a, &c) == BALSA_ERR_INVALID && c.values == NULL);
+    bsmat d;
+    REQUIRE(bsmat_prune(db, rows, cb, cb, B, k + 1, &d) == BALSA_OK);
+    CHECK(bsmat_hcat(&a, &d, &c) == BALSA_ERR_INVALID); /* another k */
+    bsmat_free(&a);
+    bsmat_free(&b);
+    bsmat_free(&d);
+}
+
 TEST(k_for_sparsity)
 {
     CHECK(bsmat_k_for_sparsity(32, 0.9) == 3);
@@ -165,6 +204,7 @@ int main(void)
 {
     RUN(prune_keeps_largest_per_bank);
     RUN(prune_tie_rule);
+    RUN(hcat_joins_rows);
     RUN(k_for_sparsity);
     RUN(init_refuses_bad_sizes);
     RUN(validate_refuses_broken_matrices);

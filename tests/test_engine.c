@@ -4,6 +4,7 @@
  * top-k. All on the CPU backend. */
 #include <unistd.h>
 
+#include "engine/exec.h"
 #include "engine_ref.h"
 #include "models/model_file.h"
 
@@ -477,6 +478,29 @@ TEST(stream_matches_run)
     check_stream(&cases[6], 6, 24, 16);  /* padded gate rows, projected a chunk ahead */
 }
 
+/* The stream's joined [W_ih | W_hh] products (exec.h, lstm_dir_w.w_cat) exist exactly
+ * where the layer's input fills whole banks: hidden 32 with banks of 8 (cases[6], which
+ * stream_matches_run runs through them), not hidden 37 (cases[1], two products), nor the
+ * first layer, nor the same network made bidirectional (the stream runs those whole). */
+TEST(stream_joins_products_where_banks_allow)
+{
+    net_case bidir = cases[6];
+    bidir.bidir = 1;
+    const net_case *want[] = {&cases[1], &cases[6], &bidir};
+    const int joined[] = {0, 1, 0};
+    for (int i = 0; i < 3; i++) {
+        model_spec s = spec_of(want[i]);
+        model_host h;
+        balsa_model *m = random_model(&s, &h, want[i]->k, 70 + i, be);
+        REQUIRE(m);
+        CHECK(m->lstm[0][0].w_cat == NULL && m->lstm[0][1].w_cat == NULL);
+        CHECK_MSG((m->lstm[1][0].w_cat != NULL) == joined[i], "case %d: w_cat %p", i,
+                  (void *)m->lstm[1][0].w_cat);
+        model_free(m);
+        model_host_free(&h);
+    }
+}
+
 /* A sequence longer than the projection chunk (64 steps) in the stream. */
 TEST(stream_long_sequence)
 {
@@ -752,6 +776,7 @@ int main(void)
     RUN(build_refuses_mismatched_weights);
     RUN(topk);
     RUN(stream_matches_run);
+    RUN(stream_joins_products_where_banks_allow);
     RUN(stream_long_sequence);
     RUN(stream_reuses_slot_buffers);
     RUN(errors_reach_the_caller);
