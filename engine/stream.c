@@ -188,8 +188,11 @@ balsa_status model_stream_create(balsa_model *m, int max_slots, model_stream **o
     s->ldg = s->whole ? 0 : padded_stride(4 * H);
     const size_t G = (size_t)s->ldg;
     s->ldh = s->whole ? 0 : m->spec.num_layers * H;
-    if (!s->whole && st == BALSA_OK && !(s->h[0] = be->ops->alloc(be, n * s->ldh * sizeof(float))))
-        st = BALSA_ERR_OOM;
+    if (!s->whole && st == BALSA_OK) {
+        s->h[0] = be->ops->alloc(be, n * s->ldh * sizeof(float));
+        if (!s->h[0])
+            st = BALSA_ERR_OOM;
+    }
     for (int l = 0; !s->whole && l < m->spec.num_layers && st == BALSA_OK; l++) {
         s->c[l] = be->ops->alloc(be, n * H * sizeof(float));
         s->h[l] = s->h[0] + (size_t)l * H;
