@@ -41,6 +41,12 @@ struct balsa_model {
     float *fc_b[MODEL_MAX_FC]; /* backend memory, or NULL */
     int fc_in[MODEL_MAX_FC];
     int max_fc_out; /* the widest FC layer's row stride, padded_stride() of its width */
+    /* model_stream keeps every layer's h of a sequence in one row: layer l's at h_off[l]
+     * floats from the row's start, rows h_ld floats apart. Layer l + 1 starts where its
+     * joined matrix's W_hh part does (w_cat: past W_ih's bank padding, a gap of zeros), so
+     * that a joined product reads [h below | gap | h] as one input row; without joins,
+     * l x H. */
+    int h_off[MODEL_MAX_LAYERS], h_ld;
     model_vocab vocab; /* empty when the file names no tokens */
     /* model_run's scratch, kept between calls */
     dev_buf x, xr, g, ya, yb, hr, c, lastv, fa, fb;

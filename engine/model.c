@@ -245,21 +245,27 @@ int model_layer_joins(const model_spec *s, const model_host *h, int l)
         return 0;
     const model_host_mat *a = &h->w_ih[l][0], *b = &h->w_hh[l][0];
     return a->sparse && b->sparse && a->sp.bank == b->sp.bank && a->sp.k == b->sp.k &&
-           a->sp.rows == b->sp.rows && a->sp.cols % a->sp.bank == 0;
+           a->sp.rows == b->sp.rows;
 }
 
 /* The joined [W_ih | W_hh] of the layers model_layer_joins names, on a host-memory
- * backend. A step of the demo model's second layer (two 512 x 128 products) then runs one
- * 512 x 256 product: 77 -> 64 us at batch 53, 6.2-7.4 -> 5.2 us at batch 1 (`balsa bench
- * kernels --shape 512x128,512x256 --sparsity 0.90625 --batch 1,53 --threads 1
- * --accumulate --out-pad 16`, AMD EPYC Zen 1). */
+ * backend, and where the stream keeps each layer's h (h_off, h_ld). A step of the demo
+ * model's second layer (two 512 x 128 products) then runs one 512 x 256 product: 77 -> 64
+ * us at batch 53, 6.2-7.4 -> 5.2 us at batch 1 (`balsa bench kernels --shape
+ * 512x128,512x256 --sparsity 0.90625 --batch 1,53 --threads 1 --accumulate --out-pad 16`,
+ * AMD EPYC Zen 1); the hidden-650 model's (2600 x 650, banks of 32, a gap of 22 columns)
+ * 2 x 76.8 -> 131.3 us at batch 1 and 2 x 882 = 1764 against 1798 us at batch 53
+ * (`--shape 2600x650,2600x1322`). */
 static balsa_status build_joined(balsa_model *m, const model_host *h, char *err,
                                  size_t errlen)
 {
-    if (!m->be->host_memory)
-        return BALSA_OK;
+    const int H = m->spec.hidden_size;
+    m->h_off[0] = 0;
     for (int l = 1; l < m->spec.num_layers; l++) {
-        if (!model_layer_joins(&m->spec, h, l))
+        int joins = m->be->host_memory && model_layer_joins(&m->spec, h, l);
+        const bsmat *a = &h->w_ih[l][0].sp;
+        m->h_off[l] = m->h_off[l - 1] + (joins ? a->nbanks * a->bank : H);
+        if (!joins)
             continue;
         bsmat cat;
         balsa_status st = bsmat_hcat(&h->w_ih[l][0].sp, &h->w_hh[l][0].sp, &cat);
@@ -272,6 +278,7 @@ static balsa_status build_joined(balsa_model *m, const model_host *h, char *err,
             return st;
         }
     }
+    m->h_ld = m->spec.num_layers > 0 ? m->h_off[m->spec.num_layers - 1] + H : 0;
     return BALSA_OK;
 }
 

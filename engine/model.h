@@ -151,8 +151,8 @@ void model_host_free(model_host *h);
 /* Whether model_build joins layer l's W_ih and W_hh of h into one [W_ih | W_hh] matrix
  * (exec.h, lstm_dir_w.w_cat) on a backend whose memory is the host's: for a layer above
  * the first of a unidirectional network whose two matrices are sparse with the same bank
- * and k, W_ih's columns filling whole banks. The copy costs the layer's weight memory once
- * more; model_stream's steps run it as one product. */
+ * and k. The copy costs the layer's weight memory once more; model_stream's steps run it
+ * as one product. */
 int model_layer_joins(const model_spec *s, const model_host *h, int l);
 
 /* Where the tensor ref names lives in h: matrices (W_ih, W_hh, fc weights) in a

@@ -70,8 +70,8 @@ struct model_stream {
     int *pending;  /* slots added since the last step, in order */
     int npending;
     /* Each layer's c rows (n x H); the h rows of all layers side by side, row r of layer
-     * l at h[l] + r * ldh (ldh = layers x H): a joined product (lstm_dir_w.w_cat) reads
-     * [h below | h] of a row as one input row, in place. */
+     * l at h[l] + r * ldh (exec.h, h_off and h_ld: a joined product reads a row's
+     * [h below | gap | h] as one input row, in place; the gaps stay zero). */
     float *c[MODEL_MAX_LAYERS], *h[MODEL_MAX_LAYERS];
     int ldh;
     int ldg; /* row stride of every buffer of gate rows: g, hg, proj, hproj, slot proj */
@@ -187,15 +187,15 @@ balsa_status model_stream_create(balsa_model *m, int max_slots, model_stream **o
     size_t n = (size_t)max_slots;
     s->ldg = s->whole ? 0 : padded_stride(4 * H);
     const size_t G = (size_t)s->ldg;
-    s->ldh = s->whole ? 0 : m->spec.num_layers * H;
+    s->ldh = s->whole ? 0 : m->h_ld;
     if (!s->whole && st == BALSA_OK) {
         s->h[0] = be->ops->alloc(be, n * s->ldh * sizeof(float));
-        if (!s->h[0])
+        if (!s->h[0] || dev_zero(be, s->h[0], n * s->ldh) != BALSA_OK)
             st = BALSA_ERR_OOM;
     }
     for (int l = 0; !s->whole && l < m->spec.num_layers && st == BALSA_OK; l++) {
         s->c[l] = be->ops->alloc(be, n * H * sizeof(float));
-        s->h[l] = s->h[0] + (size_t)l * H;
+        s->h[l] = s->h[0] + m->h_off[l];
         if (!s->c[l])
             st = BALSA_ERR_OOM;
     }

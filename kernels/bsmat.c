@@ -43,9 +43,9 @@ void bsmat_free(bsmat *m)
 balsa_status bsmat_hcat(const bsmat *a, const bsmat *b, bsmat *out)
 {
     memset(out, 0, sizeof *out);
-    if (a->rows != b->rows || a->bank != b->bank || a->k != b->k || a->cols % a->bank != 0)
+    if (a->rows != b->rows || a->bank != b->bank || a->k != b->k)
         return BALSA_ERR_INVALID;
-    balsa_status st = bsmat_init(out, a->rows, a->cols + b->cols, a->bank, a->k);
+    balsa_status st = bsmat_init(out, a->rows, a->nbanks * a->bank + b->cols, a->bank, a->k);
     if (st != BALSA_OK)
         return st;
     const size_t ra = (size_t)a->nbanks * a->k, rb = (size_t)b->nbanks * b->k;

@@ -54,10 +54,11 @@ void bsmat_to_dense(const bsmat *m, float *dense, int ld);
  * BALSA_OK, or BALSA_ERR_FORMAT with the first problem written to err (row, bank, slot). */
 balsa_status bsmat_validate(const bsmat *m, char *err, size_t errlen);
 
-/* Puts a and b side by side into *out (rows x (a.cols + b.cols)): every row is a's
- * banks, then b's. Both must have the same rows, bank and k, and a's columns must fill
- * its banks (a.cols a multiple of bank), so that b's banks start on a bank boundary;
- * BALSA_ERR_INVALID otherwise, BALSA_ERR_OOM when memory runs out (*out is then zeroed). */
+/* Puts a and b side by side into *out: every row is a's banks, then b's, so that *out has
+ * a.nbanks * bank + b.cols columns, a's padding (past a.cols in its last bank, zero
+ * weights) becoming real columns between the two. Both must have the same rows, bank and
+ * k: BALSA_ERR_INVALID otherwise, BALSA_ERR_OOM when memory runs out (*out is then
+ * zeroed). */
 balsa_status bsmat_hcat(const bsmat *a, const bsmat *b, bsmat *out);
 
 /* Bytes the canonical layout occupies (values + offsets). */

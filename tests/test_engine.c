@@ -476,19 +476,27 @@ TEST(stream_matches_run)
     check_stream(&cases[3], 4, 12, 14);  /* bidirectional: whole sequences */
     check_stream(&cases[5], 3, 9, 15);   /* no LSTM: whole sequences */
     check_stream(&cases[6], 6, 24, 16);  /* padded gate rows, projected a chunk ahead */
+    /* hidden 33 with banks of 8 and k 3: W_ih's last bank has one real column, so two of
+     * its weights (zeros) point into the gap the stream's h rows leave before layer 1 */
+    net_case gap = cases[1];
+    gap.H = 33;
+    check_stream(&gap, 6, 20, 17);
 }
 
-/* The stream's joined [W_ih | W_hh] products (exec.h, lstm_dir_w.w_cat) exist exactly
- * where the layer's input fills whole banks: hidden 32 with banks of 8 (cases[6], which
- * stream_matches_run runs through them), not hidden 37 (cases[1], two products), nor the
- * first layer, nor the same network made bidirectional (the stream runs those whole). */
+/* The stream's joined [W_ih | W_hh] products (exec.h, lstm_dir_w.w_cat) exist for the
+ * sparse layers above the first: hidden 32 with banks of 8 (cases[6]) and hidden 37, whose
+ * W_ih leaves a gap of 3 columns in its last bank (cases[1]; stream_matches_run runs both
+ * through them); not for dense layers, not for the first layer, not for the same network
+ * made bidirectional (the stream runs those whole). Where they are, the stream's h rows
+ * leave the gap: layer 1 starts at W_ih's padded width. */
 TEST(stream_joins_products_where_banks_allow)
 {
-    net_case bidir = cases[6];
+    net_case dense = cases[0], bidir = cases[6];
+    dense.layers = 2;
     bidir.bidir = 1;
-    const net_case *want[] = {&cases[1], &cases[6], &bidir};
-    const int joined[] = {0, 1, 0};
-    for (int i = 0; i < 3; i++) {
+    const net_case *want[] = {&cases[1], &cases[6], &dense, &bidir};
+    const int joined[] = {1, 1, 0, 0}, h1[] = {40, 32, 37, 32};
+    for (int i = 0; i < 4; i++) {
         model_spec s = spec_of(want[i]);
         model_host h;
         balsa_model *m = random_model(&s, &h, want[i]->k, 70 + i, be);
@@ -496,6 +504,8 @@ TEST(stream_joins_products_where_banks_allow)
         CHECK(m->lstm[0][0].w_cat == NULL && m->lstm[0][1].w_cat == NULL);
         CHECK_MSG((m->lstm[1][0].w_cat != NULL) == joined[i], "case %d: w_cat %p", i,
                   (void *)m->lstm[1][0].w_cat);
+        CHECK_MSG(m->h_off[0] == 0 && m->h_off[1] == h1[i] && m->h_ld == h1[i] + want[i]->H,
+                  "case %d: h_off %d, %d, h_ld %d", i, m->h_off[0], m->h_off[1], m->h_ld);
         model_free(m);
         model_host_free(&h);
     }
