@@ -463,8 +463,6 @@ TEST(threads_split_identical)
     fixture_free(&f);
 }
 
-static double sigmoid_d(double v) { return 1.0 / (1.0 + exp(-v)); }
-
 static void lstm_isa_test(cpu_isa isa)
 {
     if (!cpu_isa_supported(isa))
@@ -497,8 +495,8 @@ static void lstm_isa_test(cpu_isa isa)
         for (int r = 0; r < n; r++)
             for (int j = 0; j < hid; j++) {
                 const float *q = g + r * ldg;
-                scale[r * hid + j] = fabs(sigmoid_d(q[hid + j]) * c0[r * hid + j]) +
-                                     fabs(sigmoid_d(q[j]) * tanh(q[2 * hid + j]));
+                double i = act64(BALSA_ACT_SIGMOID, q[j]), f = act64(BALSA_ACT_SIGMOID, q[hid + j]);
+                scale[r * hid + j] = fabs(f * c0[r * hid + j]) + fabs(i * tanh(q[2 * hid + j]));
             }
         lstm_cell_ref(g, ldg, c0, h0, ldh, n, hid);
         REQUIRE(be->ops->lstm_cell(be, g, ldg, c1, h1, ldh, n, hid) == BALSA_OK);
@@ -511,7 +509,7 @@ static void lstm_isa_test(cpu_isa isa)
                     gap_ok &= a == SENTINEL;
                     continue;
                 }
-                double o = sigmoid_d(g[r * ldg + 3 * hid + j]);
+                double o = act64(BALSA_ACT_SIGMOID, g[r * ldg + 3 * hid + j]);
                 worst = fmax(worst, fabs(a - b) / (fabs(b) + o * scale[r * hid + j]));
             }
             for (int j = 0; j < hid; j++) {
