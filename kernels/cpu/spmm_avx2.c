@@ -31,8 +31,8 @@
  * range (3e-9, well below float rounding; kernels/cpu/fit_poly.py); Cephes' q of degree 5,
  * one FMA more, gave the same largest error and a 5% slower LSTM cell. The n inputs go
  * step by step together (every step for all of them, then the next): one e^x is a chain
- * of about a dozen dependent operations, and the LSTM cell, which needs five per unit, ran
- * latency-bound with them one after the other (9.6 -> 7.9 ns per unit-step, the same
+ * of about a dozen dependent operations, and the LSTM cell, which then took five per unit,
+ * ran latency-bound with them one after the other (9.6 -> 7.9 ns per unit-step, the same
  * results bit for bit). k is rounded by adding 1.5 * 2^23, which leaves it in the low
  * mantissa bits. */
 static inline __attribute__((always_inline)) void exp_n_avx2(__m256 *x, int n)
@@ -692,15 +692,17 @@ void spmm_avx2(const cpu_spmm_args *a, int g0, int g1)
 /* ---- LSTM cell ------------------------------------------------------------------------ */
 
 /* The LSTM cell of one row in two passes. Pass 1 (gates_block_avx2), a block of 8 units
- * from unit j: the four gates' e^x go through exp_n_avx2 together, then c = f c + i tanh(g)
- * is stored and o is parked in h. Pass 2 (out_blocks_avx2), nb blocks (nb <= 4):
- * h = o tanh(c). In one pass a block was a chain of dependent operations (the gates' e^x,
- * the divisions, c, then e^(2|c|) and tanh) whose end the next block's start could not
- * overlap; split, 7.5 -> 7.0 ns per unit-step at 64 x 650 and 7.4 -> 6.9 at 64 x 128
- * (min of 300 runs, in turn), the same results bit for bit. Pass 1 two blocks at a time
- * was no faster. mask: NULL, or the lanes of the one block that exist (the last, partial
- * block: masked loads and stores touch nothing past hidden; masked stores are slow on AMD
- * Zen, so full blocks use plain ones). */
+ * from unit j: the three sigmoid gates' e^x go through exp_n_avx2 together, then
+ * c = f c + i tanh(g) is stored and o is parked in h. Pass 2 (out_block_avx2): h = o tanh(c).
+ * In one pass a block was a chain of dependent operations (then: the gates' e^x, the
+ * divisions, c, then e^(2|c|) and tanh) whose end the next block's start could not overlap;
+ * split, 7.5 -> 7.0 ns per unit-step at 64 x 650 and 7.4 -> 6.9 at 64 x 128 (min of 300
+ * runs, in turn), the same results bit for bit. With the rational tanh, one pass measured
+ * 28-37% slower still; pass 1 two blocks at a time, or software-pipelined, was no faster;
+ * pass 2 four blocks at a time (as when it took e^x) and one at a time run alike.
+ * mask: NULL, or the lanes of the one block that exist (the last, partial block: masked
+ * loads and stores touch nothing past hidden; masked stores are slow on AMD Zen, so full
+ * blocks use plain ones). */
 #define CELL_LOAD(p) (mask ? _mm256_maskload_ps((p), *mask) : _mm256_loadu_ps(p))
 #define CELL_STORE(p, v)                                                                      \
     do {                                                                                      \
@@ -729,12 +731,9 @@ gates_block_avx2(const float *g, int hidden, float *cr, float *hr, int j, const 
 }
 
 static inline __attribute__((always_inline)) void
-out_blocks_avx2(const float *cr, float *hr, int j, int nb, const __m256i *mask)
+out_block_avx2(const float *cr, float *hr, int j, const __m256i *mask)
 {
-#pragma GCC unroll 4
-    for (int b = 0; b < nb; b++)
-        CELL_STORE(hr + j + 8 * b, _mm256_mul_ps(CELL_LOAD(hr + j + 8 * b),
-                                                 tanh_avx2(CELL_LOAD(cr + j + 8 * b))));
+    CELL_STORE(hr + j, _mm256_mul_ps(CELL_LOAD(hr + j), tanh_avx2(CELL_LOAD(cr + j))));
 }
 #undef CELL_LOAD
 #undef CELL_STORE
@@ -754,12 +753,10 @@ void lstm_cell_avx2(const float *gates, int ldg, float *c, float *h, int ldh, in
             gates_block_avx2(g, hidden, cr, hr, j, NULL);
         if (full < hidden)
             gates_block_avx2(g, hidden, cr, hr, full, &m);
-        for (j = 0; j + 32 <= full; j += 32)
-            out_blocks_avx2(cr, hr, j, 4, NULL);
-        for (; j < full; j += 8)
-            out_blocks_avx2(cr, hr, j, 1, NULL);
+        for (j = 0; j < full; j += 8)
+            out_block_avx2(cr, hr, j, NULL);
         if (full < hidden)
-            out_blocks_avx2(cr, hr, full, 1, &m);
+            out_block_avx2(cr, hr, full, &m);
     }
 }
 
