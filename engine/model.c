@@ -268,7 +268,7 @@ static balsa_status build_joined(balsa_model *m, const model_host *h, char *err,
         if (!joins)
             continue;
         bsmat cat;
-        balsa_status st = bsmat_hcat(&h->w_ih[l][0].sp, &h->w_hh[l][0].sp, &cat);
+        balsa_status st = bsmat_hcat(a, &h->w_hh[l][0].sp, &cat);
         if (st == BALSA_OK)
             st = m->be->ops->upload_sparse(m->be, &cat, &m->lstm[l][0].w_cat);
         bsmat_free(&cat);
