@@ -223,11 +223,16 @@ static balsa_status parse_header(st_file *f, const char *hdr, size_t n, char *er
             snprintf(err, errlen, "header: unexpected bytes after the JSON object");
             return BALSA_ERR_FORMAT;
         }
-    size_t nul = json_nul_in_string(hdr, (size_t)(end - hdr));
-    if (nul < (size_t)(end - hdr)) {
+    int nul;
+    size_t bad = json_text_flaw(hdr, (size_t)(end - hdr), &nul);
+    if (bad < (size_t)(end - hdr)) {
         cJSON_Delete(root);
-        snprintf(err, errlen, "header: a string holds a NUL character at byte %zu (a tensor "
-                 "name or text would end there)", nul);
+        if (nul)
+            snprintf(err, errlen, "header: a string holds a NUL character at byte %zu (a "
+                     "tensor name or text would end there)", bad);
+        else
+            snprintf(err, errlen, "header: control character 0x%02x at byte %zu (%s)",
+                     (unsigned char)hdr[bad], bad, JSON_CONTROL_RULE);
         return BALSA_ERR_FORMAT;
     }
     balsa_status st = BALSA_OK;

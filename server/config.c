@@ -440,12 +440,17 @@ int config_load_text(config *c, const char *text, size_t len, const char *name, 
         return -1;
     }
     int rc = -1;
-    size_t nul = json_nul_in_string(text, len);
-    if (nul < len) {
+    int nul;
+    size_t bad = json_text_flaw(text, len, &nul);
+    if (bad < len) {
         int line, col;
-        line_col(text, nul, &line, &col);
-        errf(err, errlen, "%s:%d:%d: a string holds a NUL character (not accepted: it would end "
-             "the string there)", name, line, col);
+        line_col(text, bad, &line, &col);
+        if (nul)
+            errf(err, errlen, "%s:%d:%d: a string holds a NUL character (not accepted: it would "
+                 "end the string there)", name, line, col);
+        else
+            errf(err, errlen, "%s:%d:%d: control character 0x%02x (%s)", name, line, col,
+                 (unsigned char)text[bad], JSON_CONTROL_RULE);
         goto out;
     }
     if (!cJSON_IsObject(root)) {

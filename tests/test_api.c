@@ -300,11 +300,46 @@ TEST(nul_in_strings_refused)
     CHECK_MSG(strstr(err, "body: a string holds a NUL character at byte 31") == err, "%s", err);
     const char key[] = "{\"inputs\\u0000\": [[1]]}";
     CHECK(parse(key, 1, &r, err, sizeof err) == 400 && strstr(err, "at byte 8"));
-    /* an escaped backslash before u0000 is no NUL, and NUL between values is whitespace */
-    const char fine[] = "{\"inputs\": [[1]],\0 \"model\": \"tok\"}";
-    CHECK(api_parse_request(fine, sizeof fine - 1, models, 2, &limits, &r, err, sizeof err) == 0);
-    api_request_free(&r);
+    /* a NUL between values is refused as a control character (control_characters_refused) */
+    const char between[] = "{\"inputs\": [[1]],\0 \"model\": \"tok\"}";
+    CHECK(api_parse_request(between, sizeof between - 1, models, 2, &limits, &r, err,
+                            sizeof err) == 400);
+    CHECK_MSG(strstr(err, "body: control character 0x00 at byte 17") == err, "%s", err);
+    /* an escaped backslash before u0000 is no NUL */
     CHECK(parse("{\"inputs\": [[1]], \"model\": \"\\\\u0000\"}", 2, &r, err, sizeof err) == 404);
+}
+
+/* cJSON skips every byte up to 0x20 between tokens and keeps control characters inside
+ * strings: {"inputs": [[1]]<NUL>} was answered as a whole request. JSON allows only tab,
+ * line feed and carriage return between tokens, and none of them unescaped in a string. */
+TEST(control_characters_refused)
+{
+    api_request r;
+    char err[512] = "";
+    static const struct {
+        const char *body;
+        size_t len; /* 0: strlen */
+        const char *msg;
+    } bad[] = {
+        {"{\"inputs\": [[1]]\0}", 18, "body: control character 0x00 at byte 16 (JSON allows"},
+        {"{\"inputs\":\v[[1]]}", 0, "body: control character 0x0b at byte 10 (JSON allows"},
+        {"{\"inputs\": [[1,\x01 2]]}", 0, "body: control character 0x01 at byte 15 (JSON"},
+        {"{\"model\": \"vec\tx\", \"inputs\": [[1]]}", 0,
+         "body: control character 0x09 at byte 14 (JSON allows"},
+        {"{\"text\": \"a\nb\", \"model\": \"tok\"}", 0,
+         "body: control character 0x0a at byte 11 (JSON allows"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        size_t len = bad[i].len ? bad[i].len : strlen(bad[i].body);
+        int code = api_parse_request(bad[i].body, len, models, 2, &limits, &r, err, sizeof err);
+        CHECK_MSG(code == 400 && strstr(err, bad[i].msg) == err, "case %zu: %d \"%s\"", i, code,
+                  err);
+    }
+    /* JSON's own white space between tokens, and the escapes, still parse */
+    const char *ok = "{\t\"model\":\r\n\"tok\",\n\t\"inputs\": [[1]], \"output\": \"l\\u0061st\"}";
+    CHECK_MSG(api_parse_request(ok, strlen(ok), models, 2, &limits, &r, err, sizeof err) == 0,
+              "%s", err);
+    api_request_free(&r);
 }
 
 int main(void)
@@ -321,6 +356,7 @@ int main(void)
     RUN(models_listing);
     RUN(generate_parameters);
     RUN(nul_in_strings_refused);
+    RUN(control_characters_refused);
     model_free(tok_model);
     model_free(vec_model);
     model_host_free(&tok_host);

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "harness.h"
+#include "models/json_text.h"
 #include "server/auth.h"
 #include "server/config.h"
 
@@ -95,6 +96,15 @@ TEST(syntax_error_names_line)
     const char raw[] = "{\"host\": \"::1\0\"}";
     REQUIRE(config_load_text(&c, raw, sizeof raw - 1, "test.json", err, sizeof err) != 0);
     CHECK_MSG(strncmp(err, "test.json:1:14: a string holds a NUL", 36) == 0, "%s", err);
+    /* control characters, which cJSON takes for white space between tokens and keeps in
+     * strings; JSON allows neither (after the object too, where isspace() would pass \v) */
+    REQUIRE(load(&c, "{\"port\": 80,\f\"host\": \"x\"}", err, sizeof err) != 0);
+    CHECK_MSG(strcmp(err, "test.json:1:13: control character 0x0c (" JSON_CONTROL_RULE ")") == 0,
+              "%s", err);
+    REQUIRE(load(&c, "{\"port\": 80}\n\v", err, sizeof err) != 0);
+    CHECK_MSG(strncmp(err, "test.json:2:1: control character 0x0b", 37) == 0, "%s", err);
+    REQUIRE(load(&c, "{\"host\": \"a\tb\"}", err, sizeof err) != 0);
+    CHECK_MSG(strncmp(err, "test.json:1:12: control character 0x09", 38) == 0, "%s", err);
 }
 
 TEST(semantic_errors_name_key)

@@ -191,6 +191,16 @@ TEST(bad_header_json)
     write_raw(path_of("j"), "{\"__metadata__\": {\"balsa\": \"{\\\"name\\\": \\\"m\\\\u0000\\\"}\"}}",
               data, 0);
     CHECK(REFUSED(path_of("j"), "description: a string holds a NUL character at byte 11"));
+    /* a control character, raw in a name or between tokens (cJSON would take both) */
+    write_raw(path_of("j"), "{\"w\x01x\": {\"dtype\": \"F32\", \"shape\": [0], "
+                            "\"data_offsets\": [0, 0]}}", data, 0);
+    CHECK(REFUSED(path_of("j"), "header: control character 0x01 at byte 3 (JSON allows"));
+    write_raw(path_of("j"), "{\"__metadata__\":\f{\"balsa\": \"{}\"}}", data, 0);
+    CHECK(REFUSED(path_of("j"), "header: control character 0x0c at byte 16"));
+    /* in the description, escaped in the header's string: {"name":<VT>"m"} */
+    write_raw(path_of("j"), "{\"__metadata__\": {\"balsa\": \"{\\\"name\\\":\\u000b\\\"m\\\"}\"}}",
+              data, 0);
+    CHECK(REFUSED(path_of("j"), "description: control character 0x0b at byte 8"));
 }
 
 /* Found while fuzzing (the duplicate-name check compared every pair of tensors: 108 s for
