@@ -1,6 +1,7 @@
 /* See json_text.h. */
 #include "json_text.h"
 
+#include <stdio.h>
 #include <string.h>
 
 size_t json_text_flaw(const char *text, size_t len, int *nul)
@@ -26,4 +27,20 @@ size_t json_text_flaw(const char *text, size_t len, int *nul)
     }
     *nul = 0;
     return len;
+}
+
+int json_text_refuse(const char *text, size_t len, const char *where, const char *nul_note,
+                     char *err, size_t errlen)
+{
+    int nul;
+    size_t bad = json_text_flaw(text, len, &nul);
+    if (bad == len)
+        return 0;
+    if (nul)
+        snprintf(err, errlen, "%s: a string holds a NUL character at byte %zu (%s)", where, bad,
+                 nul_note);
+    else
+        snprintf(err, errlen, "%s: control character 0x%02x at byte %zu (%s)", where,
+                 (unsigned char)text[bad], bad, JSON_CONTROL_RULE);
+    return 1;
 }

@@ -22,4 +22,10 @@
  * JSON up to that point (scan the part that cJSON accepted). */
 size_t json_text_flaw(const char *text, size_t len, int *nul);
 
+/* json_text_flaw over text[0..len): 0 when there is no flaw, else 1 with err set to
+ * "<where>: a string holds a NUL character at byte N (<nul_note>)" or "<where>: control
+ * character 0xXX at byte N (JSON_CONTROL_RULE)". */
+int json_text_refuse(const char *text, size_t len, const char *where, const char *nul_note,
+                     char *err, size_t errlen);
+
 #endif

@@ -209,17 +209,9 @@ balsa_status model_desc_parse(const char *json, size_t len, int need_layouts, mo
             snprintf(err, errlen, "description: unexpected bytes after the JSON object");
             goto out;
         }
-    int nul;
-    size_t bad = json_text_flaw(json, (size_t)(end - json), &nul);
-    if (bad < (size_t)(end - json)) {
-        if (nul)
-            snprintf(err, errlen, "description: a string holds a NUL character at byte %zu (a "
-                     "name or text would end there)", bad);
-        else
-            snprintf(err, errlen, "description: control character 0x%02x at byte %zu (%s)",
-                     (unsigned char)json[bad], bad, JSON_CONTROL_RULE);
+    if (json_text_refuse(json, (size_t)(end - json), "description",
+                         "a name or text would end there", err, errlen))
         goto out;
-    }
     if (!cJSON_IsObject(o)) {
         snprintf(err, errlen, "description is not a JSON object");
         goto out;

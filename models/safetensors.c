@@ -223,16 +223,9 @@ static balsa_status parse_header(st_file *f, const char *hdr, size_t n, char *er
             snprintf(err, errlen, "header: unexpected bytes after the JSON object");
             return BALSA_ERR_FORMAT;
         }
-    int nul;
-    size_t bad = json_text_flaw(hdr, (size_t)(end - hdr), &nul);
-    if (bad < (size_t)(end - hdr)) {
+    if (json_text_refuse(hdr, (size_t)(end - hdr), "header",
+                         "a tensor name or text would end there", err, errlen)) {
         cJSON_Delete(root);
-        if (nul)
-            snprintf(err, errlen, "header: a string holds a NUL character at byte %zu (a "
-                     "tensor name or text would end there)", bad);
-        else
-            snprintf(err, errlen, "header: control character 0x%02x at byte %zu (%s)",
-                     (unsigned char)hdr[bad], bad, JSON_CONTROL_RULE);
         return BALSA_ERR_FORMAT;
     }
     balsa_status st = BALSA_OK;

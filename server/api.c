@@ -773,18 +773,12 @@ int api_parse_json(const char *body, size_t len, cJSON **root, const char *trail
         size_t off = end && end >= body && end <= body + len ? (size_t)(end - body) : 0;
         return api_fail(err, errlen, 400, "body: malformed JSON at byte %zu", off);
     }
-    int nul;
-    size_t off = (size_t)(end - body), bad = json_text_flaw(body, off, &nul);
-    if (bad < off) {
+    size_t off = (size_t)(end - body);
+    if (json_text_refuse(body, off, "body", "not accepted: it would end the string there", err,
+                         errlen)) {
         cJSON_Delete(*root);
         *root = NULL;
-        if (nul)
-            return api_fail(err, errlen, 400,
-                            "body: a string holds a NUL character at byte %zu (not accepted: "
-                            "it would end the string there)",
-                            bad);
-        return api_fail(err, errlen, 400, "body: control character 0x%02x at byte %zu (%s)",
-                        (unsigned char)body[bad], bad, JSON_CONTROL_RULE);
+        return 400;
     }
     while (off < len &&
            (body[off] == ' ' || body[off] == '\n' || body[off] == '\r' || body[off] == '\t'))
