@@ -4,43 +4,104 @@
 #include <stdio.h>
 #include <string.h>
 
-size_t json_text_flaw(const char *text, size_t len, int *nul)
+/* The length of the number-like run at t[0..len) (the bytes cJSON's number parser takes:
+ * digits, sign, point and exponent letters), and in *ok whether it is a JSON number:
+ * -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)? */
+static size_t number_run(const char *t, size_t len, int *ok)
+{
+    size_t n = 0;
+    while (n < len && strchr("0123456789+-.eE", t[n]))
+        n++;
+    size_t p = 0;
+#define DIGIT(i) ((i) < n && t[i] >= '0' && t[i] <= '9')
+    if (p < n && t[p] == '-')
+        p++;
+    if (p < n && t[p] == '0') {
+        p++;
+    } else if (DIGIT(p)) {
+        while (DIGIT(p))
+            p++;
+    } else {
+        *ok = 0;
+        return n;
+    }
+    if (p < n && t[p] == '.') {
+        p++;
+        if (!DIGIT(p)) {
+            *ok = 0;
+            return n;
+        }
+        while (DIGIT(p))
+            p++;
+    }
+    if (p < n && (t[p] == 'e' || t[p] == 'E')) {
+        p++;
+        if (p < n && (t[p] == '+' || t[p] == '-'))
+            p++;
+        if (!DIGIT(p)) {
+            *ok = 0;
+            return n;
+        }
+        while (DIGIT(p))
+            p++;
+    }
+#undef DIGIT
+    *ok = p == n;
+    return n;
+}
+
+size_t json_text_flaw(const char *text, size_t len, json_flaw *kind, size_t *numlen)
 {
     int in = 0;
     for (size_t i = 0; i < len; i++) {
         unsigned char ch = (unsigned char)text[i];
         if (ch < 0x20 && (in || (ch != '\t' && ch != '\n' && ch != '\r'))) {
-            *nul = in && ch == 0;
+            *kind = in && ch == 0 ? JSON_FLAW_NUL : JSON_FLAW_CONTROL;
             return i;
         }
-        if (!in) {
+        if (!in && (ch == '-' || (ch >= '0' && ch <= '9'))) {
+            /* outside strings a '-' or a digit starts a number (true, false and null have
+             * neither), and the run ends it: cJSON refused anything else after it */
+            int ok;
+            size_t n = number_run(text + i, len - i, &ok);
+            if (!ok) {
+                *kind = JSON_FLAW_NUMBER;
+                if (numlen)
+                    *numlen = n;
+                return i;
+            }
+            i += n - 1;
+        } else if (!in) {
             in = ch == '"';
         } else if (ch == '"') {
             in = 0;
         } else if (ch == '\\') {
             if (len - i > 5 && memcmp(text + i + 1, "u0000", 5) == 0) {
-                *nul = 1;
+                *kind = JSON_FLAW_NUL;
                 return i;
             }
             i++; /* the escaped character cannot end the string */
         }
     }
-    *nul = 0;
     return len;
 }
 
 int json_text_refuse(const char *text, size_t len, const char *where, const char *nul_note,
                      char *err, size_t errlen)
 {
-    int nul;
-    size_t bad = json_text_flaw(text, len, &nul);
+    json_flaw kind;
+    size_t numlen = 0;
+    size_t bad = json_text_flaw(text, len, &kind, &numlen);
     if (bad == len)
         return 0;
-    if (nul)
+    if (kind == JSON_FLAW_NUL)
         snprintf(err, errlen, "%s: a string holds a NUL character at byte %zu (%s)", where, bad,
                  nul_note);
-    else
+    else if (kind == JSON_FLAW_CONTROL)
         snprintf(err, errlen, "%s: control character 0x%02x at byte %zu (%s)", where,
                  (unsigned char)text[bad], bad, JSON_CONTROL_RULE);
+    else
+        snprintf(err, errlen, "%s: number \"%.*s\" at byte %zu is not JSON (%s)", where,
+                 (int)(numlen < 24 ? numlen : 24), text + bad, bad, JSON_NUMBER_RULE);
     return 1;
 }

@@ -3,9 +3,10 @@
  * "tok\u0000x" would be read as "tok". And cJSON skips every byte up to 0x20 between
  * tokens as white space and keeps control characters inside strings, where RFC 8259 allows
  * only tab, line feed and carriage return between tokens and no unescaped control
- * character inside strings: {"inputs": [[1]]<NUL>} would be read as a whole request. Every
- * parser of JSON from outside (model files and their descriptions, request bodies, the
- * configuration) refuses such text with this. */
+ * character inside strings: {"inputs": [[1]]<NUL>} would be read as a whole request. cJSON
+ * also reads numbers with strtod, which takes forms JSON does not have (01, 1., 1.e5, -.5)
+ * as the number they look like. Every parser of JSON from outside (model files and
+ * their descriptions, request bodies, the configuration) refuses such text with this. */
 #ifndef BALSA_JSON_TEXT_H
 #define BALSA_JSON_TEXT_H
 
@@ -16,15 +17,26 @@
     "JSON allows only tab, line feed and carriage return between tokens, and no "            \
     "unescaped control character inside a string"
 
-/* The offset of the first flaw in text[0..len), or len when there is none: a NUL inside a
- * string, raw or escaped as \u0000 (*nul set to 1), or a control character (a byte below
- * 0x20, text[offset]) that JSON does not allow there (*nul set to 0). text must be valid
- * JSON up to that point (scan the part that cJSON accepted). */
-size_t json_text_flaw(const char *text, size_t len, int *nul);
+/* What every refusal of a number adds, after naming it. */
+#define JSON_NUMBER_RULE                                                                      \
+    "JSON numbers have no leading zeros, and digits after a decimal point and in an "         \
+    "exponent"
+
+typedef enum {
+    JSON_FLAW_NUL,     /* a NUL inside a string, raw or escaped as \u0000 */
+    JSON_FLAW_CONTROL, /* a byte below 0x20 that JSON does not allow there */
+    JSON_FLAW_NUMBER   /* a number that is not in JSON's grammar; *numlen its bytes */
+} json_flaw;
+
+/* The offset of the first flaw in text[0..len), or len when there is none, with its kind
+ * in *kind and, for a number, its length in *numlen (may be NULL). text must be what cJSON
+ * accepted (scan the part it parsed). */
+size_t json_text_flaw(const char *text, size_t len, json_flaw *kind, size_t *numlen);
 
 /* json_text_flaw over text[0..len): 0 when there is no flaw, else 1 with err set to
- * "<where>: a string holds a NUL character at byte N (<nul_note>)" or "<where>: control
- * character 0xXX at byte N (JSON_CONTROL_RULE)". */
+ * "<where>: a string holds a NUL character at byte N (<nul_note>)", "<where>: control
+ * character 0xXX at byte N (JSON_CONTROL_RULE)" or "<where>: number "01" at byte N is not
+ * JSON (JSON_NUMBER_RULE)". */
 int json_text_refuse(const char *text, size_t len, const char *where, const char *nul_note,
                      char *err, size_t errlen);
 

@@ -5,6 +5,7 @@
 #include <cJSON.h>
 
 #include "engine_ref.h"
+#include "models/json_text.h"
 #include "server/api.h"
 
 static balsa_backend *be;
@@ -342,6 +343,39 @@ TEST(control_characters_refused)
     api_request_free(&r);
 }
 
+/* cJSON reads numbers with strtod, which takes forms JSON does not have; each read as the
+ * number it looks like (token 1 for 01) was answered. JSON's own forms still parse. */
+TEST(numbers_outside_json_refused)
+{
+    api_request r;
+    char err[512] = "";
+    static const struct {
+        const char *body, *msg;
+    } bad[] = {
+        {"{\"model\": \"tok\", \"inputs\": [[01]]}", "body: number \"01\" at byte 29 is not"},
+        {"{\"model\": \"vec\", \"inputs\": [[1., 2]]}", "body: number \"1.\" at byte 29"},
+        {"{\"model\": \"vec\", \"inputs\": [[1.e5, 2]]}", "body: number \"1.e5\" at byte 29"},
+        {"{\"model\": \"vec\", \"inputs\": [[-.5, 2]]}", "body: number \"-.5\" at byte 29"},
+        {"{\"model\": \"vec\", \"inputs\": [[-00.5, 2]]}", "body: number \"-00.5\" at byte 29"},
+        {"{\"model\": \"tok\", \"inputs\": [[1]], \"top_k\": 03}", "body: number \"03\" at byte"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        int code = api_parse_request(bad[i].body, strlen(bad[i].body), models, 2, &limits, &r, err,
+                                     sizeof err);
+        CHECK_MSG(code == 400 && strstr(err, bad[i].msg) == err &&
+                      strstr(err, JSON_NUMBER_RULE) != NULL,
+                  "case %zu: %d \"%s\"", i, code, err);
+    }
+    const char *ok[] = {"{\"model\": \"vec\", \"inputs\": [[[-0, 0.5, 1e5], [1E+05, -2.5e-3, 10]]]}",
+                        "{\"model\": \"tok\", \"inputs\": [[0, 4, 1]], \"top_k\": 2}"};
+    for (size_t i = 0; i < sizeof ok / sizeof *ok; i++) {
+        int code = api_parse_request(ok[i], strlen(ok[i]), models, 2, &limits, &r, err, sizeof err);
+        CHECK_MSG(code == 0, "ok case %zu: %d \"%s\"", i, code, err);
+        if (code == 0)
+            api_request_free(&r);
+    }
+}
+
 int main(void)
 {
     if (setup()) {
@@ -357,6 +391,7 @@ int main(void)
     RUN(generate_parameters);
     RUN(nul_in_strings_refused);
     RUN(control_characters_refused);
+    RUN(numbers_outside_json_refused);
     model_free(tok_model);
     model_free(vec_model);
     model_host_free(&tok_host);

@@ -105,6 +105,12 @@ TEST(syntax_error_names_line)
     CHECK_MSG(strncmp(err, "test.json:2:1: control character 0x0b", 37) == 0, "%s", err);
     REQUIRE(load(&c, "{\"host\": \"a\tb\"}", err, sizeof err) != 0);
     CHECK_MSG(strncmp(err, "test.json:1:12: control character 0x09", 38) == 0, "%s", err);
+    /* numbers strtod reads but JSON does not have: a port of 08080 would be 8080 */
+    REQUIRE(load(&c, "{\"host\": \"x\",\n \"port\": 08080}", err, sizeof err) != 0);
+    CHECK_MSG(strcmp(err, "test.json:2:10: number \"08080\" is not JSON (" JSON_NUMBER_RULE ")") ==
+                  0, "%s", err);
+    REQUIRE(load(&c, "{\"port\": 8080.}", err, sizeof err) != 0);
+    CHECK_MSG(strstr(err, "test.json:1:10: number \"8080.\" is not JSON") == err, "%s", err);
 }
 
 TEST(semantic_errors_name_key)

@@ -201,6 +201,10 @@ TEST(bad_header_json)
     write_raw(path_of("j"), "{\"__metadata__\": {\"balsa\": \"{\\\"name\\\":\\u000b\\\"m\\\"}\"}}",
               data, 0);
     CHECK(REFUSED(path_of("j"), "description: control character 0x0b at byte 8"));
+    /* a number JSON does not have, which strtod would read: data_offsets [0, 00] */
+    write_raw(path_of("j"), "{\"w\": {\"dtype\": \"F32\", \"shape\": [0], "
+                            "\"data_offsets\": [0, 00]}}", data, 0);
+    CHECK(REFUSED(path_of("j"), "header: number \"00\" at byte 57 is not JSON (JSON numbers"));
 }
 
 /* Found while fuzzing (the duplicate-name check compared every pair of tensors: 108 s for
