@@ -10,7 +10,7 @@
 static size_t number_run(const char *t, size_t len, int *ok)
 {
     size_t n = 0;
-    while (n < len && strchr("0123456789+-.eE", t[n]))
+    while (n < len && t[n] && strchr("0123456789+-.eE", t[n])) /* strchr finds a NUL too */
         n++;
     size_t p = 0;
 #define DIGIT(i) ((i) < n && t[i] >= '0' && t[i] <= '9')

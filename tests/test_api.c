@@ -323,6 +323,8 @@ TEST(control_characters_refused)
         const char *msg;
     } bad[] = {
         {"{\"inputs\": [[1]]\0}", 18, "body: control character 0x00 at byte 16 (JSON allows"},
+        /* right after a number: a control character, not part of the number */
+        {"{\"inputs\": [[1\0]]}", 18, "body: control character 0x00 at byte 14 (JSON allows"},
         {"{\"inputs\":\v[[1]]}", 0, "body: control character 0x0b at byte 10 (JSON allows"},
         {"{\"inputs\": [[1,\x01 2]]}", 0, "body: control character 0x01 at byte 15 (JSON"},
         {"{\"model\": \"vec\tx\", \"inputs\": [[1]]}", 0,
