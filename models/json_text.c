@@ -50,7 +50,15 @@ static size_t number_run(const char *t, size_t len, int *ok)
     return n;
 }
 
-size_t json_text_flaw(const char *text, size_t len, json_flaw *kind, size_t *numlen)
+typedef enum {
+    JSON_FLAW_NUL,     /* a NUL inside a string, raw or escaped as \u0000 */
+    JSON_FLAW_CONTROL, /* a byte below 0x20 that JSON does not allow there */
+    JSON_FLAW_NUMBER   /* a number that is not in JSON's grammar; *numlen its bytes */
+} json_flaw;
+
+/* The offset of the first flaw in text[0..len), or len when there is none, with its kind
+ * in *kind and, for a number, its length in *numlen. */
+static size_t json_text_flaw(const char *text, size_t len, json_flaw *kind, size_t *numlen)
 {
     int in = 0;
     for (size_t i = 0; i < len; i++) {
@@ -66,8 +74,7 @@ size_t json_text_flaw(const char *text, size_t len, json_flaw *kind, size_t *num
             size_t n = number_run(text + i, len - i, &ok);
             if (!ok) {
                 *kind = JSON_FLAW_NUMBER;
-                if (numlen)
-                    *numlen = n;
+                *numlen = n;
                 return i;
             }
             i += n - 1;
@@ -86,22 +93,34 @@ size_t json_text_flaw(const char *text, size_t len, json_flaw *kind, size_t *num
     return len;
 }
 
-int json_text_refuse(const char *text, size_t len, const char *where, const char *nul_note,
-                     char *err, size_t errlen)
+size_t json_text_check(const char *text, size_t len, const char *nul_note, int say_offset,
+                       char *what, size_t whatlen)
 {
     json_flaw kind;
     size_t numlen = 0;
     size_t bad = json_text_flaw(text, len, &kind, &numlen);
     if (bad == len)
-        return 0;
+        return len;
+    char at[40] = "";
+    if (say_offset)
+        snprintf(at, sizeof at, " at byte %zu", bad);
     if (kind == JSON_FLAW_NUL)
-        snprintf(err, errlen, "%s: a string holds a NUL character at byte %zu (%s)", where, bad,
-                 nul_note);
+        snprintf(what, whatlen, "a string holds a NUL character%s (%s)", at, nul_note);
     else if (kind == JSON_FLAW_CONTROL)
-        snprintf(err, errlen, "%s: control character 0x%02x at byte %zu (%s)", where,
-                 (unsigned char)text[bad], bad, JSON_CONTROL_RULE);
+        snprintf(what, whatlen, "control character 0x%02x%s (%s)", (unsigned char)text[bad], at,
+                 JSON_CONTROL_RULE);
     else
-        snprintf(err, errlen, "%s: number \"%.*s\" at byte %zu is not JSON (%s)", where,
-                 (int)(numlen < 24 ? numlen : 24), text + bad, bad, JSON_NUMBER_RULE);
+        snprintf(what, whatlen, "number \"%.*s\"%s is not JSON (%s)",
+                 (int)(numlen < 24 ? numlen : 24), text + bad, at, JSON_NUMBER_RULE);
+    return bad;
+}
+
+int json_text_refuse(const char *text, size_t len, const char *where, const char *nul_note,
+                     char *err, size_t errlen)
+{
+    char what[256];
+    if (json_text_check(text, len, nul_note, 1, what, sizeof what) == len)
+        return 0;
+    snprintf(err, errlen, "%s: %s", where, what);
     return 1;
 }

@@ -22,21 +22,19 @@
     "JSON numbers have no leading zeros, and digits after a decimal point and in an "         \
     "exponent"
 
-typedef enum {
-    JSON_FLAW_NUL,     /* a NUL inside a string, raw or escaped as \u0000 */
-    JSON_FLAW_CONTROL, /* a byte below 0x20 that JSON does not allow there */
-    JSON_FLAW_NUMBER   /* a number that is not in JSON's grammar; *numlen its bytes */
-} json_flaw;
+/* Finds the first flaw in text[0..len), which must be what cJSON accepted (scan the part
+ * it parsed): a NUL inside a string, raw or escaped as \u0000; a control character (a
+ * byte below 0x20) that JSON does not allow there; or a number outside JSON's grammar.
+ * Returns its offset, or len when there is none; for a flaw, what (whatlen bytes) says
+ * what it is: "a string holds a NUL character<at> (<nul_note>)", "control character
+ * 0xXX<at> (JSON_CONTROL_RULE)" or "number "01"<at> is not JSON (JSON_NUMBER_RULE)",
+ * where <at> is " at byte N" when say_offset is 1 and nothing when it is 0 (for callers
+ * that name the place themselves). */
+size_t json_text_check(const char *text, size_t len, const char *nul_note, int say_offset,
+                       char *what, size_t whatlen);
 
-/* The offset of the first flaw in text[0..len), or len when there is none, with its kind
- * in *kind and, for a number, its length in *numlen (may be NULL). text must be what cJSON
- * accepted (scan the part it parsed). */
-size_t json_text_flaw(const char *text, size_t len, json_flaw *kind, size_t *numlen);
-
-/* json_text_flaw over text[0..len): 0 when there is no flaw, else 1 with err set to
- * "<where>: a string holds a NUL character at byte N (<nul_note>)", "<where>: control
- * character 0xXX at byte N (JSON_CONTROL_RULE)" or "<where>: number "01" at byte N is not
- * JSON (JSON_NUMBER_RULE)". */
+/* json_text_check over text[0..len) with the offset said: 0 when there is no flaw, else 1
+ * with err set to "<where>: <what>". */
 int json_text_refuse(const char *text, size_t len, const char *where, const char *nul_note,
                      char *err, size_t errlen);
 

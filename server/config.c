@@ -440,20 +440,13 @@ int config_load_text(config *c, const char *text, size_t len, const char *name, 
         return -1;
     }
     int rc = -1;
-    json_flaw kind;
-    size_t numlen = 0, bad = json_text_flaw(text, len, &kind, &numlen);
+    char what[256];
+    size_t bad = json_text_check(text, len, "not accepted: it would end the string there", 0,
+                                 what, sizeof what);
     if (bad < len) {
         int line, col;
         line_col(text, bad, &line, &col);
-        if (kind == JSON_FLAW_NUL)
-            errf(err, errlen, "%s:%d:%d: a string holds a NUL character (not accepted: it would "
-                 "end the string there)", name, line, col);
-        else if (kind == JSON_FLAW_CONTROL)
-            errf(err, errlen, "%s:%d:%d: control character 0x%02x (%s)", name, line, col,
-                 (unsigned char)text[bad], JSON_CONTROL_RULE);
-        else
-            errf(err, errlen, "%s:%d:%d: number \"%.*s\" is not JSON (%s)", name, line, col,
-                 (int)(numlen < 24 ? numlen : 24), text + bad, JSON_NUMBER_RULE);
+        errf(err, errlen, "%s:%d:%d: %s", name, line, col, what);
         goto out;
     }
     if (!cJSON_IsObject(root)) {
